@@ -1,0 +1,691 @@
+package loft
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/loft-ipc/loft/wire"
+	"golang.org/x/sys/unix"
+)
+
+// conn is one connection between two nodes. The dialling node attaches
+// senders to endpoints of the accepting node; data flows from dialler to
+// acceptor and acks and credit flow back on the same connection.
+//
+// Goroutines: one reader and one writer per conn. Locks: wmu guards the
+// output buffer and the dirty-ack list; lmu guards the attachment tables.
+// Lock order: Sender.mu -> conn.wmu and Receiver.mu -> conn.wmu; wmu is a
+// leaf, never held while calling into a Sender or Receiver.
+type conn struct {
+	node     *Node
+	nc       net.Conn
+	uc       *net.UnixConn // non-nil on Unix sockets: files can be passed
+	remoteID string
+	dialed   bool
+	hb       bool // heartbeats on (TCP)
+
+	wmu        sync.Mutex
+	out, spare []byte
+	unsealed   [][2]int // [start, end) in out of DATA frames still to seal
+	openAtt    uint32
+	openOff    int // offset of the open DATA frame, -1 if none
+	marks      []fileMark
+	dirty      []*inAtt
+	flushing   bool
+	kick       chan struct{}
+	lastWrite  atomic.Int64
+	backlog    atomic.Int64  // bytes queued in out
+	drained    chan struct{} // closed and replaced after each write; guarded by wmu
+
+	lmu     sync.Mutex
+	nextAtt uint32
+	links   map[uint32]*link   // dialer side
+	waits   map[uint32]chan attachReply
+	inAtts  map[uint32]*inAtt  // acceptor side
+
+	fdq []int // files received and not yet claimed by a frame (reader only)
+
+	closed    chan struct{}
+	closeOnce sync.Once
+	err       error // why it closed; set before closed is closed
+}
+
+type fileMark struct {
+	off int
+	fds []int
+}
+
+type attachReply struct {
+	props ChannelOptions
+	limit uint64
+	err   error
+}
+
+// Channel kinds as they travel in ATTACH.
+const (
+	kindChannel = "chan"
+	kindTopic   = "topic"
+	kindInbox   = "inbox"
+)
+
+func newConn(n *Node, nc net.Conn, dialed bool) *conn {
+	c := &conn{
+		node:    n,
+		nc:      nc,
+		dialed:  dialed,
+		openOff: -1,
+		kick:    make(chan struct{}, 1),
+		drained: make(chan struct{}),
+		links:   map[uint32]*link{},
+		waits:   map[uint32]chan attachReply{},
+		inAtts:  map[uint32]*inAtt{},
+		closed:  make(chan struct{}),
+	}
+	if uc, ok := nc.(*net.UnixConn); ok {
+		c.uc = uc
+	}
+	if _, ok := nc.(*net.UnixConn); !ok {
+		c.hb = true
+	}
+	return c
+}
+
+// handshake exchanges HELLO frames. It runs before the goroutines start.
+func (c *conn) handshake(ctx context.Context) error {
+	dl := time.Now().Add(10 * time.Second)
+	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+		dl = d
+	}
+	c.nc.SetDeadline(dl)
+	defer c.nc.SetDeadline(time.Time{})
+	r := wire.NewReader(c.nc, 4096)
+	hello := func(t wire.Type) error {
+		p := wire.AppendUvarint(nil, wire.Version)
+		p = wire.AppendString(p, c.node.id)
+		_, err := c.nc.Write(wire.AppendFrame(nil, t, 0, p))
+		return err
+	}
+	read := func(want wire.Type) error {
+		f, err := r.Next()
+		if err != nil {
+			return err
+		}
+		if f.Type != want {
+			return fmt.Errorf("%w: got %s, want %s", ErrProtocol, f.Type, want)
+		}
+		d := wire.NewDecoder(f.Payload)
+		v := d.Uvarint()
+		id := d.String(128)
+		if err := d.End(); err != nil {
+			return err
+		}
+		if v != wire.Version {
+			return fmt.Errorf("%w: peer speaks version %d", wire.ErrVersion, v)
+		}
+		c.remoteID = id
+		return nil
+	}
+	if c.dialed {
+		if err := hello(wire.THello); err != nil {
+			return err
+		}
+		return read(wire.THelloAck)
+	}
+	if err := read(wire.THello); err != nil {
+		return err
+	}
+	if r.Buffered() != 0 {
+		return fmt.Errorf("%w: data before handshake completed", ErrProtocol)
+	}
+	return hello(wire.THelloAck)
+}
+
+func (c *conn) start() {
+	c.lastWrite.Store(time.Now().UnixNano())
+	go c.readLoop()
+	go c.writeLoop()
+}
+
+// close ends the connection once, failing every attachment on it.
+func (c *conn) close(err error) {
+	c.closeOnce.Do(func() {
+		if err == nil {
+			err = ErrClosed
+		}
+		c.err = err
+		close(c.closed)
+		c.nc.Close()
+		c.lmu.Lock()
+		links := c.links
+		ins := c.inAtts
+		waits := c.waits
+		c.links, c.inAtts, c.waits = map[uint32]*link{}, map[uint32]*inAtt{}, map[uint32]chan attachReply{}
+		c.lmu.Unlock()
+		for _, w := range waits {
+			w <- attachReply{err: fmt.Errorf("%w: connection to %s closed: %v", ErrPeerGone, c.remoteID, err)}
+		}
+		for _, l := range links {
+			l.s.linkDown(l, err)
+		}
+		for _, a := range ins {
+			a.r.detach(a)
+		}
+		c.wmu.Lock()
+		for _, m := range c.marks {
+			for _, fd := range m.fds {
+				unix.Close(fd)
+			}
+		}
+		c.marks = nil
+		c.wmu.Unlock()
+		for _, fd := range c.fdq {
+			unix.Close(fd)
+		}
+		c.fdq = nil
+		c.node.dropConn(c)
+	})
+}
+
+func (c *conn) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// ---- writing ----
+
+// wakeLocked arranges for the writer to run. Caller holds wmu; if it returns
+// true the caller must call c.signal() after unlocking.
+func (c *conn) wakeLocked() bool {
+	if c.flushing {
+		return false
+	}
+	c.flushing = true
+	return true
+}
+
+func (c *conn) signal() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// closeOpenLocked ends the DATA frame being extended, if any.
+func (c *conn) closeOpenLocked() {
+	if c.openOff >= 0 {
+		c.unsealed = append(c.unsealed, [2]int{c.openOff, len(c.out)})
+		c.openOff = -1
+	}
+}
+
+// sendFrame queues a control frame.
+func (c *conn) sendFrame(t wire.Type, payload []byte) {
+	c.wmu.Lock()
+	c.closeOpenLocked()
+	c.out = wire.AppendFrame(c.out, t, 0, payload)
+	w := c.wakeLocked()
+	c.wmu.Unlock()
+	if w {
+		c.signal()
+	}
+}
+
+// maxOpenFrame bounds how many bytes one DATA frame collects before a new
+// one is started.
+const maxOpenFrame = 64 << 10
+
+// appendData queues one message on attachment att. Caller holds wmu.
+// floor is the sender's lowest unacknowledged id (for de-duplication).
+func (c *conn) appendDataLocked(att uint32, floor, id uint64, data []byte) {
+	if c.openOff < 0 || c.openAtt != att || len(c.out)-c.openOff > maxOpenFrame {
+		c.closeOpenLocked()
+		c.openOff = len(c.out)
+		c.openAtt = att
+		c.out = wire.AppendHeader(c.out, wire.TData, 0)
+		c.out = binary.AppendUvarint(c.out, uint64(att))
+		c.out = binary.AppendUvarint(c.out, floor)
+	}
+	c.out = binary.AppendUvarint(c.out, id)
+	c.out = binary.AppendUvarint(c.out, uint64(len(data)))
+	c.out = append(c.out, data...)
+}
+
+// appendFilesLocked queues one message with files as a frame of its own.
+// The fds are duplicates owned by the conn from now on.
+func (c *conn) appendFilesLocked(att uint32, floor, id uint64, data []byte, fds []int) {
+	c.closeOpenLocked()
+	off := len(c.out)
+	c.out = wire.AppendHeader(c.out, wire.TData, wire.FlagFiles)
+	c.out = binary.AppendUvarint(c.out, uint64(att))
+	c.out = binary.AppendUvarint(c.out, floor)
+	c.out = binary.AppendUvarint(c.out, id)
+	c.out = binary.AppendUvarint(c.out, uint64(len(data)))
+	c.out = append(c.out, data...)
+	c.out = binary.AppendUvarint(c.out, uint64(len(fds)))
+	c.unsealed = append(c.unsealed, [2]int{off, len(c.out)})
+	c.marks = append(c.marks, fileMark{off: off, fds: fds})
+}
+
+// highWater is how many bytes may wait in a conn's output buffer before
+// senders wait for the writer: the socket's own buffer is the real queue.
+const highWater = 1 << 20
+
+// waitDrain blocks while the output buffer is over highWater.
+func (c *conn) waitDrain(ctx context.Context) error {
+	for c.backlog.Load() > highWater {
+		c.wmu.Lock()
+		ch := c.drained
+		c.wmu.Unlock()
+		if c.backlog.Load() <= highWater {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-c.closed:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// markAck schedules an ACK for a.
+func (c *conn) markAck(a *inAtt) {
+	c.wmu.Lock()
+	if !a.dirty {
+		a.dirty = true
+		c.dirty = append(c.dirty, a)
+	}
+	w := c.wakeLocked()
+	c.wmu.Unlock()
+	if w {
+		c.signal()
+	}
+}
+
+func (c *conn) writeLoop() {
+	defer c.node.wg.Done()
+	var ticker *time.Ticker
+	var tick <-chan time.Time
+	if c.hb {
+		ticker = time.NewTicker(c.node.hbInterval)
+		defer ticker.Stop()
+		tick = ticker.C
+	}
+	for {
+		select {
+		case <-c.kick:
+		case <-c.closed:
+			return
+		case <-tick:
+			if time.Since(time.Unix(0, c.lastWrite.Load())) >= c.node.hbInterval/2 {
+				c.sendFrame(wire.TPing, nil)
+			}
+			continue
+		}
+		for {
+			c.wmu.Lock()
+			for _, a := range c.dirty {
+				a.dirty = false
+				taken, limit := a.ackTaken.Load(), a.ackLimit.Load()
+				p := binary.AppendUvarint(nil, uint64(a.id))
+				p = binary.AppendUvarint(p, taken)
+				p = binary.AppendUvarint(p, limit)
+				c.closeOpenLocked()
+				c.out = wire.AppendFrame(c.out, wire.TAck, 0, p)
+			}
+			c.dirty = c.dirty[:0]
+			c.closeOpenLocked()
+			if len(c.out) == 0 {
+				c.flushing = false
+				c.wmu.Unlock()
+				break
+			}
+			buf, unsealed, marks := c.out, c.unsealed, c.marks
+			c.out, c.spare = c.spare[:0], nil
+			c.unsealed, c.marks = nil, nil
+			c.backlog.Store(0)
+			c.wmu.Unlock()
+			for _, u := range unsealed {
+				wire.Seal(buf[:u[1]], u[0])
+			}
+			err := c.write(buf, marks)
+			c.lastWrite.Store(time.Now().UnixNano())
+			if err != nil {
+				c.close(fmt.Errorf("write: %w", err))
+				return
+			}
+			c.wmu.Lock()
+			if cap(buf) <= 4*highWater {
+				c.spare = buf[:0]
+			}
+			close(c.drained)
+			c.drained = make(chan struct{})
+			c.wmu.Unlock()
+		}
+	}
+}
+
+func (c *conn) write(buf []byte, marks []fileMark) error {
+	for _, m := range marks {
+		if m.off > 0 {
+			if _, err := c.nc.Write(buf[:m.off]); err != nil {
+				closeFDs(marks)
+				return err
+			}
+		}
+		end := m.off + wire.HeaderSize + int(binary.LittleEndian.Uint32(buf[m.off+4:]))
+		n, _, err := c.uc.WriteMsgUnix(buf[m.off:end], unix.UnixRights(m.fds...), nil)
+		for _, fd := range m.fds {
+			unix.Close(fd)
+		}
+		m.fds = nil
+		if err != nil {
+			return err
+		}
+		if n < end-m.off {
+			if _, err := c.nc.Write(buf[m.off+n : end]); err != nil {
+				return err
+			}
+		}
+		buf = buf[end:]
+		for i := range marks {
+			marks[i].off -= end
+		}
+	}
+	if len(buf) > 0 {
+		_, err := c.nc.Write(buf)
+		return err
+	}
+	return nil
+}
+
+func closeFDs(marks []fileMark) {
+	for _, m := range marks {
+		for _, fd := range m.fds {
+			unix.Close(fd)
+		}
+	}
+}
+
+// ---- reading ----
+
+// fdReader reads a Unix socket with recvmsg, keeping the files that arrive.
+type fdReader struct {
+	c   *conn
+	oob []byte
+}
+
+func (r *fdReader) Read(p []byte) (int, error) {
+	n, oobn, _, _, err := r.c.uc.ReadMsgUnix(p, r.oob)
+	if oobn > 0 {
+		if msgs, perr := unix.ParseSocketControlMessage(r.oob[:oobn]); perr == nil {
+			for _, m := range msgs {
+				if fds, ferr := unix.ParseUnixRights(&m); ferr == nil {
+					r.c.fdq = append(r.c.fdq, fds...)
+				}
+			}
+		}
+	}
+	return n, err
+}
+
+// hbReader applies the heartbeat timeout to every read.
+type hbReader struct {
+	c *conn
+}
+
+func (r hbReader) Read(p []byte) (int, error) {
+	r.c.nc.SetReadDeadline(time.Now().Add(r.c.node.hbTimeout))
+	n, err := r.c.nc.Read(p)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("%w: no heartbeat from %s for %v", ErrPeerGone, r.c.remoteID, r.c.node.hbTimeout)
+	}
+	return n, err
+}
+
+func (c *conn) readLoop() {
+	defer c.node.wg.Done()
+	var src io.Reader = c.nc
+	if c.uc != nil {
+		src = &fdReader{c: c, oob: make([]byte, unix.CmsgSpace(4*64))}
+	} else if c.hb {
+		src = hbReader{c: c}
+	}
+	r := wire.NewReader(src, c.node.maxFrame)
+	for {
+		f, err := r.Next()
+		if err != nil {
+			if err == io.EOF {
+				err = fmt.Errorf("%w: %s hung up", ErrPeerGone, c.remoteID)
+			}
+			if errors.Is(err, wire.ErrChecksum) || errors.Is(err, wire.ErrTooLarge) || errors.Is(err, wire.ErrVersion) {
+				c.node.log.Warn("closing connection after a bad frame", "peer", c.remoteID, "err", err)
+				err = fmt.Errorf("%w: %w", ErrProtocol, err)
+			}
+			c.close(err)
+			return
+		}
+		if err := c.handle(f); err != nil {
+			c.node.log.Warn("closing connection after a protocol error", "peer", c.remoteID, "err", err)
+			c.sendClose(err)
+			c.close(err)
+			return
+		}
+	}
+}
+
+func (c *conn) sendClose(err error) {
+	p := wire.AppendString(nil, err.Error())
+	c.wmu.Lock()
+	c.closeOpenLocked()
+	out := wire.AppendFrame(c.out, wire.TClose, 0, p)
+	c.out = c.out[:0]
+	c.wmu.Unlock()
+	c.nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	c.nc.Write(out)
+}
+
+func protoErr(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrProtocol}, args...)...)
+}
+
+func (c *conn) handle(f wire.Frame) error {
+	d := wire.NewDecoder(f.Payload)
+	switch f.Type {
+	case wire.TData:
+		if c.dialed {
+			return protoErr("DATA from the accepting side")
+		}
+		att := uint32(d.Uvarint())
+		floor := d.Uvarint()
+		if d.Err() != nil {
+			return d.Err()
+		}
+		c.lmu.Lock()
+		a := c.inAtts[att]
+		c.lmu.Unlock()
+		if a == nil {
+			// The attachment was detached while data was in flight.
+			return nil
+		}
+		var fds []int
+		if f.Flags&wire.FlagFiles != 0 {
+			return a.r.deliverFiles(a, floor, d, c)
+		}
+		return a.r.deliver(a, floor, d, fds)
+	case wire.TAck:
+		att := uint32(d.Uvarint())
+		taken := d.Uvarint()
+		limit := d.Uvarint()
+		if err := d.End(); err != nil {
+			return err
+		}
+		c.lmu.Lock()
+		l := c.links[att]
+		c.lmu.Unlock()
+		if l != nil {
+			return l.s.ack(l, taken, limit)
+		}
+		return nil
+	case wire.TAttach:
+		return c.handleAttach(d)
+	case wire.TAttached, wire.TAttachNo:
+		att := uint32(d.Uvarint())
+		var rep attachReply
+		if f.Type == wire.TAttached {
+			rep.props.Capacity = int(d.Uvarint())
+			rep.props.OnFull = FullPolicy(d.Uvarint())
+			rep.props.Delivery = Delivery(d.Uvarint())
+			rep.props.MaxMessageSize = int(d.Uvarint())
+			rep.limit = d.Uvarint()
+		} else {
+			rep.err = fmt.Errorf("%w: %s", ErrRefused, d.String(1024))
+		}
+		if err := d.End(); err != nil {
+			return err
+		}
+		c.lmu.Lock()
+		w := c.waits[att]
+		delete(c.waits, att)
+		c.lmu.Unlock()
+		if w != nil {
+			w <- rep
+		}
+		return nil
+	case wire.TDetach:
+		att := uint32(d.Uvarint())
+		if err := d.End(); err != nil {
+			return err
+		}
+		c.lmu.Lock()
+		l := c.links[att]
+		delete(c.links, att)
+		a := c.inAtts[att]
+		delete(c.inAtts, att)
+		c.lmu.Unlock()
+		if l != nil {
+			l.s.linkDown(l, fmt.Errorf("%w: receiver on %s closed", ErrPeerGone, c.remoteID))
+		}
+		if a != nil {
+			a.r.detach(a)
+		}
+		return nil
+	case wire.TPing:
+		c.sendFrame(wire.TPong, nil)
+		return nil
+	case wire.TPong:
+		return nil
+	case wire.TClose:
+		return fmt.Errorf("%w: peer closed the connection: %s", ErrPeerGone, d.String(4096))
+	default:
+		return protoErr("unexpected %s frame", f.Type)
+	}
+}
+
+func (c *conn) handleAttach(d *wire.Decoder) error {
+	if c.dialed {
+		return protoErr("ATTACH from the accepting side")
+	}
+	att := uint32(d.Uvarint())
+	kind := d.String(16)
+	name := d.String(1024)
+	stream := d.Uvarint()
+	if err := d.End(); err != nil {
+		return err
+	}
+	r := c.node.findReceiver(kind, name)
+	if r == nil {
+		p := binary.AppendUvarint(nil, uint64(att))
+		p = wire.AppendString(p, fmt.Sprintf("no %s named %q on node %s", kind, name, c.node.id))
+		c.sendFrame(wire.TAttachNo, p)
+		return nil
+	}
+	a := &inAtt{c: c, id: att, r: r, stream: stream, remote: c.remoteID}
+	c.lmu.Lock()
+	if _, dup := c.inAtts[att]; dup {
+		c.lmu.Unlock()
+		return protoErr("attachment %d attached twice", att)
+	}
+	c.inAtts[att] = a
+	c.lmu.Unlock()
+	limit, ok := r.attach(a)
+	if !ok {
+		c.lmu.Lock()
+		delete(c.inAtts, att)
+		c.lmu.Unlock()
+		p := binary.AppendUvarint(nil, uint64(att))
+		p = wire.AppendString(p, fmt.Sprintf("%s %q on node %s is closing", kind, name, c.node.id))
+		c.sendFrame(wire.TAttachNo, p)
+		return nil
+	}
+	o := r.opts
+	p := binary.AppendUvarint(nil, uint64(att))
+	p = binary.AppendUvarint(p, uint64(o.Capacity))
+	p = binary.AppendUvarint(p, uint64(o.OnFull))
+	p = binary.AppendUvarint(p, uint64(o.Delivery))
+	p = binary.AppendUvarint(p, uint64(o.MaxMessageSize))
+	p = binary.AppendUvarint(p, limit)
+	c.sendFrame(wire.TAttached, p)
+	return nil
+}
+
+// attach asks the peer to attach l to an endpoint and waits for the answer.
+func (c *conn) attach(ctx context.Context, l *link, kind, name string, stream uint64) (attachReply, error) {
+	w := make(chan attachReply, 1)
+	c.lmu.Lock()
+	if c.isClosed() {
+		c.lmu.Unlock()
+		return attachReply{}, fmt.Errorf("%w: connection to %s closed", ErrPeerGone, c.remoteID)
+	}
+	c.nextAtt++
+	l.id = c.nextAtt
+	c.waits[l.id] = w
+	c.links[l.id] = l
+	c.lmu.Unlock()
+	p := binary.AppendUvarint(nil, uint64(l.id))
+	p = wire.AppendString(p, kind)
+	p = wire.AppendString(p, name)
+	p = binary.AppendUvarint(p, stream)
+	c.sendFrame(wire.TAttach, p)
+	select {
+	case rep := <-w:
+		if rep.err != nil {
+			c.lmu.Lock()
+			delete(c.links, l.id)
+			c.lmu.Unlock()
+		}
+		return rep, rep.err
+	case <-ctx.Done():
+		c.lmu.Lock()
+		delete(c.waits, l.id)
+		delete(c.links, l.id)
+		c.lmu.Unlock()
+		c.detach(l.id)
+		return attachReply{}, ctx.Err()
+	}
+}
+
+// detach tells the peer attachment id is over.
+func (c *conn) detach(id uint32) {
+	c.lmu.Lock()
+	delete(c.links, id)
+	delete(c.inAtts, id)
+	c.lmu.Unlock()
+	if !c.isClosed() {
+		c.sendFrame(wire.TDetach, binary.AppendUvarint(nil, uint64(id)))
+	}
+}

@@ -1,0 +1,18 @@
+package loft
+
+import "os"
+
+// Message is one message as a receiver sees it. Data is owned by the
+// receiver from then on: loft never reuses its memory.
+type Message struct {
+	// Data is the payload.
+	Data []byte
+	// From is the id of the sending node.
+	From string
+	// ID is the sender's sequence number for this message on this channel,
+	// unique per sending Sender, increasing in send order.
+	ID uint64
+	// Files are open files passed with the message (Unix sockets only).
+	// The receiver owns them and must close them.
+	Files []*os.File
+}

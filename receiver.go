@@ -1,0 +1,498 @@
+package loft
+
+import (
+	"context"
+	"fmt"
+	"iter"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/loft-ipc/loft/wire"
+)
+
+// Receiver takes messages from a channel, a topic or a node's inbox. Several
+// receivers of one channel compete: each message goes to one of them. A
+// Receiver is safe for concurrent use; concurrent Recv calls each get
+// different messages.
+type Receiver struct {
+	node *Node
+	kind string
+	name string
+	opts ChannelOptions
+
+	mu      sync.Mutex
+	q       ring[qitem]
+	waiting int
+	closed  bool
+	atts    map[*inAtt]struct{}
+	dedup   map[uint64]*dedupState // by sender stream, ExactlyOnce only
+	signal  chan struct{}
+	done    chan struct{}
+
+	received   atomic.Uint64
+	taken      atomic.Uint64
+	dropped    atomic.Uint64
+	duplicates atomic.Uint64
+}
+
+// ReceiverStats are a receiver's counters.
+type ReceiverStats struct {
+	Received   uint64 // messages that arrived, duplicates included
+	Taken      uint64 // messages handed to the application
+	Dropped    uint64 // messages dropped by the DropOldest policy
+	Duplicates uint64 // redeliveries discarded by ExactlyOnce
+	Queued     int    // messages waiting now
+	Senders    int    // attached senders now
+}
+
+type qitem struct {
+	msg Message
+	att *inAtt
+}
+
+// inAtt is one sender attached to a receiver, seen from the receiver.
+type inAtt struct {
+	c      *conn
+	id     uint32
+	r      *Receiver
+	stream uint64
+	remote string
+
+	// Guarded by r.mu.
+	received uint64 // messages arrived on this attachment
+	done     uint64 // messages taken, dropped or discarded
+	limit    uint64 // credit: the sender may send while received < limit
+	lastAck  uint64 // done as of the last ACK scheduled
+	gone     bool
+
+	// Read by the conn's writer when it builds an ACK.
+	ackTaken atomic.Uint64
+	ackLimit atomic.Uint64
+	dirty    bool // guarded by c.wmu
+}
+
+type dedupState struct {
+	floor uint64              // every id below floor was seen or is acknowledged
+	seen  map[uint64]struct{} // ids at or above floor already delivered
+}
+
+func newReceiver(n *Node, kind, name string, opts ChannelOptions) *Receiver {
+	return &Receiver{
+		node:   n,
+		kind:   kind,
+		name:   name,
+		opts:   opts.normalized(),
+		atts:   map[*inAtt]struct{}{},
+		dedup:  map[uint64]*dedupState{},
+		signal: make(chan struct{}, 1),
+		done:   make(chan struct{}),
+	}
+}
+
+// Name returns the channel, topic or inbox name.
+func (r *Receiver) Name() string { return r.name }
+
+// Options returns the channel's semantics.
+func (r *Receiver) Options() ChannelOptions { return r.opts }
+
+// Stats returns the receiver's counters.
+func (r *Receiver) Stats() ReceiverStats {
+	r.mu.Lock()
+	q, s := r.q.len(), len(r.atts)
+	r.mu.Unlock()
+	return ReceiverStats{
+		Received:   r.received.Load(),
+		Taken:      r.taken.Load(),
+		Dropped:    r.dropped.Load(),
+		Duplicates: r.duplicates.Load(),
+		Queued:     q,
+		Senders:    s,
+	}
+}
+
+// window is the credit window of one attachment. Caller holds r.mu.
+func (r *Receiver) windowLocked() uint64 {
+	n := len(r.atts)
+	if n == 0 {
+		n = 1
+	}
+	w := r.opts.Capacity / n
+	if w < 1 {
+		w = 1
+	}
+	return uint64(w)
+}
+
+// creditLocked recomputes a's credit limit. Caller holds r.mu. It reports
+// whether the limit grew.
+func (r *Receiver) creditLocked(a *inAtt) bool {
+	var lim uint64
+	switch {
+	case r.opts.Capacity == 0:
+		// Synchronous: one credit, and only while a Recv waits.
+		if r.waiting > 0 && a.received == a.done {
+			lim = a.received + 1
+		} else {
+			lim = a.limit
+		}
+	case r.opts.OnFull == DropOldest:
+		lim = a.received + r.windowLocked()
+	default:
+		lim = a.done + r.windowLocked()
+	}
+	if lim > a.limit {
+		a.limit = lim
+		return true
+	}
+	return false
+}
+
+// attach adds a sender; it returns the first credit limit.
+func (r *Receiver) attach(a *inAtt) (uint64, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return 0, false
+	}
+	r.atts[a] = struct{}{}
+	r.creditLocked(a)
+	a.ackLimit.Store(a.limit)
+	return a.limit, true
+}
+
+// detach removes a sender whose connection or attachment ended. Its
+// messages already queued stay queued.
+func (r *Receiver) detach(a *inAtt) {
+	r.mu.Lock()
+	a.gone = true
+	delete(r.atts, a)
+	r.mu.Unlock()
+}
+
+// deliver queues the messages of one DATA frame. It runs on the conn's
+// reader goroutine.
+func (r *Receiver) deliver(a *inAtt, floor uint64, d *wire.Decoder, _ []int) error {
+	max := r.opts.MaxMessageSize
+	r.mu.Lock()
+	n := 0
+	for d.Len() > 0 {
+		id := d.Uvarint()
+		data := d.Bytes(max)
+		if err := d.Err(); err != nil {
+			r.mu.Unlock()
+			return fmt.Errorf("%w (a message larger than the %d-byte limit of %q, or a truncated frame)", err, max, r.name)
+		}
+		if err := r.enqueueLocked(a, floor, Message{Data: data, From: a.remote, ID: id}); err != nil {
+			r.mu.Unlock()
+			return err
+		}
+		n++
+	}
+	wake := r.waiting > 0
+	r.mu.Unlock()
+	if wake && n > 0 {
+		r.wake()
+	}
+	return nil
+}
+
+// deliverFiles queues one message that came with files.
+func (r *Receiver) deliverFiles(a *inAtt, floor uint64, d *wire.Decoder, c *conn) error {
+	id := d.Uvarint()
+	data := d.Bytes(r.opts.MaxMessageSize)
+	nf := d.Uvarint()
+	if err := d.End(); err != nil {
+		return err
+	}
+	if nf > uint64(len(c.fdq)) {
+		return protoErr("frame claims %d files, %d arrived", nf, len(c.fdq))
+	}
+	files := make([]*os.File, nf)
+	for i := range files {
+		files[i] = os.NewFile(uintptr(c.fdq[i]), fmt.Sprintf("loft:%s", r.name))
+	}
+	c.fdq = c.fdq[nf:]
+	r.mu.Lock()
+	err := r.enqueueLocked(a, floor, Message{Data: data, From: a.remote, ID: id, Files: files})
+	wake := r.waiting > 0
+	r.mu.Unlock()
+	if wake {
+		r.wake()
+	}
+	return err
+}
+
+func (r *Receiver) enqueueLocked(a *inAtt, floor uint64, m Message) error {
+	a.received++
+	r.received.Add(1)
+	if a.received > a.limit {
+		return protoErr("sender %s overran its credit on %q (%d > %d)", a.remote, r.name, a.received, a.limit)
+	}
+	if r.opts.Delivery == ExactlyOnce && r.isDupLocked(a.stream, floor, m.ID) {
+		a.done++
+		r.duplicates.Add(1)
+		closeFiles(m.Files)
+		if r.creditLocked(a) || a.done-a.lastAck > 0 {
+			r.scheduleAckLocked(a)
+		}
+		return nil
+	}
+	if r.opts.OnFull == DropOldest && r.opts.Capacity > 0 {
+		for r.q.len() >= r.opts.Capacity {
+			old := r.q.pop()
+			closeFiles(old.msg.Files)
+			r.dropped.Add(1)
+			r.doneLocked(old.att)
+		}
+	}
+	r.q.push(qitem{msg: m, att: a})
+	if r.opts.OnFull == DropOldest && r.creditLocked(a) {
+		r.scheduleAckLocked(a)
+	}
+	return nil
+}
+
+func (r *Receiver) isDupLocked(stream, floor, id uint64) bool {
+	st := r.dedup[stream]
+	if st == nil {
+		st = &dedupState{seen: map[uint64]struct{}{}}
+		r.dedup[stream] = st
+	}
+	if floor > st.floor {
+		st.floor = floor
+		for k := range st.seen {
+			if k < floor {
+				delete(st.seen, k)
+			}
+		}
+	}
+	if id < st.floor {
+		return true
+	}
+	if _, ok := st.seen[id]; ok {
+		return true
+	}
+	st.seen[id] = struct{}{}
+	return false
+}
+
+// doneLocked records that one message of a left the queue and schedules an
+// ACK when enough have, when the queue ran dry, or on a synchronous channel.
+func (r *Receiver) doneLocked(a *inAtt) {
+	a.done++
+	grew := r.creditLocked(a)
+	if a.gone {
+		return
+	}
+	w := r.windowLocked()
+	if r.opts.Capacity == 0 || a.done-a.lastAck >= (w+3)/4 || r.q.len() == 0 || grew && a.received >= a.limit-1 {
+		r.scheduleAckLocked(a)
+	}
+}
+
+// scheduleAckLocked publishes a's counters for the writer and queues an
+// ACK. The conn call happens after r.mu is released by the caller through
+// pendingAcks.
+func (r *Receiver) scheduleAckLocked(a *inAtt) {
+	if a.gone {
+		return
+	}
+	a.lastAck = a.done
+	a.ackTaken.Store(a.done)
+	a.ackLimit.Store(a.limit)
+	// markAck takes c.wmu only, never r.mu: safe under r.mu.
+	a.c.markAck(a)
+}
+
+func (r *Receiver) wake() {
+	select {
+	case r.signal <- struct{}{}:
+	default:
+	}
+}
+
+// grantSyncLocked gives every attached sender of a synchronous channel one
+// credit because a Recv is waiting.
+func (r *Receiver) grantSyncLocked() {
+	for a := range r.atts {
+		if r.creditLocked(a) {
+			r.scheduleAckLocked(a)
+		}
+	}
+}
+
+// TryRecv returns a waiting message, or ErrEmpty at once.
+func (r *Receiver) TryRecv() (Message, error) {
+	r.mu.Lock()
+	m, ok := r.takeLocked()
+	closed := r.closed
+	r.mu.Unlock()
+	if ok {
+		return m, nil
+	}
+	if closed {
+		return Message{}, &OpError{Op: "recv", Name: r.name, Err: ErrClosed}
+	}
+	return Message{}, ErrEmpty
+}
+
+func (r *Receiver) takeLocked() (Message, bool) {
+	if r.q.len() == 0 {
+		return Message{}, false
+	}
+	it := r.q.pop()
+	r.taken.Add(1)
+	r.doneLocked(it.att)
+	if r.q.len() > 0 && r.waiting > 0 {
+		r.wake()
+	}
+	return it.msg, true
+}
+
+// Recv waits for a message. It returns an error wrapping ErrClosed once the
+// receiver is closed and its queue is empty, and ctx.Err() when ctx ends.
+func (r *Receiver) Recv(ctx context.Context) (Message, error) {
+	for {
+		r.mu.Lock()
+		if m, ok := r.takeLocked(); ok {
+			r.mu.Unlock()
+			return m, nil
+		}
+		if r.closed {
+			r.mu.Unlock()
+			return Message{}, &OpError{Op: "recv", Name: r.name, Err: ErrClosed}
+		}
+		r.waiting++
+		if r.opts.Capacity == 0 {
+			r.grantSyncLocked()
+		}
+		r.mu.Unlock()
+		var err error
+		select {
+		case <-r.signal:
+		case <-r.done:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		r.mu.Lock()
+		r.waiting--
+		r.mu.Unlock()
+		if err != nil {
+			return Message{}, err
+		}
+	}
+}
+
+// Messages returns an iterator over received messages. It ends when ctx
+// ends or the receiver closes; the error, if any, is the last pair's.
+func (r *Receiver) Messages(ctx context.Context) iter.Seq2[Message, error] {
+	return func(yield func(Message, error) bool) {
+		for {
+			m, err := r.Recv(ctx)
+			if err != nil {
+				yield(Message{}, err)
+				return
+			}
+			if !yield(m, nil) {
+				return
+			}
+		}
+	}
+}
+
+// Handle runs fn on every message, with at most concurrency calls at once
+// (1 when concurrency < 1), until ctx ends or the receiver closes. A slow fn
+// slows the senders: a message is taken from the queue only when a worker
+// is free, and the queue is bounded by the channel's capacity. Handle
+// returns when every worker has returned.
+func (r *Receiver) Handle(ctx context.Context, concurrency int, fn func(context.Context, Message)) error {
+	if concurrency < 1 {
+		concurrency = 1
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, concurrency)
+	for range concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				m, err := r.Recv(ctx)
+				if err != nil {
+					errs <- err
+					return
+				}
+				fn(ctx, m)
+			}
+		}()
+	}
+	wg.Wait()
+	return <-errs
+}
+
+// Close stops the receiver: its name is released, attached senders are
+// told, and blocked Recv calls return. Messages still queued can be drained
+// with TryRecv; under AtLeastOnce their senders will send them again to
+// another receiver because they were never acknowledged.
+func (r *Receiver) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	atts := make([]*inAtt, 0, len(r.atts))
+	for a := range r.atts {
+		atts = append(atts, a)
+		a.gone = true
+	}
+	r.atts = map[*inAtt]struct{}{}
+	close(r.done)
+	r.mu.Unlock()
+	r.node.removeReceiver(r)
+	for _, a := range atts {
+		a.c.detach(a.id)
+	}
+	return nil
+}
+
+func closeFiles(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}
+
+// ring is a growable FIFO queue.
+type ring[T any] struct {
+	buf  []T
+	head int
+	n    int
+}
+
+func (q *ring[T]) len() int { return q.n }
+
+func (q *ring[T]) push(v T) {
+	if q.n == len(q.buf) {
+		nb := make([]T, max(16, 2*len(q.buf)))
+		for i := 0; i < q.n; i++ {
+			nb[i] = q.buf[(q.head+i)%len(q.buf)]
+		}
+		q.buf, q.head = nb, 0
+	}
+	q.buf[(q.head+q.n)%len(q.buf)] = v
+	q.n++
+}
+
+func (q *ring[T]) pop() T {
+	var zero T
+	v := q.buf[q.head]
+	q.buf[q.head] = zero
+	q.head = (q.head + 1) % len(q.buf)
+	q.n--
+	return v
+}
+
+func (q *ring[T]) peek() T { return q.buf[q.head] }
+
+// at returns the i-th element from the front.
+func (q *ring[T]) at(i int) T { return q.buf[(q.head+i)%len(q.buf)] }

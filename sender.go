@@ -1,0 +1,530 @@
+package loft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// Sender sends messages to a channel (each message to one receiver), a topic
+// (each message to every subscriber) or a node's inbox. It attaches to every
+// receiver of the name as receivers come and go. A Sender is safe for
+// concurrent use; messages sent from one goroutine arrive in order.
+type Sender struct {
+	node   *Node
+	kind   string
+	name   string
+	target string // explicit address, or "" to resolve name through the registry
+	stream uint64 // random id of this sender for de-duplication
+	bcast  bool   // topic: every live link gets every message
+
+	mu       sync.Mutex
+	links    []*link
+	rr       int
+	nextID   uint64
+	orphans  ring[retained] // unacknowledged messages of dead links, to send again
+	hadLinks bool
+	closed   bool
+	changed  chan struct{} // closed and replaced when links or credit change
+	waiters  int
+	syncs    map[uint64]chan struct{} // synchronous sends waiting for their ack
+	pending  map[string]bool          // node ids being attached
+	arena    []byte                   // retention chunk, see keep
+
+	sent        atomic.Uint64
+	acked       atomic.Uint64
+	lost        atomic.Uint64
+	redelivered atomic.Uint64
+}
+
+// SenderStats are a sender's counters.
+type SenderStats struct {
+	Sent        uint64 // messages accepted by Send
+	Acked       uint64 // messages a receiver acknowledged
+	Lost        uint64 // AtMostOnce messages in flight when their receiver died
+	Redelivered uint64 // messages sent again after their receiver died or the connection broke
+	Pending     int    // messages sent and not yet acknowledged, orphans included
+	Receivers   int    // live receivers attached now
+}
+
+// link is a Sender's attachment to one receiver. Guarded by Sender.mu.
+type link struct {
+	s      *Sender
+	c      *conn
+	id     uint32
+	props  ChannelOptions
+	sent   uint64 // messages put on this link
+	taken  uint64 // acknowledged
+	limit  uint64 // credit limit: send while sent < limit
+	unack  ring[retained]
+	dead   bool
+	remote string
+}
+
+type retained struct {
+	id   uint64
+	data []byte
+}
+
+func newSender(n *Node, kind, name, target string) *Sender {
+	return &Sender{
+		node:    n,
+		kind:    kind,
+		name:    name,
+		target:  target,
+		stream:  rand.Uint64(),
+		bcast:   kind == kindTopic,
+		changed: make(chan struct{}),
+		syncs:   map[uint64]chan struct{}{},
+		pending: map[string]bool{},
+	}
+}
+
+// keep copies data for retention until acknowledged. Small messages are
+// packed into shared chunks so that retention costs no allocation per
+// message; a chunk is freed by the GC once all its messages are acknowledged.
+func (s *Sender) keep(data []byte) []byte {
+	const chunk = 64 << 10
+	if len(data) > chunk/8 {
+		return append([]byte(nil), data...)
+	}
+	if len(s.arena)+len(data) > cap(s.arena) {
+		s.arena = make([]byte, 0, chunk)
+	}
+	off := len(s.arena)
+	s.arena = append(s.arena, data...)
+	return s.arena[off:len(s.arena):len(s.arena)]
+}
+
+// Name returns the name sent to.
+func (s *Sender) Name() string { return s.name }
+
+// Stats returns the sender's counters.
+func (s *Sender) Stats() SenderStats {
+	s.mu.Lock()
+	p := s.orphans.len()
+	live := 0
+	for _, l := range s.links {
+		p += l.unack.len()
+		if !l.dead {
+			live++
+		}
+	}
+	s.mu.Unlock()
+	return SenderStats{
+		Sent:        s.sent.Load(),
+		Acked:       s.acked.Load(),
+		Lost:        s.lost.Load(),
+		Redelivered: s.redelivered.Load(),
+		Pending:     p,
+		Receivers:   live,
+	}
+}
+
+// notifyLocked wakes goroutines waiting for a change.
+func (s *Sender) notifyLocked() {
+	if s.waiters > 0 {
+		close(s.changed)
+		s.changed = make(chan struct{})
+	}
+}
+
+// addLink is called once an attach succeeded.
+func (s *Sender) addLink(l *link, rep attachReply) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.pending, l.remote)
+	if s.closed || l.dead {
+		return false
+	}
+	l.props = rep.props
+	l.limit = rep.limit
+	s.links = append(s.links, l)
+	s.hadLinks = true
+	s.resendLocked()
+	s.notifyLocked()
+	return true
+}
+
+// linkDown handles the end of a link: AtLeastOnce messages not yet
+// acknowledged become orphans to be sent again, AtMostOnce ones are lost.
+func (s *Sender) linkDown(l *link, cause error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l.dead {
+		return
+	}
+	l.dead = true
+	for i, x := range s.links {
+		if x == l {
+			s.links = append(s.links[:i], s.links[i+1:]...)
+			break
+		}
+	}
+	if l.props.Delivery == AtMostOnce || s.bcast {
+		if n := l.sent - l.taken; n > 0 {
+			s.lost.Add(n)
+		}
+		for id, ch := range s.syncs {
+			_ = id
+			close(ch)
+		}
+		clear(s.syncs)
+	} else {
+		// Orphans keep their order: older orphans first, then this link's.
+		var merged ring[retained]
+		a, b := s.orphans, l.unack
+		for a.len() > 0 || b.len() > 0 {
+			if b.len() == 0 || a.len() > 0 && a.peek().id < b.peek().id {
+				merged.push(a.pop())
+			} else {
+				merged.push(b.pop())
+			}
+		}
+		s.orphans = merged
+	}
+	l.unack = ring[retained]{}
+	s.node.log.Debug("receiver link down", "name", s.name, "peer", l.remote, "err", cause)
+	s.notifyLocked()
+	s.node.kickDiscovery()
+}
+
+// ack applies an ACK from the receiver.
+func (s *Sender) ack(l *link, taken, limit uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l.dead {
+		return nil
+	}
+	if taken > l.sent {
+		return protoErr("receiver %s acknowledged %d messages of %d sent", l.remote, taken, l.sent)
+	}
+	if taken > l.taken {
+		n := taken - l.taken
+		s.acked.Add(n)
+		l.taken = taken
+		for i := uint64(0); i < n && l.unack.len() > 0; i++ {
+			r := l.unack.pop()
+			if ch, ok := s.syncs[r.id]; ok {
+				close(ch)
+				delete(s.syncs, r.id)
+			}
+		}
+	}
+	if limit > l.limit {
+		l.limit = limit
+	}
+	if s.orphans.len() > 0 {
+		s.resendLocked()
+	}
+	s.notifyLocked()
+	return nil
+}
+
+// floorLocked is the lowest id not yet acknowledged.
+func (s *Sender) floorLocked() uint64 {
+	f := s.nextID + 1
+	if s.orphans.len() > 0 && s.orphans.peek().id < f {
+		f = s.orphans.peek().id
+	}
+	for _, l := range s.links {
+		if l.unack.len() > 0 && l.unack.peek().id < f {
+			f = l.unack.peek().id
+		}
+	}
+	return f
+}
+
+// pickLocked returns a live link with credit, round robin.
+func (s *Sender) pickLocked() *link {
+	n := len(s.links)
+	for i := 0; i < n; i++ {
+		l := s.links[(s.rr+i)%n]
+		if l.sent < l.limit {
+			s.rr = (s.rr + i + 1) % n
+			return l
+		}
+	}
+	return nil
+}
+
+// putLocked queues one message on l.
+func (s *Sender) putLocked(l *link, id uint64, data []byte, fds []int) {
+	c := l.c
+	floor := s.floorLocked()
+	c.wmu.Lock()
+	if fds != nil {
+		c.appendFilesLocked(l.id, floor, id, data, fds)
+	} else {
+		c.appendDataLocked(l.id, floor, id, data)
+	}
+	c.backlog.Store(int64(len(c.out)))
+	w := c.wakeLocked()
+	c.wmu.Unlock()
+	if w {
+		c.signal()
+	}
+	l.sent++
+	if l.props.Delivery != AtMostOnce && !s.bcast {
+		l.unack.push(retained{id: id, data: data})
+	}
+}
+
+// resendLocked sends orphans to links with credit, oldest first.
+func (s *Sender) resendLocked() {
+	for s.orphans.len() > 0 {
+		l := s.pickLocked()
+		if l == nil {
+			return
+		}
+		r := s.orphans.pop()
+		s.redelivered.Add(1)
+		s.putLocked(l, r.id, r.data, nil)
+	}
+}
+
+func (s *Sender) errGoneLocked() error {
+	return &OpError{Op: "send", Name: s.name, Err: fmt.Errorf("%w: every receiver went away (%d messages held for redelivery)", ErrPeerGone, s.orphans.len())}
+}
+
+// Send sends one message, blocking as the channel's semantics say: until a
+// receiver has room (capacity N), until a receiver took it (capacity 0), or
+// not at all (DropOldest). Before any receiver exists Send waits for one;
+// once every receiver has gone it returns an error wrapping ErrPeerGone.
+// data may be reused by the caller once Send returns.
+func (s *Sender) Send(ctx context.Context, data []byte) error {
+	return s.send(ctx, data, nil, true)
+}
+
+// TrySend sends one message if a receiver has room now, and returns an error
+// wrapping ErrFull otherwise. It never blocks; on a synchronous channel it
+// succeeds only if a receiver is waiting, and does not wait for the take.
+func (s *Sender) TrySend(data []byte) error {
+	return s.send(nil, data, nil, false)
+}
+
+// SendFile sends one message with open files attached. The files are
+// duplicated, so the caller may close its own once SendFile returns. Only
+// Unix-socket links can carry files; other links return ErrUnsupported.
+func (s *Sender) SendFile(ctx context.Context, data []byte, files ...*os.File) error {
+	fds := make([]int, 0, len(files))
+	for _, f := range files {
+		fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			for _, x := range fds {
+				unix.Close(x)
+			}
+			return &OpError{Op: "send", Name: s.name, Err: os.NewSyscallError("dup", err)}
+		}
+		fds = append(fds, fd)
+	}
+	if err := s.send(ctx, data, fds, true); err != nil {
+		for _, x := range fds {
+			unix.Close(x)
+		}
+		return err
+	}
+	return nil
+}
+
+// SendBatch sends several messages at once, in order, blocking like Send.
+// It returns how many were sent before an error.
+func (s *Sender) SendBatch(ctx context.Context, msgs [][]byte) (int, error) {
+	for i, m := range msgs {
+		if err := s.send(ctx, m, nil, true); err != nil {
+			return i, err
+		}
+	}
+	return len(msgs), nil
+}
+
+func (s *Sender) send(ctx context.Context, data []byte, fds []int, block bool) error {
+	s.mu.Lock()
+	for {
+		if s.closed {
+			s.mu.Unlock()
+			return &OpError{Op: "send", Name: s.name, Err: ErrClosed}
+		}
+		if s.orphans.len() > 0 {
+			s.resendLocked()
+		}
+		if len(s.links) > 0 {
+			props := s.links[0].props
+			if len(data) > props.MaxMessageSize {
+				s.mu.Unlock()
+				return &OpError{Op: "send", Name: s.name, Err: fmt.Errorf("%w: %d bytes, the channel's limit is %d", ErrTooLarge, len(data), props.MaxMessageSize)}
+			}
+			if s.bcast {
+				if ok := s.broadcastLocked(data); ok {
+					s.mu.Unlock()
+					return nil
+				}
+			} else if s.orphans.len() == 0 {
+				if l := s.pickLocked(); l != nil {
+					if fds != nil && l.c.uc == nil {
+						s.mu.Unlock()
+						return &OpError{Op: "send", Name: s.name, Err: fmt.Errorf("%w: files need a Unix socket, %s is reached another way", ErrUnsupported, l.remote)}
+					}
+					s.nextID++
+					id := s.nextID
+					if l.props.Delivery != AtMostOnce {
+						data = s.keep(data)
+					}
+					s.putLocked(l, id, data, fds)
+					s.sent.Add(1)
+					if l.props.Capacity == 0 && block {
+						return s.waitTakenLocked(ctx, l, id)
+					}
+					s.mu.Unlock()
+					if block && l.c.backlog.Load() > highWater {
+						if err := l.c.waitDrain(ctx); err != nil {
+							return &OpError{Op: "send", Name: s.name, Err: err}
+						}
+					}
+					return nil
+				}
+			}
+			if !block || props.OnFull == FailWhenFull {
+				s.mu.Unlock()
+				return &OpError{Op: "send", Name: s.name, Err: ErrFull}
+			}
+		} else if s.hadLinks || !block {
+			err := s.errGoneLocked()
+			if !s.hadLinks {
+				err = &OpError{Op: "send", Name: s.name, Err: fmt.Errorf("%w: no receiver attached yet", ErrFull)}
+			}
+			s.mu.Unlock()
+			s.node.kickDiscovery()
+			return err
+		}
+		// Wait for credit, a new link, or the end.
+		ch := s.changed
+		s.waiters++
+		noLinks := len(s.links) == 0
+		s.mu.Unlock()
+		if noLinks {
+			s.node.kickDiscovery()
+		}
+		var err error
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		s.mu.Lock()
+		s.waiters--
+		if err != nil {
+			s.mu.Unlock()
+			return &OpError{Op: "send", Name: s.name, Err: err}
+		}
+	}
+}
+
+// waitTakenLocked waits until message id was taken by a receiver. Called
+// with s.mu held; returns with it released.
+func (s *Sender) waitTakenLocked(ctx context.Context, l *link, id uint64) error {
+	ch := make(chan struct{})
+	s.syncs[id] = ch
+	s.mu.Unlock()
+	select {
+	case <-ch:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		// Closed either by the ack, or by an AtMostOnce link's death.
+		if l.dead && l.taken < l.sent && l.props.Delivery == AtMostOnce {
+			return &OpError{Op: "send", Name: s.name, Err: fmt.Errorf("%w: receiver died before taking the message", ErrPeerGone)}
+		}
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		delete(s.syncs, id)
+		s.mu.Unlock()
+		return &OpError{Op: "send", Name: s.name, Err: ctx.Err()}
+	}
+}
+
+// broadcastLocked sends data to every live link if all have credit.
+func (s *Sender) broadcastLocked(data []byte) bool {
+	for _, l := range s.links {
+		if l.sent >= l.limit {
+			return false
+		}
+	}
+	s.nextID++
+	for _, l := range s.links {
+		s.putLocked(l, s.nextID, data, nil)
+	}
+	s.sent.Add(1)
+	return true
+}
+
+// Close detaches from every receiver. Messages not yet acknowledged are
+// dropped from the sender's memory; call Flush first to wait for them.
+func (s *Sender) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	links := s.links
+	s.links = nil
+	for _, ch := range s.syncs {
+		close(ch)
+	}
+	clear(s.syncs)
+	s.notifyLocked()
+	s.mu.Unlock()
+	s.node.removeSender(s)
+	for _, l := range links {
+		l.c.detach(l.id)
+	}
+	return nil
+}
+
+// Flush waits until every message sent so far was acknowledged by a
+// receiver (for AtMostOnce: taken or lost), or ctx ends.
+func (s *Sender) Flush(ctx context.Context) error {
+	s.mu.Lock()
+	for {
+		pending := s.orphans.len()
+		for _, l := range s.links {
+			pending += int(l.sent - l.taken)
+		}
+		if pending == 0 {
+			s.mu.Unlock()
+			return nil
+		}
+		if s.orphans.len() > 0 {
+			s.resendLocked()
+		}
+		if s.closed {
+			s.mu.Unlock()
+			return &OpError{Op: "flush", Name: s.name, Err: ErrClosed}
+		}
+		ch := s.changed
+		s.waiters++
+		s.mu.Unlock()
+		var err error
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		s.mu.Lock()
+		s.waiters--
+		if err != nil {
+			s.mu.Unlock()
+			return &OpError{Op: "flush", Name: s.name, Err: err}
+		}
+	}
+}
+
+// errIsGone reports whether err means the peer went away.
+func errIsGone(err error) bool { return errors.Is(err, ErrPeerGone) }

@@ -1,0 +1,207 @@
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+)
+
+// Version is the only frame version this package reads and writes.
+const Version = 1
+
+// HeaderSize is the size of a frame header in bytes.
+const HeaderSize = 12
+
+// DefaultMaxFrame is the payload limit a Reader applies when none is given.
+const DefaultMaxFrame = 16<<20 + 4096
+
+// Type is a frame type.
+type Type uint8
+
+// Frame types. SPEC.md gives the payload of each.
+const (
+	THello    Type = 1  // dialer -> listener: protocol version, node id
+	THelloAck Type = 2  // listener -> dialer: node id
+	TAttach   Type = 3  // sender -> receiver node: attach to a named endpoint
+	TAttached Type = 4  // receiver node -> sender: the endpoint's properties and first credit
+	TAttachNo Type = 5  // receiver node -> sender: attach refused, with a code and reason
+	TDetach   Type = 6  // either way: an attachment ends
+	TData     Type = 7  // sender -> receiver: one or more messages of one attachment
+	TAck      Type = 8  // receiver -> sender: messages taken so far and the credit limit
+	TPing     Type = 9  // either way: heartbeat request
+	TPong     Type = 10 // either way: heartbeat answer
+	TClose    Type = 11 // either way: the connection is closing, with a code and reason
+)
+
+func (t Type) String() string {
+	switch t {
+	case THello:
+		return "HELLO"
+	case THelloAck:
+		return "HELLO_ACK"
+	case TAttach:
+		return "ATTACH"
+	case TAttached:
+		return "ATTACHED"
+	case TAttachNo:
+		return "ATTACH_NO"
+	case TDetach:
+		return "DETACH"
+	case TData:
+		return "DATA"
+	case TAck:
+		return "ACK"
+	case TPing:
+		return "PING"
+	case TPong:
+		return "PONG"
+	case TClose:
+		return "CLOSE"
+	}
+	return fmt.Sprintf("TYPE(%d)", uint8(t))
+}
+
+// Frame flags.
+const (
+	// FlagFiles marks a DATA frame whose one message carries open files
+	// passed alongside the frame (SCM_RIGHTS on Unix sockets).
+	FlagFiles uint16 = 1 << 0
+)
+
+// Errors returned by a Reader. Each is wrapped with detail; match with errors.Is.
+var (
+	ErrVersion   = errors.New("wire: unsupported frame version")
+	ErrChecksum  = errors.New("wire: frame checksum mismatch")
+	ErrTooLarge  = errors.New("wire: frame larger than the limit")
+	ErrMalformed = errors.New("wire: malformed frame")
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Frame is one decoded frame. Payload aliases memory owned by the frame:
+// it is never reused by the Reader, so it may be kept.
+type Frame struct {
+	Type    Type
+	Flags   uint16
+	Payload []byte
+}
+
+// AppendHeader appends a header with a zero length and checksum to b and
+// returns the extended slice. Finish the frame with Seal once its payload
+// follows the header.
+func AppendHeader(b []byte, t Type, flags uint16) []byte {
+	return append(b, Version, byte(t), byte(flags), byte(flags>>8), 0, 0, 0, 0, 0, 0, 0, 0)
+}
+
+// Seal fills in the length and checksum of the frame that starts at
+// b[off:] and runs to the end of b.
+func Seal(b []byte, off int) {
+	n := len(b) - off - HeaderSize
+	binary.LittleEndian.PutUint32(b[off+4:], uint32(n))
+	c := crc32.Update(0, castagnoli, b[off:off+8])
+	c = crc32.Update(c, castagnoli, b[off+HeaderSize:])
+	binary.LittleEndian.PutUint32(b[off+8:], c)
+}
+
+// AppendFrame appends a whole frame with the given payload to b.
+func AppendFrame(b []byte, t Type, flags uint16, payload []byte) []byte {
+	off := len(b)
+	b = AppendHeader(b, t, flags)
+	b = append(b, payload...)
+	Seal(b, off)
+	return b
+}
+
+// Reader reads frames from a byte stream. It is not safe for concurrent use.
+type Reader struct {
+	r     io.Reader
+	max   int
+	chunk int
+	buf   []byte // buf[start:end] holds unread bytes
+	start int
+	end   int
+}
+
+// NewReader returns a Reader on r that refuses frames whose payload is larger
+// than maxPayload (DefaultMaxFrame when maxPayload <= 0).
+func NewReader(r io.Reader, maxPayload int) *Reader {
+	if maxPayload <= 0 {
+		maxPayload = DefaultMaxFrame
+	}
+	return &Reader{r: r, max: maxPayload, chunk: 256 << 10}
+}
+
+// Buffered reports how many bytes have been read from the stream but not yet
+// returned in a frame.
+func (r *Reader) Buffered() int { return r.end - r.start }
+
+// Next reads the next frame. A returned error other than io.EOF means the
+// stream is corrupt or broken and must be closed.
+func (r *Reader) Next() (Frame, error) {
+	if err := r.fill(HeaderSize); err != nil {
+		return Frame{}, err
+	}
+	h := r.buf[r.start : r.start+HeaderSize]
+	if h[0] != Version {
+		return Frame{}, fmt.Errorf("%w: got %d, want %d", ErrVersion, h[0], Version)
+	}
+	n := binary.LittleEndian.Uint32(h[4:])
+	if uint64(n) > uint64(r.max) {
+		return Frame{}, fmt.Errorf("%w: %s frame of %d bytes, limit %d", ErrTooLarge, Type(h[1]), n, r.max)
+	}
+	if err := r.fill(HeaderSize + int(n)); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return Frame{}, err
+	}
+	h = r.buf[r.start : r.start+HeaderSize]
+	p := r.buf[r.start+HeaderSize : r.start+HeaderSize+int(n) : r.start+HeaderSize+int(n)]
+	c := crc32.Update(0, castagnoli, h[:8])
+	c = crc32.Update(c, castagnoli, p)
+	if want := binary.LittleEndian.Uint32(h[8:]); c != want {
+		return Frame{}, fmt.Errorf("%w: %s frame of %d bytes", ErrChecksum, Type(h[1]), n)
+	}
+	f := Frame{Type: Type(h[1]), Flags: binary.LittleEndian.Uint16(h[2:]), Payload: p}
+	r.start += HeaderSize + int(n)
+	return f, nil
+}
+
+// fill makes sure at least n unread bytes are buffered. Bytes already
+// handed out in frames are never overwritten: when the buffer runs out, a
+// new one is allocated and the unread tail copied over.
+func (r *Reader) fill(n int) error {
+	if r.end-r.start >= n {
+		return nil
+	}
+	if len(r.buf)-r.start < n {
+		size := r.chunk
+		if n > size {
+			size = n
+		}
+		nb := make([]byte, size)
+		copy(nb, r.buf[r.start:r.end])
+		r.end -= r.start
+		r.start = 0
+		r.buf = nb
+	}
+	for r.end-r.start < n {
+		m, err := r.r.Read(r.buf[r.end:])
+		r.end += m
+		if r.end-r.start >= n {
+			return nil
+		}
+		if err != nil {
+			if err == io.EOF && r.end > r.start {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		if m == 0 {
+			return io.ErrNoProgress
+		}
+	}
+	return nil
+}
