@@ -47,9 +47,9 @@ type conn struct {
 
 	lmu     sync.Mutex
 	nextAtt uint32
-	links   map[uint32]*link   // dialer side
+	links   map[uint32]*link // dialer side
 	waits   map[uint32]chan attachReply
-	inAtts  map[uint32]*inAtt  // acceptor side
+	inAtts  map[uint32]*inAtt // acceptor side
 
 	fdq []int // files received and not yet claimed by a frame (reader only)
 

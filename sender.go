@@ -188,6 +188,7 @@ func (s *Sender) linkDown(l *link, cause error) {
 			}
 		}
 		s.orphans = merged
+		s.resendLocked()
 	}
 	l.unack = ring[retained]{}
 	s.node.log.Debug("receiver link down", "name", s.name, "peer", l.remote, "err", cause)
@@ -257,7 +258,7 @@ func (s *Sender) pickLocked() *link {
 // putLocked queues one message on l.
 func (s *Sender) putLocked(l *link, id uint64, data []byte, fds []int) {
 	c := l.c
-	floor := s.floorLocked()
+	floor := min(s.floorLocked(), id)
 	c.wmu.Lock()
 	if fds != nil {
 		c.appendFilesLocked(l.id, floor, id, data, fds)
