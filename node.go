@@ -453,7 +453,10 @@ func (n *Node) discoveryLoop() {
 		select {
 		case <-n.ctx.Done():
 			return
-		case <-changes:
+		case _, ok := <-changes:
+			if !ok {
+				changes = nil // the watch ended; the ticker still polls
+			}
 		case <-n.disc:
 		case <-t.C:
 		}

@@ -138,7 +138,10 @@ func (n *Node) Watch(ctx context.Context, name string) (<-chan Event, error) {
 						return
 					}
 				}
-			case <-changes:
+			case _, ok := <-changes:
+				if !ok {
+					changes = nil
+				}
 			case <-t.C:
 			}
 		}

@@ -1,0 +1,173 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+	"testing/iotest"
+)
+
+func TestRoundTrip(t *testing.T) {
+	var b []byte
+	b = AppendFrame(b, THello, 0, []byte("hi"))
+	off := len(b)
+	b = AppendHeader(b, TData, FlagFiles)
+	b = append(b, bytes.Repeat([]byte{7}, 100000)...)
+	Seal(b, off)
+	b = AppendFrame(b, TPing, 0, nil)
+	r := NewReader(iotest.OneByteReader(bytes.NewReader(b)), 0)
+	want := []struct {
+		t Type
+		n int
+		f uint16
+	}{{THello, 2, 0}, {TData, 100000, FlagFiles}, {TPing, 0, 0}}
+	for _, w := range want {
+		f, err := r.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Type != w.t || len(f.Payload) != w.n || f.Flags != w.f {
+			t.Fatalf("got %s/%d/%d want %s/%d/%d", f.Type, len(f.Payload), f.Flags, w.t, w.n, w.f)
+		}
+	}
+	if _, err := r.Next(); err != io.EOF {
+		t.Fatalf("want EOF, got %v", err)
+	}
+}
+
+func TestPayloadNotReused(t *testing.T) {
+	var b []byte
+	for i := 0; i < 1000; i++ {
+		b = AppendFrame(b, TData, 0, bytes.Repeat([]byte{byte(i)}, 1000))
+	}
+	r := NewReader(bytes.NewReader(b), 0)
+	var kept [][]byte
+	for {
+		f, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept = append(kept, f.Payload)
+	}
+	for i, p := range kept {
+		if p[0] != byte(i) || p[999] != byte(i) {
+			t.Fatalf("payload %d was overwritten", i)
+		}
+	}
+}
+
+func TestErrors(t *testing.T) {
+	good := AppendFrame(nil, TAttach, 0, []byte("payload"))
+	mut := func(f func(b []byte)) []byte {
+		b := append([]byte(nil), good...)
+		f(b)
+		return b
+	}
+	cases := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"version", mut(func(b []byte) { b[0] = 9 }), ErrVersion},
+		{"checksum", mut(func(b []byte) { b[HeaderSize] ^= 1 }), ErrChecksum},
+		{"flags covered by checksum", mut(func(b []byte) { b[2] ^= 1 }), ErrChecksum},
+		{"too large", mut(func(b []byte) { b[7] = 0x7f }), ErrTooLarge},
+		{"truncated", good[:len(good)-1], io.ErrUnexpectedEOF},
+		{"truncated header", good[:5], io.ErrUnexpectedEOF},
+	}
+	for _, c := range cases {
+		_, err := NewReader(bytes.NewReader(c.in), 1024).Next()
+		if !errors.Is(err, c.want) {
+			t.Errorf("%s: got %v, want %v", c.name, err, c.want)
+		}
+	}
+}
+
+func TestDecoder(t *testing.T) {
+	p := AppendUvarint(nil, 300)
+	p = AppendString(p, "name")
+	p = AppendBytes(p, []byte{1, 2, 3})
+	d := NewDecoder(p)
+	if d.Uvarint() != 300 || d.String(10) != "name" || !bytes.Equal(d.Bytes(10), []byte{1, 2, 3}) || d.End() != nil {
+		t.Fatal("round trip failed")
+	}
+	d = NewDecoder(AppendString(nil, "toolong"))
+	if d.String(3); !errors.Is(d.Err(), ErrMalformed) {
+		t.Fatal("limit not enforced")
+	}
+	d = NewDecoder([]byte{0x80})
+	if d.Uvarint(); !errors.Is(d.Err(), ErrMalformed) {
+		t.Fatal("truncated varint accepted")
+	}
+	d = NewDecoder([]byte{1, 2})
+	d.Raw(1)
+	if !errors.Is(d.End(), ErrMalformed) {
+		t.Fatal("trailing bytes accepted")
+	}
+}
+
+// FuzzReader feeds arbitrary streams, in pieces of arbitrary size, to a
+// Reader. It must never panic nor return a frame above the limit, and any
+// frame it returns must re-encode to the same bytes.
+func FuzzReader(f *testing.F) {
+	f.Add(AppendFrame(nil, THello, 0, []byte("x")), uint8(1))
+	f.Add(append(AppendFrame(nil, TData, 0, bytes.Repeat([]byte{1}, 300)), AppendFrame(nil, TAck, 0, []byte{1, 2, 3})...), uint8(7))
+	f.Add([]byte{1, 7, 0, 0, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0}, uint8(3))
+	f.Add([]byte("garbage that is not a frame at all"), uint8(2))
+	f.Fuzz(func(t *testing.T, in []byte, piece uint8) {
+		const limit = 4096
+		var src io.Reader = bytes.NewReader(in)
+		if piece > 0 {
+			src = &chunkReader{b: in, n: int(piece)}
+		}
+		r := NewReader(src, limit)
+		for i := 0; i < 1000; i++ {
+			fr, err := r.Next()
+			if err != nil {
+				return
+			}
+			if len(fr.Payload) > limit {
+				t.Fatalf("frame of %d bytes above the %d limit", len(fr.Payload), limit)
+			}
+			again := AppendFrame(nil, fr.Type, fr.Flags, fr.Payload)
+			if _, err := NewReader(bytes.NewReader(again), limit).Next(); err != nil {
+				t.Fatalf("re-encoded frame does not decode: %v", err)
+			}
+		}
+	})
+}
+
+// FuzzDecoder reads fields of every kind from arbitrary bytes.
+func FuzzDecoder(f *testing.F) {
+	f.Add(AppendString(AppendUvarint(nil, 5), "abc"))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		d := NewDecoder(in)
+		for d.Err() == nil && d.Len() > 0 {
+			d.Uvarint()
+			d.Bytes(64)
+			d.String(16)
+			d.Raw(2)
+		}
+		d.End()
+	})
+}
+
+type chunkReader struct {
+	b []byte
+	n int
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.b) == 0 {
+		return 0, io.EOF
+	}
+	n := min(c.n, len(p), len(c.b))
+	copy(p, c.b[:n])
+	c.b = c.b[n:]
+	return n, nil
+}
