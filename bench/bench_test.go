@@ -1,0 +1,266 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMain(m *testing.M) {
+	MaybeRunChild()
+	os.Exit(m.Run())
+}
+
+// testBudget is small; smaller still under the race detector.
+func testBudget() time.Duration {
+	if raceEnabled {
+		return 30 * time.Millisecond
+	}
+	return 60 * time.Millisecond
+}
+
+// childrenOf lists the processes (zombies included) whose parent is pid.
+func childrenOf(t *testing.T, pid int) []string {
+	t.Helper()
+	stats, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil || len(stats) == 0 {
+		t.Skip("no /proc")
+	}
+	var kids []string
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // exited meanwhile
+		}
+		// pid (comm) state ppid ...; comm may contain spaces and parentheses.
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) >= 2 && f[1] == strconv.Itoa(pid) {
+			kids = append(kids, strings.TrimSpace(s[:i+1])+" "+f[0])
+		}
+	}
+	return kids
+}
+
+func checkNoChildren(t *testing.T) {
+	t.Helper()
+	if n := liveChildren.Load(); n != 0 {
+		t.Errorf("%d children not reaped", n)
+	}
+	if kids := childrenOf(t, os.Getpid()); len(kids) != 0 {
+		t.Errorf("child processes left: %v", kids)
+	}
+}
+
+func TestRunQuick(t *testing.T) {
+	var js, table bytes.Buffer
+	res, err := Run(context.Background(), Options{
+		Quick:  true,
+		Budget: testBudget(),
+		Filter: `^(raw/unix/(oneway|pingpong)|raw-batched/pipe/oneway|go-chan/inproc/(oneway|pingpong))/64$`,
+		Sizes:  []int{64},
+		JSON:   &js,
+		Table:  &table,
+	})
+	t.Logf("table:\n%s", table.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 5 {
+		t.Fatalf("got %d results, want 5: %+v", len(res), res)
+	}
+	for _, r := range res {
+		if r.Err != "" || r.Msgs <= 0 || r.MsgsPerS <= 0 || r.MBPerS <= 0 || r.Round != 1 || r.Size != 64 || r.Mode != "blocking" {
+			t.Errorf("bad result %+v", r)
+		}
+		if r.Pattern == "pingpong" && (r.P50ns <= 0 || r.P99ns < r.P50ns) {
+			t.Errorf("bad latencies %+v", r)
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(js.String()), "\n")
+	if len(lines) != len(res) {
+		t.Errorf("%d JSON lines for %d results", len(lines), len(res))
+	}
+	for _, l := range lines {
+		var r Result
+		if err := json.Unmarshal([]byte(l), &r); err != nil || r.System == "" {
+			t.Errorf("bad JSON line %q: %v", l, err)
+		}
+	}
+	if !strings.Contains(table.String(), "VS RAW") || !strings.Contains(table.String(), "1.00x") {
+		t.Errorf("table lacks the vs-raw column:\n%s", table.String())
+	}
+	checkNoChildren(t)
+}
+
+// Test-only roles: one fails, one hangs.
+func init() {
+	RegisterRole("test-fail", func(ctx context.Context, args []string) error {
+		os.Stderr.WriteString("some diagnostic\n")
+		return os.ErrPermission
+	})
+	RegisterRole("test-hang", func(ctx context.Context, args []string) error {
+		ToParent("ready")
+		select {} // ignores ctx: the parent, or the child's own watchdog, must kill it
+	})
+}
+
+func TestChildErrorCarriesStderr(t *testing.T) {
+	c := Case{System: "t", Transport: "t", Pattern: "oneway", Mode: "blocking",
+		Run: func(ctx context.Context, env Env) (Result, error) {
+			ch, err := env.Spawn(ctx, "test-fail")
+			if err != nil {
+				return Result{}, err
+			}
+			_, err = ch.Expect(ctx, "ready")
+			return Result{}, err
+		}}
+	res, err := run(context.Background(), []Case{c}, Options{Budget: testBudget(), Rounds: 1, Sizes: []int{64}})
+	if err == nil || len(res) != 1 {
+		t.Fatalf("want one failed result, got %v, %+v", err, res)
+	}
+	for _, want := range []string{"some diagnostic", "permission denied", "exit status 1"} {
+		if !strings.Contains(res[0].Err, want) {
+			t.Errorf("error %q lacks %q", res[0].Err, want)
+		}
+	}
+	checkNoChildren(t)
+}
+
+func TestHungChildIsKilled(t *testing.T) {
+	defer func(s time.Duration) { caseSlack = s }(caseSlack)
+	caseSlack = 500 * time.Millisecond
+	c := Case{System: "t", Transport: "t", Pattern: "oneway", Mode: "blocking",
+		Run: func(ctx context.Context, env Env) (Result, error) {
+			ch, err := env.Spawn(ctx, "test-hang")
+			if err != nil {
+				return Result{}, err
+			}
+			if _, err := ch.Expect(ctx, "ready"); err != nil {
+				return Result{}, err
+			}
+			_, err = ch.Expect(ctx, "done") // never comes
+			return Result{}, err
+		}}
+	start := time.Now()
+	res, err := run(context.Background(), []Case{c}, Options{Budget: 50 * time.Millisecond, Rounds: 1, Sizes: []int{64}})
+	if err == nil || len(res) != 1 || !strings.Contains(res[0].Err, "time limit") {
+		t.Fatalf("want a time-limit failure, got %v, %+v", err, res)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("took %v", d)
+	}
+	checkNoChildren(t)
+}
+
+func TestTable(t *testing.T) {
+	rs := []Result{
+		{System: "raw", Transport: "unix", Pattern: "oneway", Size: 64, Mode: "blocking", Msgs: 1, MsgsPerS: 100, Round: 1},
+		{System: "raw", Transport: "unix", Pattern: "oneway", Size: 64, Mode: "blocking", Msgs: 1, MsgsPerS: 300, Round: 2},
+		{System: "raw", Transport: "unix", Pattern: "oneway", Size: 64, Mode: "blocking", Msgs: 1, MsgsPerS: 200, Round: 3},
+		{System: "loft", Transport: "shm", Pattern: "oneway", Size: 64, Mode: "polling", Msgs: 1, MsgsPerS: 1000, Round: 1},
+		{System: "go-chan", Transport: "inproc", Pattern: "oneway", Size: 64, Mode: "blocking", Msgs: 1, MsgsPerS: 1000, Round: 1},
+		{System: "x", Transport: "unix", Pattern: "oneway", Size: 64, Mode: "blocking", Err: "boom", Round: 1},
+	}
+	cases := []Case{{System: "loft", Transport: "shm", Pattern: "oneway", RawTransport: "unix"}}
+	var b bytes.Buffer
+	if err := writeTable(&b, rs, cases); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	t.Logf("\n%s", out)
+	for _, want := range []string{"200", "1.00x", "5.00x", "3/3", "0/1", "error: boom"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q", want)
+		}
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "go-chan") && strings.Contains(l, "x ") {
+			t.Errorf("inproc row has a vs-raw ratio: %q", l)
+		}
+	}
+}
+
+func TestSelectCases(t *testing.T) {
+	all := []Case{
+		{System: "a", Transport: "unix", Pattern: "oneway", Run: nil},
+		{System: "b", Transport: "unix", Pattern: "oneway", MaxSize: 4096},
+		{System: "c", Transport: "unix", Pattern: "oneway", Size: 64},
+	}
+	got, err := selectCases(all, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range got {
+		names = append(names, c.Name())
+	}
+	want := "a/unix/oneway/64 a/unix/oneway/4096 a/unix/oneway/1048576 b/unix/oneway/64 b/unix/oneway/4096 c/unix/oneway/64"
+	if strings.Join(names, " ") != want {
+		t.Errorf("got %v", names)
+	}
+	got, _ = selectCases(all, Options{Filter: "^b/.*/64$"})
+	if len(got) != 1 || got[0].System != "b" {
+		t.Errorf("regexp filter: %v", got)
+	}
+	got, _ = selectCases(all, Options{Filter: "a/unix/oneway/1048576"})
+	if len(got) != 1 {
+		t.Errorf("substring filter: %v", got)
+	}
+	if _, err := selectCases(all, Options{Filter: "nothing"}); err == nil {
+		t.Error("empty selection is not an error")
+	}
+}
+
+// BenchmarkCases runs every registered case with a tiny budget, so that the
+// cases cannot rot. Use -benchtime=1x for a single pass; the reported
+// msgs/s, MB/s and p50-ns are from the last iteration.
+func BenchmarkCases(b *testing.B) {
+	cases, err := selectCases(Cases(), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range cases {
+		b.Run(c.Name(), func(b *testing.B) {
+			var r Result
+			for b.Loop() {
+				r = runCase(context.Background(), c, 20*time.Millisecond, true)
+				if r.Err != "" {
+					b.Fatal(r.Err)
+				}
+			}
+			b.ReportMetric(r.MsgsPerS, "msgs/s")
+			b.ReportMetric(r.MBPerS, "MB/s")
+			if r.P50ns > 0 {
+				b.ReportMetric(float64(r.P50ns), "p50-ns")
+			}
+		})
+	}
+}
+
+func TestRunCancel(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	res, err := Run(ctx, Options{Budget: 2 * time.Second, Filter: `^raw/(unix|pipe)/pingpong/64$`, Sizes: []int{64}})
+	if err != context.DeadlineExceeded {
+		t.Errorf("got error %v, want %v", err, context.DeadlineExceeded)
+	}
+	if len(res) != 0 {
+		t.Errorf("interrupted rounds were reported: %+v", res)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("cancel took %v", d)
+	}
+	checkNoChildren(t)
+}

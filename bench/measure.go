@@ -1,0 +1,58 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// maxRoundTrips bounds MeasureRoundTrips whatever the budget.
+const maxRoundTrips = 50_000_000
+
+// MeasureRoundTrips calls rt repeatedly, first for a short warm-up (a tenth
+// of budget, at most 100 ms, unrecorded), then for about budget, recording
+// the duration of every call in an HDR histogram. It returns a Result with
+// Msgs (round trips), MsgsPerS (round trips per second), P50ns and P99ns set.
+// It stops at the first error from rt, and when ctx ends. Each recorded
+// duration includes one clock read and one histogram update, about 30 ns.
+func MeasureRoundTrips(ctx context.Context, budget time.Duration, rt func() error) (Result, error) {
+	warm := min(budget/10, 100*time.Millisecond)
+	for start := time.Now(); time.Since(start) < warm; {
+		if err := rt(); err != nil {
+			return Result{}, fmt.Errorf("warm-up round trip: %w", err)
+		}
+		if ctx.Err() != nil {
+			return Result{}, context.Cause(ctx)
+		}
+	}
+	h := hdrhistogram.New(1, int64(time.Minute), 3)
+	var n int64
+	// time.Since on a fixed base reads only the monotonic clock: half the
+	// cost of time.Now (about 25 ns against 50 ns on a KVM guest).
+	base := time.Now()
+	var t0 time.Duration
+	for n < maxRoundTrips {
+		if err := rt(); err != nil {
+			return Result{}, fmt.Errorf("round trip %d: %w", n, err)
+		}
+		t1 := time.Since(base)
+		h.RecordValue(max(int64(t1-t0), 1))
+		t0 = t1
+		n++
+		if t1 >= budget {
+			break
+		}
+		if n&63 == 0 && ctx.Err() != nil {
+			return Result{}, context.Cause(ctx)
+		}
+	}
+	el := t0
+	return Result{
+		Msgs:     n,
+		MsgsPerS: float64(n) / el.Seconds(),
+		P50ns:    h.ValueAtQuantile(50),
+		P99ns:    h.ValueAtQuantile(99),
+	}, nil
+}

@@ -1,0 +1,192 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"text/tabwriter"
+	"time"
+)
+
+// rowKey identifies a table row.
+type rowKey struct {
+	system, transport, pattern string
+	size                       int
+	mode                       string
+	inflight                   int
+}
+
+type row struct {
+	key      rowKey
+	order    int
+	ok       []Result
+	total    int
+	lastErr  string
+	msgsPerS float64
+	mbPerS   float64
+	p50, p99 int64
+}
+
+// writeTable prints, per case, the medians over rounds and the ratio to the
+// matching "raw" row.
+func writeTable(w io.Writer, results []Result, cases []Case) error {
+	rawTransport := map[[3]string]string{}
+	for _, c := range cases {
+		if c.RawTransport != "" {
+			rawTransport[[3]string{c.System, c.Transport, c.Pattern}] = c.RawTransport
+		}
+	}
+	rows := map[rowKey]*row{}
+	var list []*row
+	patOrder, trOrder, sysOrder := map[string]int{}, map[string]int{}, map[string]int{}
+	rank := func(m map[string]int, s string) {
+		if _, ok := m[s]; !ok {
+			m[s] = len(m)
+		}
+	}
+	for _, r := range results {
+		k := rowKey{r.System, r.Transport, r.Pattern, r.Size, r.Mode, r.Inflight}
+		rw := rows[k]
+		if rw == nil {
+			rw = &row{key: k, order: len(list)}
+			rows[k] = rw
+			list = append(list, rw)
+			rank(patOrder, r.Pattern)
+			rank(trOrder, r.Transport)
+			rank(sysOrder, r.System)
+		}
+		rw.total++
+		if r.Err != "" {
+			rw.lastErr = r.Err
+			continue
+		}
+		rw.ok = append(rw.ok, r)
+	}
+	anyInflight := false
+	for _, rw := range list {
+		rw.msgsPerS = medianF(rw.ok, func(r Result) float64 { return r.MsgsPerS })
+		rw.mbPerS = medianF(rw.ok, func(r Result) float64 { return r.MBPerS })
+		rw.p50 = int64(medianF(rw.ok, func(r Result) float64 { return float64(r.P50ns) }))
+		rw.p99 = int64(medianF(rw.ok, func(r Result) float64 { return float64(r.P99ns) }))
+		if rw.key.inflight != 0 {
+			anyInflight = true
+		}
+	}
+	sort.SliceStable(list, func(i, j int) bool {
+		a, b := list[i].key, list[j].key
+		if patOrder[a.pattern] != patOrder[b.pattern] {
+			return patOrder[a.pattern] < patOrder[b.pattern]
+		}
+		if a.size != b.size {
+			return a.size < b.size
+		}
+		if trOrder[a.transport] != trOrder[b.transport] {
+			return trOrder[a.transport] < trOrder[b.transport]
+		}
+		if sysOrder[a.system] != sysOrder[b.system] {
+			return sysOrder[a.system] < sysOrder[b.system]
+		}
+		return list[i].order < list[j].order
+	})
+	// The "raw" row per transport, pattern and size.
+	raw := map[[3]string]float64{}
+	for _, rw := range list {
+		if rw.key.system == "raw" && len(rw.ok) > 0 {
+			raw[[3]string{rw.key.transport, rw.key.pattern, strconv.Itoa(rw.key.size)}] = rw.msgsPerS
+		}
+	}
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	header := "PATTERN\tSIZE\tTRANSPORT\tSYSTEM\tMODE\t"
+	if anyInflight {
+		header += "INFLIGHT\t"
+	}
+	header += "MSGS/S\tMB/S\tP50\tP99\tVS RAW\tROUNDS"
+	fmt.Fprintln(tw, header)
+	for _, rw := range list {
+		k := rw.key
+		line := fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t", k.pattern, formatSize(k.size), k.transport, k.system, k.mode)
+		if anyInflight {
+			if k.inflight != 0 {
+				line += strconv.Itoa(k.inflight) + "\t"
+			} else {
+				line += "\t"
+			}
+		}
+		rounds := fmt.Sprintf("%d/%d", len(rw.ok), rw.total)
+		if len(rw.ok) == 0 {
+			line += fmt.Sprintf("-\t-\t-\t-\t\t%s\terror: %s", rounds, truncate(rw.lastErr, 200))
+			fmt.Fprintln(tw, line)
+			continue
+		}
+		vs := ""
+		rt := k.transport
+		if t, ok := rawTransport[[3]string{k.system, k.transport, k.pattern}]; ok {
+			rt = t
+		}
+		if base, ok := raw[[3]string{rt, k.pattern, strconv.Itoa(k.size)}]; ok && base > 0 {
+			vs = fmt.Sprintf("%.2fx", rw.msgsPerS/base)
+		}
+		line += fmt.Sprintf("%s\t%.1f\t%s\t%s\t%s\t%s", formatCount(rw.msgsPerS), rw.mbPerS,
+			formatNs(rw.p50), formatNs(rw.p99), vs, rounds)
+		if rw.lastErr != "" {
+			line += "\terror: " + truncate(rw.lastErr, 200)
+		}
+		fmt.Fprintln(tw, line)
+	}
+	return tw.Flush()
+}
+
+// medianF is the median of f over rs (the mean of the middle two for an even
+// count); 0 for none.
+func medianF(rs []Result, f func(Result) float64) float64 {
+	if len(rs) == 0 {
+		return 0
+	}
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = f(r)
+	}
+	sort.Float64s(v)
+	n := len(v)
+	if n%2 == 1 {
+		return v[n/2]
+	}
+	return (v[n/2-1] + v[n/2]) / 2
+}
+
+func formatSize(n int) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return strconv.Itoa(n>>20) + " MiB"
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return strconv.Itoa(n>>10) + " KiB"
+	default:
+		return strconv.Itoa(n) + " B"
+	}
+}
+
+func formatNs(ns int64) string {
+	if ns <= 0 {
+		return "-"
+	}
+	d := time.Duration(ns)
+	switch {
+	case d < time.Microsecond:
+		return strconv.FormatInt(ns, 10) + "ns"
+	case d < time.Millisecond:
+		return strconv.FormatFloat(float64(ns)/1e3, 'f', 1, 64) + "us"
+	case d < time.Second:
+		return strconv.FormatFloat(float64(ns)/1e6, 'f', 2, 64) + "ms"
+	default:
+		return strconv.FormatFloat(d.Seconds(), 'f', 2, 64) + "s"
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
