@@ -32,18 +32,21 @@ type conn struct {
 	dialed   bool
 	hb       bool // heartbeats on (TCP)
 
-	wmu        sync.Mutex
-	out, spare []byte
-	unsealed   [][2]int // [start, end) in out of DATA frames still to seal
-	openAtt    uint32
-	openOff    int // offset of the open DATA frame, -1 if none
-	marks      []fileMark
-	dirty      []*inAtt
-	flushing   bool
-	kick       chan struct{}
-	lastWrite  atomic.Int64
-	backlog    atomic.Int64  // bytes queued in out
-	drained    chan struct{} // closed and replaced after each write; guarded by wmu
+	wmu           sync.Mutex
+	out, spare    []byte
+	unsealed      [][2]int // [start, end) in out of DATA frames still to seal
+	unsealedSpare [][2]int
+	openAtt       uint32
+	openOff       int // offset of the open DATA frame, -1 if none
+	marks         []fileMark
+	dirty         []*inAtt
+	ackTimer      *time.Timer
+	ackArmed      bool
+	flushing      bool
+	kick          chan struct{}
+	lastWrite     atomic.Int64
+	backlog       atomic.Int64  // bytes queued in out
+	drained       chan struct{} // closed and replaced after each write; guarded by wmu
 
 	lmu     sync.Mutex
 	nextAtt uint32
@@ -190,6 +193,11 @@ func (c *conn) close(err error) {
 			unix.Close(fd)
 		}
 		c.fdq = nil
+		c.wmu.Lock()
+		if c.ackTimer != nil {
+			c.ackTimer.Stop()
+		}
+		c.wmu.Unlock()
 		c.node.dropConn(c)
 	})
 }
@@ -280,7 +288,7 @@ func (c *conn) appendFilesLocked(att uint32, floor, id uint64, data []byte, fds 
 
 // highWater is how many bytes may wait in a conn's output buffer before
 // senders wait for the writer: the socket's own buffer is the real queue.
-const highWater = 1 << 20
+const highWater = 256 << 10
 
 // waitDrain blocks while the output buffer is over highWater.
 func (c *conn) waitDrain(ctx context.Context) error {
@@ -302,14 +310,41 @@ func (c *conn) waitDrain(ctx context.Context) error {
 	return nil
 }
 
-// markAck schedules an ACK for a.
-func (c *conn) markAck(a *inAtt) {
+// markAck schedules an ACK for a. An urgent ACK is written now; a lazy one
+// rides with the next write, or goes after ackDelay if nothing else is
+// written (like TCP's delayed acknowledgement).
+func (c *conn) markAck(a *inAtt, urgent bool) {
 	c.wmu.Lock()
 	if !a.dirty {
 		a.dirty = true
 		c.dirty = append(c.dirty, a)
 	}
+	if !urgent {
+		if !c.ackArmed {
+			c.ackArmed = true
+			if c.ackTimer == nil {
+				c.ackTimer = time.AfterFunc(ackDelay, c.ackDue)
+			} else {
+				c.ackTimer.Reset(ackDelay)
+			}
+		}
+		c.wmu.Unlock()
+		return
+	}
 	w := c.wakeLocked()
+	c.wmu.Unlock()
+	if w {
+		c.signal()
+	}
+}
+
+// ackDelay bounds how long a lazy ACK waits for a write to ride on.
+const ackDelay = time.Millisecond
+
+func (c *conn) ackDue() {
+	c.wmu.Lock()
+	c.ackArmed = false
+	w := len(c.dirty) > 0 && c.wakeLocked()
 	c.wmu.Unlock()
 	if w {
 		c.signal()
@@ -337,46 +372,91 @@ func (c *conn) writeLoop() {
 			continue
 		}
 		for {
-			c.wmu.Lock()
-			for _, a := range c.dirty {
-				a.dirty = false
-				taken, limit := a.ackTaken.Load(), a.ackLimit.Load()
-				p := binary.AppendUvarint(nil, uint64(a.id))
-				p = binary.AppendUvarint(p, taken)
-				p = binary.AppendUvarint(p, limit)
-				c.closeOpenLocked()
-				c.out = wire.AppendFrame(c.out, wire.TAck, 0, p)
-			}
-			c.dirty = c.dirty[:0]
-			c.closeOpenLocked()
-			if len(c.out) == 0 {
-				c.flushing = false
-				c.wmu.Unlock()
-				break
-			}
-			buf, unsealed, marks := c.out, c.unsealed, c.marks
-			c.out, c.spare = c.spare[:0], nil
-			c.unsealed, c.marks = nil, nil
-			c.backlog.Store(0)
-			c.wmu.Unlock()
-			for _, u := range unsealed {
-				wire.Seal(buf[:u[1]], u[0])
-			}
-			err := c.write(buf, marks)
-			c.lastWrite.Store(time.Now().UnixNano())
+			wrote, err := c.flushOnce()
 			if err != nil {
 				c.close(fmt.Errorf("write: %w", err))
 				return
 			}
-			c.wmu.Lock()
-			if cap(buf) <= 4*highWater {
-				c.spare = buf[:0]
+			if !wrote {
+				break
 			}
-			close(c.drained)
-			c.drained = make(chan struct{})
-			c.wmu.Unlock()
 		}
 	}
+}
+
+// idleGap is how long a connection must have been quiet for a sender to
+// write its message itself instead of handing it to the writer goroutine:
+// a lone message then costs no goroutine wake-up, while a burst still
+// travels in few writes.
+const idleGap = 20 * time.Microsecond
+
+// flushNow is called by a goroutine that just queued data and won the right
+// to flush (wakeLocked returned true). On an idle connection it writes at
+// once itself; otherwise, or if more was queued meanwhile, the writer
+// goroutine takes over.
+func (c *conn) flushNow() {
+	if time.Now().UnixNano()-c.lastWrite.Load() < int64(idleGap) {
+		c.signal()
+		return
+	}
+	if _, err := c.flushOnce(); err != nil {
+		c.close(fmt.Errorf("write: %w", err))
+		return
+	}
+	c.wmu.Lock()
+	if !c.flushing {
+		c.wmu.Unlock()
+		return
+	}
+	if len(c.out) == 0 && len(c.dirty) == 0 {
+		c.flushing = false
+		c.wmu.Unlock()
+		return
+	}
+	c.wmu.Unlock()
+	c.signal()
+}
+
+// flushOnce writes everything queued, acks included, in one write. The
+// caller owns flushing. It reports false, and gives up flushing, when
+// nothing was queued.
+func (c *conn) flushOnce() (bool, error) {
+	c.wmu.Lock()
+	for _, a := range c.dirty {
+		a.dirty = false
+		taken, limit := a.ackTaken.Load(), a.ackLimit.Load()
+		p := binary.AppendUvarint(nil, uint64(a.id))
+		p = binary.AppendUvarint(p, taken)
+		p = binary.AppendUvarint(p, limit)
+		c.closeOpenLocked()
+		c.out = wire.AppendFrame(c.out, wire.TAck, 0, p)
+	}
+	c.dirty = c.dirty[:0]
+	c.closeOpenLocked()
+	if len(c.out) == 0 {
+		c.flushing = false
+		c.wmu.Unlock()
+		return false, nil
+	}
+	buf, unsealed, marks := c.out, c.unsealed, c.marks
+	c.out, c.spare = c.spare[:0], nil
+	c.unsealed, c.marks = c.unsealedSpare[:0], nil
+	c.backlog.Store(0)
+	c.wmu.Unlock()
+	for _, u := range unsealed {
+		wire.Seal(buf[:u[1]], u[0])
+	}
+	err := c.write(buf, marks)
+	c.lastWrite.Store(time.Now().UnixNano())
+	c.wmu.Lock()
+	if cap(buf) <= 4*highWater {
+		c.spare = buf[:0]
+	}
+	c.unsealedSpare = unsealed[:0]
+	close(c.drained)
+	c.drained = make(chan struct{})
+	c.wmu.Unlock()
+	return true, err
 }
 
 func (c *conn) write(buf []byte, marks []fileMark) error {

@@ -233,9 +233,8 @@ func (r *Receiver) enqueueLocked(a *inAtt, floor uint64, m Message) error {
 		a.done++
 		r.duplicates.Add(1)
 		closeFiles(m.Files)
-		if r.creditLocked(a) || a.done-a.lastAck > 0 {
-			r.scheduleAckLocked(a)
-		}
+		r.creditLocked(a)
+		r.scheduleAckLocked(a, false)
 		return nil
 	}
 	if r.opts.OnFull == DropOldest && r.opts.Capacity > 0 {
@@ -248,7 +247,8 @@ func (r *Receiver) enqueueLocked(a *inAtt, floor uint64, m Message) error {
 	}
 	r.q.push(qitem{msg: m, att: a})
 	if r.opts.OnFull == DropOldest && r.creditLocked(a) {
-		r.scheduleAckLocked(a)
+		w := r.windowLocked()
+		r.scheduleAckLocked(a, a.ackLimit.Load()-a.received < (w+1)/2)
 	}
 	return nil
 }
@@ -286,23 +286,27 @@ func (r *Receiver) doneLocked(a *inAtt) {
 		return
 	}
 	w := r.windowLocked()
-	if r.opts.Capacity == 0 || a.done-a.lastAck >= (w+3)/4 || r.q.len() == 0 || grew && a.received >= a.limit-1 {
-		r.scheduleAckLocked(a)
+	switch {
+	case r.opts.Capacity == 0 || a.done-a.lastAck >= (w+3)/4 || grew && a.ackLimit.Load()-a.received < (w+1)/2:
+		r.scheduleAckLocked(a, true)
+	case a.done > a.lastAck:
+		r.scheduleAckLocked(a, false)
 	}
 }
 
 // scheduleAckLocked publishes a's counters for the writer and queues an
-// ACK. The conn call happens after r.mu is released by the caller through
-// pendingAcks.
-func (r *Receiver) scheduleAckLocked(a *inAtt) {
+// ACK, urgent or lazy (see conn.markAck).
+func (r *Receiver) scheduleAckLocked(a *inAtt, urgent bool) {
 	if a.gone {
 		return
 	}
-	a.lastAck = a.done
+	if urgent {
+		a.lastAck = a.done
+	}
 	a.ackTaken.Store(a.done)
 	a.ackLimit.Store(a.limit)
 	// markAck takes c.wmu only, never r.mu: safe under r.mu.
-	a.c.markAck(a)
+	a.c.markAck(a, urgent)
 }
 
 func (r *Receiver) wake() {
@@ -317,7 +321,7 @@ func (r *Receiver) wake() {
 func (r *Receiver) grantSyncLocked() {
 	for a := range r.atts {
 		if r.creditLocked(a) {
-			r.scheduleAckLocked(a)
+			r.scheduleAckLocked(a, true)
 		}
 	}
 }

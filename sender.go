@@ -255,8 +255,9 @@ func (s *Sender) pickLocked() *link {
 	return nil
 }
 
-// putLocked queues one message on l.
-func (s *Sender) putLocked(l *link, id uint64, data []byte, fds []int) {
+// putLocked queues one message on l. If it returns a conn, the caller must
+// call its flushNow once s.mu is released.
+func (s *Sender) putLocked(l *link, id uint64, data []byte, fds []int) *conn {
 	c := l.c
 	floor := min(s.floorLocked(), id)
 	c.wmu.Lock()
@@ -268,13 +269,14 @@ func (s *Sender) putLocked(l *link, id uint64, data []byte, fds []int) {
 	c.backlog.Store(int64(len(c.out)))
 	w := c.wakeLocked()
 	c.wmu.Unlock()
-	if w {
-		c.signal()
-	}
 	l.sent++
 	if l.props.Delivery != AtMostOnce && !s.bcast {
 		l.unack.push(retained{id: id, data: data})
 	}
+	if w {
+		return c
+	}
+	return nil
 }
 
 // resendLocked sends orphans to links with credit, oldest first.
@@ -286,7 +288,9 @@ func (s *Sender) resendLocked() {
 		}
 		r := s.orphans.pop()
 		s.redelivered.Add(1)
-		s.putLocked(l, r.id, r.data, nil)
+		if c := s.putLocked(l, r.id, r.data, nil); c != nil {
+			c.signal()
+		}
 	}
 }
 
@@ -377,12 +381,18 @@ func (s *Sender) send(ctx context.Context, data []byte, fds []int, block bool) e
 					if l.props.Delivery != AtMostOnce {
 						data = s.keep(data)
 					}
-					s.putLocked(l, id, data, fds)
+					fc := s.putLocked(l, id, data, fds)
 					s.sent.Add(1)
 					if l.props.Capacity == 0 && block {
+						if fc != nil {
+							fc.signal()
+						}
 						return s.waitTakenLocked(ctx, l, id)
 					}
 					s.mu.Unlock()
+					if fc != nil {
+						fc.flushNow()
+					}
 					if block && l.c.backlog.Load() > highWater {
 						if err := l.c.waitDrain(ctx); err != nil {
 							return &OpError{Op: "send", Name: s.name, Err: err}
@@ -459,7 +469,9 @@ func (s *Sender) broadcastLocked(data []byte) bool {
 	}
 	s.nextID++
 	for _, l := range s.links {
-		s.putLocked(l, s.nextID, data, nil)
+		if c := s.putLocked(l, s.nextID, data, nil); c != nil {
+			c.signal()
+		}
 	}
 	s.sent.Add(1)
 	return true

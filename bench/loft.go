@@ -1,0 +1,289 @@
+package bench
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/loft-ipc/loft"
+)
+
+// loft's own cases: the same one-way and ping-pong patterns as the raw
+// baselines, through loft channels, each side in its own process.
+
+func init() {
+	RegisterRole("loft-recv", loftRecvRole)
+	RegisterRole("loft-echo", loftEchoRole)
+	for _, tr := range []string{"unix", "tcp"} {
+		Register(
+			Case{System: "loft", Transport: tr, Pattern: "oneway", Mode: "blocking", Run: loftOneway(tr)},
+			Case{System: "loft", Transport: tr, Pattern: "pingpong", Mode: "blocking", Run: loftPingPong(tr)},
+		)
+	}
+}
+
+// loftDir makes a private runtime directory for one case.
+func loftDir() (string, func(), error) {
+	d, err := os.MkdirTemp("", "loft-bench-")
+	if err != nil {
+		return "", nil, err
+	}
+	return filepath.Join(d, "rt"), func() { os.RemoveAll(d) }, nil
+}
+
+func loftNode(ctx context.Context, dir, transport string) (*loft.Node, error) {
+	opts := loft.Options{Dir: dir}
+	if transport == "tcp" {
+		opts.ListenTCP = "127.0.0.1:0"
+	}
+	return loft.Open(ctx, opts)
+}
+
+// tcpAddr returns the node's TCP address, or "".
+func tcpAddr(n *loft.Node) string {
+	for _, a := range n.Addrs() {
+		if strings.HasPrefix(a, "tcp://") {
+			return a
+		}
+	}
+	return ""
+}
+
+// target is what a sender dials: a bare name (found through the name
+// service, which picks the same-host transport) or an explicit TCP URL.
+func target(transport, addr, name string) string {
+	if transport == "tcp" {
+		return addr + "/" + name
+	}
+	return name
+}
+
+func waitAttached(ctx context.Context, s *loft.Sender) error {
+	for s.Stats().Receivers == 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return nil
+}
+
+// loftRecvRole: args dir transport size. Receives on "bench" until an empty
+// message, copying every payload out and checking its sequence number.
+func loftRecvRole(ctx context.Context, args []string) error {
+	dir, transport := args[0], args[1]
+	size, _ := strconv.Atoi(args[2])
+	n, err := loftNode(ctx, dir, transport)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	r, err := n.Receive(ctx, "bench", loft.ChannelOptions{Capacity: capacityFor(size)})
+	if err != nil {
+		return err
+	}
+	if err := ToParent("ready %s", tcpAddr(n)+" "); err != nil {
+		return err
+	}
+	if p := os.Getenv("ZZ_PROF"); p != "" {
+		f, _ := os.Create(p + ".recv")
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
+	buf := make([]byte, size)
+	var count int64
+	var first time.Time
+	for {
+		m, err := r.Recv(ctx)
+		if err != nil {
+			return err
+		}
+		if len(m.Data) == 0 {
+			break
+		}
+		if count == 0 {
+			first = time.Now()
+		}
+		copy(buf, m.Data)
+		if size >= 8 && binary.LittleEndian.Uint64(buf) != uint64(count) {
+			return fmt.Errorf("message %d carries sequence %d", count, binary.LittleEndian.Uint64(buf))
+		}
+		count++
+	}
+	return ToParent("done %d %d", count, time.Since(first).Nanoseconds())
+}
+
+// capacityFor keeps about 4 MiB in flight per channel.
+func capacityFor(size int) int {
+	c := (4 << 20) / max(size, 64)
+	return max(4, min(c, 8192))
+}
+
+func loftOneway(transport string) func(context.Context, Env) (Result, error) {
+	return func(ctx context.Context, env Env) (Result, error) {
+		dir, cleanup, err := loftDir()
+		if err != nil {
+			return Result{}, err
+		}
+		defer cleanup()
+		ch, err := env.Spawn(ctx, "loft-recv", dir, transport, strconv.Itoa(env.Size))
+		if err != nil {
+			return Result{}, err
+		}
+		f, err := ch.Expect(ctx, "ready")
+		if err != nil {
+			return Result{}, err
+		}
+		n, err := loftNode(ctx, dir, "")
+		if err != nil {
+			return Result{}, err
+		}
+		defer n.Close()
+		addr := ""
+		if len(f) > 0 {
+			addr = f[0]
+		}
+		s, err := n.Sender(ctx, target(transport, addr, "bench"))
+		if err != nil {
+			return Result{}, err
+		}
+		if err := waitAttached(ctx, s); err != nil {
+			return Result{}, err
+		}
+		msg := make([]byte, env.Size)
+		for i := range msg {
+			msg[i] = byte(i)
+		}
+		if p := os.Getenv("ZZ_PROF"); p != "" {
+			f, _ := os.Create(p + ".send")
+			pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+		var sent int64
+		start := time.Now()
+		for time.Since(start) < env.Budget {
+			for range 64 {
+				if env.Size >= 8 {
+					binary.LittleEndian.PutUint64(msg, uint64(sent))
+				}
+				if err := s.Send(ctx, msg); err != nil {
+					return Result{}, err
+				}
+				sent++
+			}
+		}
+		if err := s.Send(ctx, nil); err != nil {
+			return Result{}, err
+		}
+		f, err = ch.Expect(ctx, "done")
+		if err != nil {
+			return Result{}, err
+		}
+		return receiverResult(f, sent)
+	}
+}
+
+// loftEchoRole: args dir transport size parentTCP. Receives on "ping" and
+// sends each message back on "pong".
+func loftEchoRole(ctx context.Context, args []string) error {
+	dir, transport, parent := args[0], args[1], ""
+	if len(args) > 3 {
+		parent = args[3]
+	}
+	n, err := loftNode(ctx, dir, transport)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	r, err := n.Receive(ctx, "ping", loft.ChannelOptions{Capacity: 16})
+	if err != nil {
+		return err
+	}
+	s, err := n.Sender(ctx, target(transport, parent, "pong"))
+	if err != nil {
+		return err
+	}
+	if err := waitAttached(ctx, s); err != nil {
+		return err
+	}
+	if err := ToParent("ready %s", tcpAddr(n)+" "); err != nil {
+		return err
+	}
+	for {
+		m, err := r.Recv(ctx)
+		if err != nil {
+			return err
+		}
+		if len(m.Data) == 0 {
+			return nil
+		}
+		if err := s.Send(ctx, m.Data); err != nil {
+			return err
+		}
+	}
+}
+
+func loftPingPong(transport string) func(context.Context, Env) (Result, error) {
+	return func(ctx context.Context, env Env) (Result, error) {
+		dir, cleanup, err := loftDir()
+		if err != nil {
+			return Result{}, err
+		}
+		defer cleanup()
+		n, err := loftNode(ctx, dir, transport)
+		if err != nil {
+			return Result{}, err
+		}
+		defer n.Close()
+		pong, err := n.Receive(ctx, "pong", loft.ChannelOptions{Capacity: 16})
+		if err != nil {
+			return Result{}, err
+		}
+		ch, err := env.Spawn(ctx, "loft-echo", dir, transport, strconv.Itoa(env.Size), tcpAddr(n))
+		if err != nil {
+			return Result{}, err
+		}
+		f, err := ch.Expect(ctx, "ready")
+		if err != nil {
+			return Result{}, err
+		}
+		addr := ""
+		if len(f) > 0 {
+			addr = f[0]
+		}
+		s, err := n.Sender(ctx, target(transport, addr, "ping"))
+		if err != nil {
+			return Result{}, err
+		}
+		if err := waitAttached(ctx, s); err != nil {
+			return Result{}, err
+		}
+		msg := make([]byte, env.Size)
+		for i := range msg {
+			msg[i] = byte(i)
+		}
+		buf := make([]byte, env.Size)
+		res, err := MeasureRoundTrips(ctx, env.Budget, func() error {
+			if err := s.Send(ctx, msg); err != nil {
+				return err
+			}
+			m, err := pong.Recv(ctx)
+			if err != nil {
+				return err
+			}
+			copy(buf, m.Data)
+			if len(m.Data) != env.Size {
+				return fmt.Errorf("echo of %d bytes, sent %d", len(m.Data), env.Size)
+			}
+			return nil
+		})
+		s.Send(ctx, nil)
+		return res, err
+	}
+}
