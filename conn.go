@@ -28,6 +28,7 @@ type conn struct {
 	node     *Node
 	nc       net.Conn
 	uc       *net.UnixConn // non-nil on Unix sockets: files can be passed
+	fc       fileConn      // non-nil on shared memory: files go on the side socket
 	remoteID string
 	dialed   bool
 	hb       bool // heartbeats on (TCP)
@@ -61,6 +62,14 @@ type conn struct {
 	err       error // why it closed; set before closed is closed
 }
 
+// fileConn is a connection that passes files beside its byte stream
+// (shared memory: on its side socket). Files written before some bytes are
+// available to TakeFiles by the time those bytes are read.
+type fileConn interface {
+	WriteFiles(fds []int) error
+	TakeFiles(n int, timeout time.Duration) ([]int, error)
+}
+
 type fileMark struct {
 	off int
 	fds []int
@@ -92,11 +101,13 @@ func newConn(n *Node, nc net.Conn, dialed bool) *conn {
 		inAtts:  map[uint32]*inAtt{},
 		closed:  make(chan struct{}),
 	}
-	if uc, ok := nc.(*net.UnixConn); ok {
-		c.uc = uc
-	}
-	if _, ok := nc.(*net.UnixConn); !ok {
-		c.hb = true
+	switch x := nc.(type) {
+	case *net.UnixConn:
+		c.uc = x
+	case fileConn:
+		c.fc = x
+	default:
+		c.hb = true // TCP and anything else without a kernel hang-up signal
 	}
 	return c
 }
@@ -468,7 +479,15 @@ func (c *conn) write(buf []byte, marks []fileMark) error {
 			}
 		}
 		end := m.off + wire.HeaderSize + int(binary.LittleEndian.Uint32(buf[m.off+4:]))
-		n, _, err := c.uc.WriteMsgUnix(buf[m.off:end], unix.UnixRights(m.fds...), nil)
+		var n int
+		var err error
+		if c.fc != nil {
+			if err = c.fc.WriteFiles(m.fds); err == nil {
+				n, err = c.nc.Write(buf[m.off:end])
+			}
+		} else {
+			n, _, err = c.uc.WriteMsgUnix(buf[m.off:end], unix.UnixRights(m.fds...), nil)
+		}
 		for _, fd := range m.fds {
 			unix.Close(fd)
 		}

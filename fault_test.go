@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loft-ipc/loft/transport"
 	"github.com/loft-ipc/loft/wire"
 )
 
@@ -155,12 +156,22 @@ func TestProcTCPCutsLoseNothing(t *testing.T) {
 }
 
 // rawConn dials a node's Unix socket and performs the handshake by hand.
-func rawConn(t *testing.T, n *Node) (net.Conn, *wire.Reader) {
+func rawConn(t *testing.T, n *Node, scheme string) (net.Conn, *wire.Reader) {
 	t.Helper()
-	u, _ := url.Parse(n.Addrs()[0])
-	c, err := net.Dial("unix", u.Path)
-	if err != nil {
-		t.Fatal(err)
+	var c net.Conn
+	for _, a := range n.Addrs() {
+		u, _ := url.Parse(a)
+		if u.Scheme != scheme {
+			continue
+		}
+		var err error
+		c, err = transport.Dial(context.Background(), u, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c == nil {
+		t.Fatalf("node has no %s address", scheme)
 	}
 	t.Cleanup(func() { c.Close() })
 	p := wire.AppendUvarint(nil, wire.Version)
@@ -239,12 +250,14 @@ func TestBadInputClosesOnlyThatConnection(t *testing.T) {
 		"unknown type":     wire.AppendFrame(nil, wire.Type(200), 0, nil),
 		"truncated attach": wire.AppendFrame(nil, wire.TAttach, 0, []byte{1, 5, 'c'}),
 	}
-	for name, b := range cases {
-		t.Run(name, func(t *testing.T) {
-			c, rd := rawConn(t, rn)
-			c.Write(b)
-			expectClosed(t, c, rd)
-		})
+	for _, scheme := range []string{"unix", "shm"} {
+		for name, b := range cases {
+			t.Run(scheme+"/"+name, func(t *testing.T) {
+				c, rd := rawConn(t, rn, scheme)
+				c.Write(b)
+				expectClosed(t, c, rd)
+			})
+		}
 	}
 	// The node and the well-behaved sender carried on.
 	if err := gs.Send(ctx, []byte("still here")); err != nil {

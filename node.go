@@ -72,7 +72,7 @@ func Open(ctx context.Context, opts Options) (*Node, error) {
 		id:         opts.ID,
 		opts:       opts,
 		log:        opts.Logger,
-		tcfg:       &transport.Config{TLS: opts.TLS, AllowUIDs: opts.AllowUIDs},
+		tcfg:       &transport.Config{TLS: opts.TLS, AllowUIDs: opts.AllowUIDs, BusyPoll: opts.BusyPoll},
 		hbInterval: opts.HeartbeatInterval,
 		hbTimeout:  opts.HeartbeatTimeout,
 		maxFrame:   opts.MaxFrameSize,
@@ -106,6 +106,14 @@ func Open(ctx context.Context, opts Options) (*Node, error) {
 	sockDir := filepath.Join(reg.Dir(), "sock")
 	if err := os.MkdirAll(sockDir, 0o700); err != nil {
 		return nil, err
+	}
+	if !opts.NoSharedMemory {
+		shm := filepath.Join(sockDir, n.id+".shm")
+		os.Remove(shm)
+		if err := n.listen(ctx, &url.URL{Scheme: "shm", Path: shm}); err != nil {
+			n.Close()
+			return nil, err
+		}
 	}
 	sock := filepath.Join(sockDir, n.id+".sock")
 	os.Remove(sock) // a previous node of this id died; its lease is gone or Register fails below
@@ -489,14 +497,8 @@ func (n *Node) refresh(s *Sender) {
 			return
 		}
 		for _, h := range hs {
-			for _, a := range h.Node.Addrs {
-				if strings.HasPrefix(a, "unix://") {
-					u, err := url.Parse(a)
-					if err == nil {
-						cands = append(cands, cand{key: h.Node.ID, addr: u})
-					}
-					break
-				}
+			if u := n.localAddr(h.Node.Addrs); u != nil {
+				cands = append(cands, cand{key: h.Node.ID, addr: u})
 			}
 		}
 	}
@@ -532,6 +534,25 @@ func (n *Node) refresh(s *Sender) {
 			}
 		}()
 	}
+}
+
+// localAddr picks how to reach a node on this host: shared memory unless
+// this node turned it off, else its Unix socket.
+func (n *Node) localAddr(addrs []string) *url.URL {
+	var best *url.URL
+	for _, a := range addrs {
+		u, err := url.Parse(a)
+		if err != nil {
+			continue
+		}
+		switch {
+		case u.Scheme == "shm" && !n.opts.NoSharedMemory:
+			return u
+		case u.Scheme == "unix" && best == nil:
+			best = u
+		}
+	}
+	return best
 }
 
 func (n *Node) attach(s *Sender, key string, addr *url.URL) error {
@@ -597,8 +618,8 @@ func (n *Node) Close() error {
 		err = n.lease.Close()
 	}
 	for _, a := range n.addrs {
-		if strings.HasPrefix(a, "unix://") {
-			os.Remove(strings.TrimPrefix(a, "unix://"))
+		if u, err := url.Parse(a); err == nil && (u.Scheme == "unix" || u.Scheme == "shm") {
+			os.Remove(u.Path)
 		}
 	}
 	n.wg.Wait()

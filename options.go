@@ -115,6 +115,14 @@ type Options struct {
 	// HeartbeatTimeout is how long a TCP connection may stay silent
 	// before the peer is declared gone. Zero: 5 s.
 	HeartbeatTimeout time.Duration
+	// NoSharedMemory turns the shared-memory transport off: peers on this
+	// host are then reached over the Unix socket. Zero: shared memory is
+	// used for every peer on this host.
+	NoSharedMemory bool
+	// BusyPoll makes shared-memory connections poll rather than park when
+	// idle, for the lowest latency at the cost of a busy core per waiting
+	// side. Zero: a short adaptive spin, then park.
+	BusyPoll bool
 	// MaxFrameSize bounds one incoming frame. Zero: 16 MiB plus headers.
 	MaxFrameSize int
 	// Logger receives structured logs. Zero: slog.Default() with a "loft"

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/loft-ipc/loft/wire"
 )
@@ -205,14 +206,26 @@ func (r *Receiver) deliverFiles(a *inAtt, floor uint64, d *wire.Decoder, c *conn
 	if err := d.End(); err != nil {
 		return err
 	}
-	if nf > uint64(len(c.fdq)) {
-		return protoErr("frame claims %d files, %d arrived", nf, len(c.fdq))
+	if nf > 64 {
+		return protoErr("frame claims %d files, at most 64 pass with one message", nf)
+	}
+	var fds []int
+	if c.fc != nil {
+		var err error
+		if fds, err = c.fc.TakeFiles(int(nf), 5*time.Second); err != nil {
+			return protoErr("%v", err)
+		}
+	} else {
+		if nf > uint64(len(c.fdq)) {
+			return protoErr("frame claims %d files, %d arrived", nf, len(c.fdq))
+		}
+		fds = c.fdq[:nf]
+		c.fdq = c.fdq[nf:]
 	}
 	files := make([]*os.File, nf)
 	for i := range files {
-		files[i] = os.NewFile(uintptr(c.fdq[i]), fmt.Sprintf("loft:%s", r.name))
+		files[i] = os.NewFile(uintptr(fds[i]), fmt.Sprintf("loft:%s", r.name))
 	}
-	c.fdq = c.fdq[nf:]
 	r.mu.Lock()
 	err := r.enqueueLocked(a, floor, Message{Data: data, From: a.remote, ID: id, Files: files})
 	wake := r.waiting > 0

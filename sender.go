@@ -314,9 +314,10 @@ func (s *Sender) TrySend(data []byte) error {
 	return s.send(nil, data, nil, false)
 }
 
-// SendFile sends one message with open files attached. The files are
-// duplicated, so the caller may close its own once SendFile returns. Only
-// Unix-socket links can carry files; other links return ErrUnsupported.
+// SendFile sends one message with open files attached (at most 64). The
+// files are duplicated, so the caller may close its own once SendFile
+// returns. Links on this host (shared memory or Unix socket) carry files;
+// over TCP SendFile returns an error wrapping ErrUnsupported.
 func (s *Sender) SendFile(ctx context.Context, data []byte, files ...*os.File) error {
 	fds := make([]int, 0, len(files))
 	for _, f := range files {
@@ -372,7 +373,7 @@ func (s *Sender) send(ctx context.Context, data []byte, fds []int, block bool) e
 				}
 			} else if s.orphans.len() == 0 {
 				if l := s.pickLocked(); l != nil {
-					if fds != nil && l.c.uc == nil {
+					if fds != nil && l.c.uc == nil && l.c.fc == nil {
 						s.mu.Unlock()
 						return &OpError{Op: "send", Name: s.name, Err: fmt.Errorf("%w: files need a Unix socket, %s is reached another way", ErrUnsupported, l.remote)}
 					}

@@ -3,7 +3,6 @@ package loft
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"strings"
 	"time"
 )
@@ -88,13 +87,10 @@ func (n *Node) Watch(ctx context.Context, name string) (<-chan Event, error) {
 						continue
 					}
 					var c *conn
-					for _, a := range h.Node.Addrs {
-						if u, perr := url.Parse(a); perr == nil && u.Scheme == "unix" {
-							cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-							c, err = n.connect(cctx, h.Node.ID, u)
-							cancel()
-							break
-						}
+					if u := n.localAddr(h.Node.Addrs); u != nil {
+						cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+						c, _ = n.connect(cctx, h.Node.ID, u)
+						cancel()
 					}
 					if c == nil {
 						continue

@@ -20,11 +20,18 @@ import (
 func init() {
 	RegisterRole("loft-recv", loftRecvRole)
 	RegisterRole("loft-echo", loftEchoRole)
-	for _, tr := range []string{"unix", "tcp"} {
-		Register(
-			Case{System: "loft", Transport: tr, Pattern: "oneway", Mode: "blocking", Run: loftOneway(tr)},
-			Case{System: "loft", Transport: tr, Pattern: "pingpong", Mode: "blocking", Run: loftPingPong(tr)},
-		)
+	for _, tr := range []string{"unix", "tcp", "shm", "shm-poll"} {
+		c := Case{System: "loft", Transport: tr, Mode: "blocking"}
+		if tr == "shm-poll" {
+			c.Transport, c.Mode = "shm", "polling"
+		}
+		if c.Transport == "shm" {
+			c.RawTransport = "unix"
+		}
+		ow, pp := c, c
+		ow.Pattern, ow.Run = "oneway", loftOneway(tr)
+		pp.Pattern, pp.Run = "pingpong", loftPingPong(tr)
+		Register(ow, pp)
 	}
 }
 
@@ -39,8 +46,14 @@ func loftDir() (string, func(), error) {
 
 func loftNode(ctx context.Context, dir, transport string) (*loft.Node, error) {
 	opts := loft.Options{Dir: dir}
-	if transport == "tcp" {
+	switch transport {
+	case "tcp":
 		opts.ListenTCP = "127.0.0.1:0"
+		opts.NoSharedMemory = true
+	case "unix":
+		opts.NoSharedMemory = true
+	case "shm-poll":
+		opts.BusyPoll = true
 	}
 	return loft.Open(ctx, opts)
 }
@@ -140,7 +153,7 @@ func loftOneway(transport string) func(context.Context, Env) (Result, error) {
 		if err != nil {
 			return Result{}, err
 		}
-		n, err := loftNode(ctx, dir, "")
+		n, err := loftNode(ctx, dir, transport)
 		if err != nil {
 			return Result{}, err
 		}

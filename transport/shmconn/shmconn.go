@@ -1,0 +1,717 @@
+package shmconn
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Layout constants; LAYOUT.md explains them.
+const (
+	Magic       = 0x31524d53_54464f4c // "LOFTSMR1" little-endian
+	Version     = 1
+	HeaderSize  = 4096
+	DefaultRing = 1 << 20
+	MinRing     = 4096
+	MaxRing     = 1 << 30
+
+	offMagic    = 0
+	offVersion  = 8
+	offRingSize = 12
+	offRingA    = 256 // control block of ring A: dialler -> listener
+	offRingB    = 512 // control block of ring B: listener -> dialler
+	ctlTail     = 0
+	ctlHead     = 64
+	ctlConsPark = 128
+	ctlProdPark = 192
+)
+
+// Wake-up bytes on the side socket.
+const (
+	wakeData  = 'D' // the ring you consume has data
+	wakeSpace = 'S' // the ring you produce has room
+	wakeFiles = 'F' // files follow in this message's ancillary data
+	helloAck  = 'A'
+)
+
+// Errors a caller can match with errors.Is.
+var (
+	ErrCorrupt = errors.New("shmconn: shared ring corrupted by the peer")
+	ErrHello   = errors.New("shmconn: bad handshake")
+)
+
+// Config tunes a connection. The zero value is the default.
+type Config struct {
+	// RingSize is the size of each direction's ring in bytes, a power of
+	// two between 4 KiB and 1 GiB. Zero: 1 MiB. Set by the dialler.
+	RingSize int
+	// Spin is how long a side polls the ring before it parks. Zero: 20 µs.
+	Spin time.Duration
+	// BusyPoll makes a side poll until data comes or its deadline passes,
+	// never parking: the lowest latency, at the cost of a core per waiting
+	// side.
+	BusyPoll bool
+}
+
+func (c *Config) spin() time.Duration {
+	if c == nil || c.Spin == 0 {
+		return 20 * time.Microsecond
+	}
+	return c.Spin
+}
+
+type ring struct {
+	tail, head         *atomic.Uint64
+	consPark, prodPark *atomic.Uint32
+	data               []byte
+	size               uint64
+}
+
+func newRing(mem []byte, ctl int, data []byte) ring {
+	p := unsafe.Pointer(&mem[ctl])
+	return ring{
+		tail:     (*atomic.Uint64)(unsafe.Add(p, ctlTail)),
+		head:     (*atomic.Uint64)(unsafe.Add(p, ctlHead)),
+		consPark: (*atomic.Uint32)(unsafe.Add(p, ctlConsPark)),
+		prodPark: (*atomic.Uint32)(unsafe.Add(p, ctlProdPark)),
+		data:     data,
+		size:     uint64(len(data)),
+	}
+}
+
+// Conn is a net.Conn over shared memory. It is safe for concurrent use:
+// Reads are serialised with Reads and Writes with Writes; Close unblocks
+// both.
+type Conn struct {
+	sock   *net.UnixConn
+	mem    []byte
+	tx, rx ring
+	spin   time.Duration
+	poll   bool
+
+	dataCh  chan struct{}
+	spaceCh chan struct{}
+	closed  chan struct{}
+	gone    chan struct{} // the peer's socket closed
+	once    sync.Once
+	goneErr error
+
+	rmu, wmu     sync.Mutex
+	rdl, wdl     deadline
+	fmu          sync.Mutex
+	files        []int
+	filesCh      chan struct{}
+	local, remot net.Addr
+}
+
+func newConn(sock *net.UnixConn, mem []byte, dialer bool, cfg *Config) *Conn {
+	size := int(binary.LittleEndian.Uint32(mem[offRingSize:]))
+	a := newRing(mem, offRingA, mem[HeaderSize:HeaderSize+size])
+	b := newRing(mem, offRingB, mem[HeaderSize+size:HeaderSize+2*size])
+	c := &Conn{
+		sock:    sock,
+		mem:     mem,
+		spin:    cfg.spin(),
+		poll:    cfg != nil && cfg.BusyPoll,
+		dataCh:  make(chan struct{}, 1),
+		spaceCh: make(chan struct{}, 1),
+		closed:  make(chan struct{}),
+		gone:    make(chan struct{}),
+		filesCh: make(chan struct{}, 1),
+		rdl:     makeDeadline(),
+		wdl:     makeDeadline(),
+		local:   sock.LocalAddr(),
+		remot:   sock.RemoteAddr(),
+	}
+	if dialer {
+		c.tx, c.rx = a, b
+	} else {
+		c.tx, c.rx = b, a
+	}
+	go c.sockLoop()
+	return c
+}
+
+// sockLoop reads wake-ups and files from the side socket until it closes.
+func (c *Conn) sockLoop() {
+	buf := make([]byte, 256)
+	oob := make([]byte, unix.CmsgSpace(4*64))
+	for {
+		n, oobn, _, _, err := c.sock.ReadMsgUnix(buf, oob)
+		n, oobn = max(n, 0), max(oobn, 0)
+		if oobn > 0 {
+			if msgs, perr := unix.ParseSocketControlMessage(oob[:oobn]); perr == nil {
+				for _, m := range msgs {
+					if fds, ferr := unix.ParseUnixRights(&m); ferr == nil {
+						c.fmu.Lock()
+						c.files = append(c.files, fds...)
+						c.fmu.Unlock()
+						notify(c.filesCh)
+					}
+				}
+			}
+		}
+		for _, b := range buf[:n] {
+			switch b {
+			case wakeData:
+				notify(c.dataCh)
+			case wakeSpace:
+				notify(c.spaceCh)
+			case wakeFiles:
+			default:
+				err = fmt.Errorf("%w: unknown wake-up byte %#x", ErrCorrupt, b)
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) {
+				err = nil
+			}
+			c.goneErr = err
+			close(c.gone)
+			return
+		}
+	}
+}
+
+func notify(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Conn) wake(b byte) {
+	c.sock.Write([]byte{b})
+}
+
+func (c *Conn) isGone() bool {
+	select {
+	case <-c.gone:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *Conn) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// Read reads from the ring the peer writes. After the peer is gone, Read
+// returns what is left in the ring, then io.EOF.
+func (c *Conn) Read(p []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if c.isClosed() {
+		return 0, net.ErrClosed
+	}
+	if c.rdl.expired() {
+		return 0, os.ErrDeadlineExceeded
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	r := &c.rx
+	head := r.head.Load()
+	for {
+		tail := r.tail.Load()
+		if tail != head {
+			avail := tail - head
+			if avail > r.size {
+				return 0, fmt.Errorf("%w: %d bytes claimed in a ring of %d", ErrCorrupt, avail, r.size)
+			}
+			n := min(avail, uint64(len(p)))
+			off := head % r.size
+			k := copy(p[:n], r.data[off:])
+			if uint64(k) < n {
+				copy(p[k:n], r.data[:n-uint64(k)])
+			}
+			r.head.Store(head + n)
+			if r.prodPark.Load() != 0 && r.prodPark.CompareAndSwap(1, 0) {
+				c.wake(wakeSpace)
+			}
+			return int(n), nil
+		}
+		if c.isGone() {
+			if c.goneErr != nil {
+				return 0, c.goneErr
+			}
+			return 0, io.EOF
+		}
+		if err := c.wait(r, head, true); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// wait waits until the ring changes from what the caller saw: for a reader,
+// until tail moves past seen; for a writer, until head moves past seen.
+func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
+	word, park, ch, dl := r.tail, r.consPark, c.dataCh, &c.rdl
+	if !reader {
+		word, park, ch, dl = r.head, r.prodPark, c.spaceCh, &c.wdl
+	}
+	if dl.expired() {
+		return os.ErrDeadlineExceeded
+	}
+	start := time.Now()
+	for i := 0; ; i++ {
+		if word.Load() != seen {
+			return nil
+		}
+		if i&255 == 255 {
+			if c.isClosed() {
+				return net.ErrClosed
+			}
+			if c.isGone() {
+				return nil
+			}
+			if dl.expired() {
+				return os.ErrDeadlineExceeded
+			}
+			if !c.poll && time.Since(start) > c.spin {
+				break
+			}
+			runtime.Gosched()
+		}
+	}
+	park.Store(1)
+	if word.Load() != seen {
+		park.Store(0)
+		return nil
+	}
+	select {
+	case <-ch:
+	case <-c.gone:
+	case <-c.closed:
+		park.Store(0)
+		return net.ErrClosed
+	case <-dl.wait():
+		park.Store(0)
+		return os.ErrDeadlineExceeded
+	}
+	park.Store(0)
+	return nil
+}
+
+// Write writes p into the ring the peer reads, waiting for room as needed.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.isClosed() {
+		return 0, net.ErrClosed
+	}
+	if c.wdl.expired() {
+		return 0, os.ErrDeadlineExceeded
+	}
+	r := &c.tx
+	tail := r.tail.Load()
+	total := 0
+	for len(p) > 0 {
+		if c.isGone() {
+			return total, &net.OpError{Op: "write", Net: "shm", Err: syscall.EPIPE}
+		}
+		head := r.head.Load()
+		used := tail - head
+		if used > r.size {
+			return total, fmt.Errorf("%w: peer's head is %d bytes behind a ring of %d", ErrCorrupt, used, r.size)
+		}
+		free := r.size - used
+		if free == 0 {
+			if err := c.wait(r, head, false); err != nil {
+				return total, err
+			}
+			continue
+		}
+		n := min(free, uint64(len(p)))
+		off := tail % r.size
+		k := copy(r.data[off:], p[:n])
+		if uint64(k) < n {
+			copy(r.data, p[k:n])
+		}
+		tail += n
+		r.tail.Store(tail)
+		p = p[n:]
+		total += int(n)
+		if r.consPark.Load() != 0 && r.consPark.CompareAndSwap(1, 0) {
+			c.wake(wakeData)
+		}
+	}
+	return total, nil
+}
+
+// WriteFiles passes open files to the peer ahead of the bytes written next;
+// the peer collects them with TakeFiles. The caller keeps its descriptors.
+func (c *Conn) WriteFiles(fds []int) error {
+	_, _, err := c.sock.WriteMsgUnix([]byte{wakeFiles}, unix.UnixRights(fds...), nil)
+	return err
+}
+
+// TakeFiles returns the next n files the peer passed, waiting up to timeout
+// for them to arrive. The caller owns the descriptors.
+func (c *Conn) TakeFiles(n int, timeout time.Duration) ([]int, error) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		c.fmu.Lock()
+		if len(c.files) >= n {
+			fds := append([]int(nil), c.files[:n]...)
+			c.files = c.files[n:]
+			c.fmu.Unlock()
+			return fds, nil
+		}
+		c.fmu.Unlock()
+		select {
+		case <-c.filesCh:
+		case <-c.gone:
+			return nil, io.ErrUnexpectedEOF
+		case <-c.closed:
+			return nil, net.ErrClosed
+		case <-t.C:
+			return nil, fmt.Errorf("shmconn: %d files announced, not received within %v", n, timeout)
+		}
+	}
+}
+
+// Close closes the connection; pending Reads and Writes return. The shared
+// memory is unmapped once they have.
+func (c *Conn) Close() error {
+	c.once.Do(func() {
+		close(c.closed)
+		c.sock.Close()
+		c.rdl.set(time.Time{})
+		c.wdl.set(time.Time{})
+		c.rmu.Lock()
+		c.wmu.Lock()
+		unix.Munmap(c.mem)
+		c.mem = nil
+		c.wmu.Unlock()
+		c.rmu.Unlock()
+		c.fmu.Lock()
+		for _, fd := range c.files {
+			unix.Close(fd)
+		}
+		c.files = nil
+		c.fmu.Unlock()
+	})
+	return nil
+}
+
+// LocalAddr returns the side socket's local address.
+func (c *Conn) LocalAddr() net.Addr { return c.local }
+
+// RemoteAddr returns the side socket's remote address.
+func (c *Conn) RemoteAddr() net.Addr { return c.remot }
+
+// SetDeadline sets the read and write deadlines.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.rdl.set(t)
+	c.wdl.set(t)
+	return nil
+}
+
+// SetReadDeadline sets the read deadline.
+func (c *Conn) SetReadDeadline(t time.Time) error { c.rdl.set(t); return nil }
+
+// SetWriteDeadline sets the write deadline.
+func (c *Conn) SetWriteDeadline(t time.Time) error { c.wdl.set(t); return nil }
+
+// PeerCred returns the credentials of the peer process (SO_PEERCRED).
+func (c *Conn) PeerCred() (*unix.Ucred, error) {
+	raw, err := c.sock.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, cerr
+}
+
+// ---- deadlines ----
+
+type deadline struct {
+	mu     *sync.Mutex
+	timer  **time.Timer
+	cancel *chan struct{}
+	at     *time.Time
+}
+
+func makeDeadline() deadline {
+	ch := make(chan struct{})
+	var t *time.Timer
+	var at time.Time
+	return deadline{mu: &sync.Mutex{}, timer: &t, cancel: &ch, at: &at}
+}
+
+func (d *deadline) set(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if *d.timer != nil && !(*d.timer).Stop() {
+		<-*d.cancel // the timer fired: wait until it closed the channel
+	}
+	*d.timer = nil
+	closed := isDone(*d.cancel)
+	*d.at = t
+	if t.IsZero() {
+		if closed {
+			*d.cancel = make(chan struct{})
+		}
+		return
+	}
+	dur := time.Until(t)
+	if dur <= 0 {
+		if !closed {
+			close(*d.cancel)
+		}
+		return
+	}
+	if closed {
+		*d.cancel = make(chan struct{})
+	}
+	ch := *d.cancel
+	*d.timer = time.AfterFunc(dur, func() { close(ch) })
+}
+
+func (d *deadline) wait() chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return *d.cancel
+}
+
+func (d *deadline) expired() bool {
+	return isDone(d.wait())
+}
+
+func isDone(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// ---- dial and listen ----
+
+// Dial connects to the shared-memory listener at the Unix socket path.
+func Dial(ctx context.Context, path string, cfg *Config) (*Conn, error) {
+	size := DefaultRing
+	if cfg != nil && cfg.RingSize != 0 {
+		size = cfg.RingSize
+	}
+	if size < MinRing || size > MaxRing || size&(size-1) != 0 {
+		return nil, fmt.Errorf("shmconn: ring size %d: want a power of two from %d to %d", size, MinRing, MaxRing)
+	}
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, err
+	}
+	sock := nc.(*net.UnixConn)
+	mem, fd, err := createMem(size)
+	if err != nil {
+		sock.Close()
+		return nil, err
+	}
+	defer unix.Close(fd)
+	fail := func(err error) (*Conn, error) {
+		unix.Munmap(mem)
+		sock.Close()
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		sock.SetDeadline(dl)
+	} else {
+		sock.SetDeadline(time.Now().Add(10 * time.Second))
+	}
+	hello := binary.LittleEndian.AppendUint64(nil, Magic)
+	if _, _, err := sock.WriteMsgUnix(hello, unix.UnixRights(fd), nil); err != nil {
+		return fail(err)
+	}
+	var ack [1]byte
+	if _, err := io.ReadFull(sock, ack[:]); err != nil || ack[0] != helloAck {
+		return fail(fmt.Errorf("%w: listener did not accept the shared memory: %v", ErrHello, err))
+	}
+	sock.SetDeadline(time.Time{})
+	return newConn(sock, mem, true, cfg), nil
+}
+
+func createMem(ringSize int) ([]byte, int, error) {
+	total := HeaderSize + 2*ringSize
+	fd, err := unix.MemfdCreate("loft-shmconn", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, -1, os.NewSyscallError("memfd_create", err)
+	}
+	if err := unix.Ftruncate(fd, int64(total)); err != nil {
+		unix.Close(fd)
+		return nil, -1, os.NewSyscallError("ftruncate", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
+		unix.Close(fd)
+		return nil, -1, os.NewSyscallError("fcntl(F_ADD_SEALS)", err)
+	}
+	mem, err := unix.Mmap(fd, 0, total, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		unix.Close(fd)
+		return nil, -1, os.NewSyscallError("mmap", err)
+	}
+	binary.LittleEndian.PutUint64(mem[offMagic:], Magic)
+	binary.LittleEndian.PutUint32(mem[offVersion:], Version)
+	binary.LittleEndian.PutUint32(mem[offRingSize:], uint32(ringSize))
+	return mem, fd, nil
+}
+
+// Listener accepts shared-memory connections on a Unix socket.
+type Listener struct {
+	ln    *net.UnixListener
+	cfg   *Config
+	Check func(*net.UnixConn) error // optional: vet the peer before the handshake
+}
+
+// Listen listens on the Unix socket path (created with mode 0600).
+func Listen(ctx context.Context, path string, cfg *Config) (*Listener, error) {
+	var lc net.ListenConfig
+	l, err := lc.Listen(ctx, "unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return &Listener{ln: l.(*net.UnixListener), cfg: cfg}, nil
+}
+
+// Accept waits for a peer and completes the handshake. A peer that fails
+// the check or the handshake is dropped and Accept goes on waiting.
+func (l *Listener) Accept() (net.Conn, error) {
+	for {
+		uc, err := l.ln.AcceptUnix()
+		if err != nil {
+			return nil, err
+		}
+		if l.Check != nil {
+			if err := l.Check(uc); err != nil {
+				uc.Close()
+				continue
+			}
+		}
+		c, err := accept(uc, l.cfg)
+		if err != nil {
+			uc.Close()
+			continue
+		}
+		return c, nil
+	}
+}
+
+// accept validates the peer's memfd: sealed, of the size its header says,
+// with our magic and version, before mapping it.
+func accept(uc *net.UnixConn, cfg *Config) (*Conn, error) {
+	uc.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 8)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return nil, err
+	}
+	var fds []int
+	if msgs, perr := unix.ParseSocketControlMessage(oob[:oobn]); perr == nil {
+		for _, m := range msgs {
+			if f, ferr := unix.ParseUnixRights(&m); ferr == nil {
+				fds = append(fds, f...)
+			}
+		}
+	}
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	if n != 8 || binary.LittleEndian.Uint64(buf) != Magic || len(fds) != 1 {
+		return nil, fmt.Errorf("%w: want magic and one memfd", ErrHello)
+	}
+	mem, err := mapPeer(fds[0])
+	if err != nil {
+		return nil, err
+	}
+	if _, err := uc.Write([]byte{helloAck}); err != nil {
+		unix.Munmap(mem)
+		return nil, err
+	}
+	uc.SetDeadline(time.Time{})
+	return newConn(uc, mem, false, cfg), nil
+}
+
+// mapPeer checks and maps a memfd received from a peer.
+func mapPeer(fd int) ([]byte, error) {
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%w: not a sealable memfd: %v", ErrHello, err)
+	}
+	if seals&(unix.F_SEAL_SHRINK|unix.F_SEAL_GROW) != unix.F_SEAL_SHRINK|unix.F_SEAL_GROW {
+		return nil, fmt.Errorf("%w: memfd size not sealed", ErrHello)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, err
+	}
+	if st.Size < HeaderSize || st.Size > HeaderSize+2*MaxRing {
+		return nil, fmt.Errorf("%w: memfd of %d bytes", ErrHello, st.Size)
+	}
+	mem, err := unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, os.NewSyscallError("mmap", err)
+	}
+	if err := checkHeader(mem); err != nil {
+		unix.Munmap(mem)
+		return nil, err
+	}
+	return mem, nil
+}
+
+// checkHeader validates a mapped region's header against its length.
+func checkHeader(mem []byte) error {
+	if len(mem) < HeaderSize {
+		return fmt.Errorf("%w: %d bytes, shorter than the header", ErrHello, len(mem))
+	}
+	if m := binary.LittleEndian.Uint64(mem[offMagic:]); m != Magic {
+		return fmt.Errorf("%w: magic %#x", ErrHello, m)
+	}
+	if v := binary.LittleEndian.Uint32(mem[offVersion:]); v != Version {
+		return fmt.Errorf("%w: layout version %d, want %d", ErrHello, v, Version)
+	}
+	size := uint64(binary.LittleEndian.Uint32(mem[offRingSize:]))
+	if size < MinRing || size > MaxRing || size&(size-1) != 0 || uint64(len(mem)) != HeaderSize+2*size {
+		return fmt.Errorf("%w: ring size %d in a region of %d bytes", ErrHello, size, len(mem))
+	}
+	return nil
+}
+
+// Close stops listening.
+func (l *Listener) Close() error { return l.ln.Close() }
+
+// Addr returns the Unix socket address.
+func (l *Listener) Addr() net.Addr { return l.ln.Addr() }

@@ -1,0 +1,223 @@
+package shmconn
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/net/nettest"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv("SHMCONN_CHILD") != "" {
+		child()
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// child dials the listener named in SHMCONN_PATH, writes what it was told
+// and then waits to be killed.
+func child() {
+	c, err := Dial(context.Background(), os.Getenv("SHMCONN_PATH"), &Config{RingSize: 1 << 16})
+	if err != nil {
+		os.Exit(2)
+	}
+	c.Write([]byte("hello from the child"))
+	os.Stdout.Write([]byte("written\n"))
+	io.Copy(io.Discard, os.Stdin)
+	os.Exit(0)
+}
+
+func listen(t *testing.T, cfg *Config) (*Listener, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "s.sock")
+	l, err := Listen(context.Background(), path, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l, path
+}
+
+func pair(t *testing.T, cfg *Config) (net.Conn, net.Conn) {
+	t.Helper()
+	l, path := listen(t, cfg)
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := l.Accept()
+		ch <- res{c, err}
+	}()
+	d, err := Dial(context.Background(), path, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	return d, r.c
+}
+
+func TestTransferAcrossWrap(t *testing.T) {
+	for _, cfg := range []*Config{{RingSize: 4096}, {RingSize: 1 << 16, BusyPoll: true}} {
+		a, b := pair(t, cfg)
+		data := make([]byte, 3<<20+17)
+		rand.Read(data)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := data; len(p) > 0; {
+				n := min(len(p), 1000+len(p)%7000)
+				if _, err := a.Write(p[:n]); err != nil {
+					t.Error(err)
+					return
+				}
+				p = p[n:]
+			}
+			a.Close()
+		}()
+		got, err := io.ReadAll(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		b.Close()
+		if !bytes.Equal(got, data) {
+			t.Fatalf("received %d bytes, not equal to the %d sent", len(got), len(data))
+		}
+	}
+}
+
+// TestNetConnContract runs the x/net conformance suite: deadlines,
+// concurrent use, Close unblocking pending calls, and more.
+func TestNetConnContract(t *testing.T) {
+	nettest.TestConn(t, func() (c1, c2 net.Conn, stop func(), err error) {
+		path := filepath.Join(t.TempDir(), "n.sock")
+		l, err := Listen(context.Background(), path, &Config{RingSize: 1 << 16})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		ch := make(chan net.Conn, 1)
+		go func() {
+			c, _ := l.Accept()
+			ch <- c
+		}()
+		d, err := Dial(context.Background(), path, &Config{RingSize: 1 << 16})
+		if err != nil {
+			l.Close()
+			return nil, nil, nil, err
+		}
+		c2 = <-ch
+		return d, c2, func() { d.Close(); c2.Close(); l.Close() }, nil
+	})
+}
+
+func TestPeerKilledGivesEOFAfterData(t *testing.T) {
+	l, path := listen(t, nil)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "SHMCONN_CHILD=1", "SHMCONN_PATH="+path)
+	out, _ := cmd.StdoutPipe()
+	in, _ := cmd.StdinPipe()
+	defer in.Close()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	line := make([]byte, 8)
+	io.ReadFull(out, line)
+	start := time.Now()
+	cmd.Process.Kill()
+	cmd.Wait()
+	// The message written before the SIGKILL survives its writer.
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "hello from the child" {
+		t.Fatalf("read %q", got)
+	}
+	t.Logf("EOF %v after SIGKILL", time.Since(start))
+	if _, err := c.Write([]byte("x")); err == nil {
+		t.Fatal("write to a dead peer succeeded")
+	}
+}
+
+func TestBadHandshakeRefused(t *testing.T) {
+	l, path := listen(t, nil)
+	done := make(chan error, 1)
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			c.Close()
+			done <- errors.New("accepted a bad peer")
+			return
+		}
+		done <- nil
+	}()
+	// A peer that sends garbage instead of a sealed memfd is dropped.
+	nc, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Write([]byte("LOFTSMR1"))
+	buf := make([]byte, 1)
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := nc.Read(buf); err == nil {
+		t.Fatal("listener answered a handshake without a memfd")
+	}
+	nc.Close()
+	l.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCheckHeader(t *testing.T) {
+	good := make([]byte, HeaderSize+2*MinRing)
+	copy(good, []byte{0x4c, 0x4f, 0x46, 0x54, 0x53, 0x4d, 0x52, 0x31, 1, 0, 0, 0, 0, 0x10, 0, 0})
+	if err := checkHeader(good); err != nil {
+		t.Fatal(err)
+	}
+	bad := append([]byte(nil), good...)
+	bad[12] = 3
+	if err := checkHeader(bad); !errors.Is(err, ErrHello) {
+		t.Fatalf("bad ring size accepted: %v", err)
+	}
+	if err := checkHeader(good[:HeaderSize+MinRing]); !errors.Is(err, ErrHello) {
+		t.Fatalf("short region accepted: %v", err)
+	}
+}
+
+// FuzzCheckHeader: any bytes as a region header are refused or accepted,
+// never a panic, and accepted ones describe exactly the region's length.
+func FuzzCheckHeader(f *testing.F) {
+	good := make([]byte, HeaderSize+2*MinRing)
+	copy(good, []byte{0x4c, 0x4f, 0x46, 0x54, 0x53, 0x4d, 0x52, 0x31, 1, 0, 0, 0, 0, 0x10, 0, 0})
+	f.Add(good[:64], uint16(2*MinRing))
+	f.Add([]byte("garbage"), uint16(0))
+	f.Fuzz(func(t *testing.T, hdr []byte, extra uint16) {
+		mem := make([]byte, HeaderSize+int(extra))
+		copy(mem, hdr)
+		checkHeader(mem)
+	})
+}
