@@ -65,6 +65,9 @@ type Config struct {
 	BusyPoll bool
 }
 
+// minSpin is the shortest adaptive spin before parking.
+const minSpin = 500 * time.Nanosecond
+
 func (c *Config) spin() time.Duration {
 	if c == nil || c.Spin == 0 {
 		return 20 * time.Microsecond
@@ -108,12 +111,14 @@ type Conn struct {
 	once    sync.Once
 	goneErr error
 
-	rmu, wmu     sync.Mutex
-	rdl, wdl     deadline
-	fmu          sync.Mutex
-	files        []int
-	filesCh      chan struct{}
-	local, remot net.Addr
+	rxSpin, txSpin   atomic.Int64 // adaptive spin budgets, ns
+	rxFails, txFails atomic.Int32 // parks since the last spin that paid off
+	rmu, wmu         sync.Mutex
+	rdl, wdl         deadline
+	fmu              sync.Mutex
+	files            []int
+	filesCh          chan struct{}
+	local, remot     net.Addr
 }
 
 func newConn(sock *net.UnixConn, mem []byte, dialer bool, cfg *Config) *Conn {
@@ -271,26 +276,56 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 	if dl.expired() {
 		return os.ErrDeadlineExceeded
 	}
+	spin := &c.rxSpin
+	if !reader {
+		spin = &c.txSpin
+	}
+	budget := time.Duration(spin.Load())
+	if budget == 0 {
+		budget = c.spin
+	}
 	start := time.Now()
 	for i := 0; ; i++ {
 		if word.Load() != seen {
+			// The spin paid off: spin the full time next time.
+			spin.Store(int64(c.spin))
+			if reader {
+				c.rxFails.Store(0)
+			} else {
+				c.txFails.Store(0)
+			}
 			return nil
 		}
-		if i&255 == 255 {
+		if i&63 == 63 {
 			if c.isClosed() {
 				return net.ErrClosed
 			}
 			if c.isGone() {
 				return nil
 			}
-			if dl.expired() {
-				return os.ErrDeadlineExceeded
+			if c.poll {
+				if dl.expired() {
+					return os.ErrDeadlineExceeded
+				}
+				if i&4095 == 4095 {
+					runtime.Gosched()
+				}
+				continue
 			}
-			if !c.poll && time.Since(start) > c.spin {
+			if time.Since(start) > budget {
 				break
 			}
-			runtime.Gosched()
 		}
+	}
+	// The spin did not pay off. After a few such misses in a row, spin half
+	// as long, down to a floor, so an idle direction costs almost nothing.
+	fails := &c.rxFails
+	if !reader {
+		fails = &c.txFails
+	}
+	if fails.Add(1) >= 4 {
+		fails.Store(0)
+		spin.Store(max(int64(budget/2), int64(minSpin)))
 	}
 	park.Store(1)
 	if word.Load() != seen {
