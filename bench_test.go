@@ -2,6 +2,8 @@ package loft
 
 import (
 	"context"
+	"io"
+	"net"
 	"path/filepath"
 	"testing"
 )
@@ -66,4 +68,87 @@ func itoa(n int) string {
 		n /= 10
 	}
 	return string(b)
+}
+
+func BenchmarkPingPong(b *testing.B) {
+	for _, shm := range []bool{false, true} {
+		name := "unix"
+		if shm {
+			name = "shm"
+		}
+		b.Run(name, func(b *testing.B) {
+			dir := filepath.Join(b.TempDir(), "rt")
+			ctx := context.Background()
+			a, err := Open(ctx, Options{Dir: dir, NoSharedMemory: !shm})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer a.Close()
+			z, err := Open(ctx, Options{Dir: dir, NoSharedMemory: !shm})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer z.Close()
+			ping, _ := z.Receive(ctx, "ping", ChannelOptions{Capacity: 16})
+			pong, _ := a.Receive(ctx, "pong", ChannelOptions{Capacity: 16})
+			sa, _ := a.Sender(ctx, "ping")
+			sz, _ := z.Sender(ctx, "pong")
+			waitReceivers(b, sa, 1)
+			waitReceivers(b, sz, 1)
+			go func() {
+				for {
+					m, err := ping.Recv(ctx)
+					if err != nil {
+						return
+					}
+					if sz.Send(ctx, m.Data) != nil {
+						return
+					}
+				}
+			}()
+			msg := make([]byte, 64)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := sa.Send(ctx, msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := pong.Recv(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkRawUnixPingPong(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "s")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 64)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			c.Write(buf)
+		}
+	}()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 64)
+	for i := 0; i < b.N; i++ {
+		c.Write(buf)
+		io.ReadFull(c, buf)
+	}
 }

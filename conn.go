@@ -10,15 +10,18 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/loft-ipc/loft/wire"
 	"golang.org/x/sys/unix"
 )
 
-// conn is one connection between two nodes. The dialling node attaches
-// senders to endpoints of the accepting node; data flows from dialler to
-// acceptor and acks and credit flow back on the same connection.
+// conn is one connection between two nodes, used in both directions: either
+// side attaches its senders to the other's receivers, so the data of one
+// direction and the acks of the other share writes. Attachment ids are
+// chosen by the side that attaches; links holds ours, inAtts the peer's.
 //
 // Goroutines: one reader and one writer per conn. Locks: wmu guards the
 // output buffer and the dirty-ack list; lmu guards the attachment tables.
@@ -48,6 +51,7 @@ type conn struct {
 	lastWrite     atomic.Int64
 	backlog       atomic.Int64  // bytes queued in out
 	drained       chan struct{} // closed and replaced after each write; guarded by wmu
+	drainWaiters  int
 
 	lmu     sync.Mutex
 	nextAtt uint32
@@ -306,16 +310,22 @@ func (c *conn) waitDrain(ctx context.Context) error {
 	for c.backlog.Load() > highWater {
 		c.wmu.Lock()
 		ch := c.drained
+		c.drainWaiters++
 		c.wmu.Unlock()
-		if c.backlog.Load() <= highWater {
-			return nil
+		var err error
+		if c.backlog.Load() > highWater {
+			select {
+			case <-ch:
+			case <-c.closed:
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
 		}
-		select {
-		case <-ch:
-		case <-c.closed:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
+		c.wmu.Lock()
+		c.drainWaiters--
+		c.wmu.Unlock()
+		if err != nil || c.isClosed() {
+			return err
 		}
 	}
 	return nil
@@ -399,7 +409,7 @@ func (c *conn) writeLoop() {
 // write its message itself instead of handing it to the writer goroutine:
 // a lone message then costs no goroutine wake-up, while a burst still
 // travels in few writes.
-const idleGap = 20 * time.Microsecond
+const idleGap = 0
 
 // flushNow is called by a goroutine that just queued data and won the right
 // to flush (wakeLocked returned true). On an idle connection it writes at
@@ -436,11 +446,13 @@ func (c *conn) flushOnce() (bool, error) {
 	for _, a := range c.dirty {
 		a.dirty = false
 		taken, limit := a.ackTaken.Load(), a.ackLimit.Load()
-		p := binary.AppendUvarint(nil, uint64(a.id))
-		p = binary.AppendUvarint(p, taken)
-		p = binary.AppendUvarint(p, limit)
 		c.closeOpenLocked()
-		c.out = wire.AppendFrame(c.out, wire.TAck, 0, p)
+		off := len(c.out)
+		c.out = wire.AppendHeader(c.out, wire.TAck, 0)
+		c.out = binary.AppendUvarint(c.out, uint64(a.id))
+		c.out = binary.AppendUvarint(c.out, taken)
+		c.out = binary.AppendUvarint(c.out, limit)
+		wire.Seal(c.out, off)
 	}
 	c.dirty = c.dirty[:0]
 	c.closeOpenLocked()
@@ -464,8 +476,10 @@ func (c *conn) flushOnce() (bool, error) {
 		c.spare = buf[:0]
 	}
 	c.unsealedSpare = unsealed[:0]
-	close(c.drained)
-	c.drained = make(chan struct{})
+	if c.drainWaiters > 0 {
+		close(c.drained)
+		c.drained = make(chan struct{})
+	}
 	c.wmu.Unlock()
 	return true, err
 }
@@ -524,12 +538,58 @@ func closeFDs(marks []fileMark) {
 
 // fdReader reads a Unix socket with recvmsg, keeping the files that arrive.
 type fdReader struct {
-	c   *conn
-	oob []byte
+	c    *conn
+	oob  []byte
+	raw  syscall.RawConn
+	read func(fd uintptr) bool // built once: no allocation per Read
+	p    []byte
+	n    int
+	oobn int
+	err  error
+}
+
+func newFDReader(c *conn) *fdReader {
+	r := &fdReader{c: c, oob: make([]byte, unix.CmsgSpace(4*64))}
+	r.raw, r.err = c.uc.SyscallConn()
+	r.read = func(fd uintptr) bool {
+		var iov unix.Iovec
+		iov.Base = &r.p[0]
+		iov.SetLen(len(r.p))
+		var msg unix.Msghdr
+		msg.Iov = &iov
+		msg.Iovlen = 1
+		msg.Control = &r.oob[0]
+		msg.SetControllen(len(r.oob))
+		n, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&msg)), unix.MSG_CMSG_CLOEXEC)
+		if e == unix.EAGAIN || e == unix.EINTR {
+			return false
+		}
+		if e != 0 {
+			r.err = os.NewSyscallError("recvmsg", e)
+			return true
+		}
+		r.n, r.oobn = int(n), int(msg.Controllen)
+		return true
+	}
+	return r
 }
 
 func (r *fdReader) Read(p []byte) (int, error) {
-	n, oobn, _, _, err := r.c.uc.ReadMsgUnix(p, r.oob)
+	if r.raw == nil {
+		return 0, r.err
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	r.p, r.n, r.oobn, r.err = p, 0, 0, nil
+	if err := r.raw.Read(r.read); err != nil {
+		return 0, err
+	}
+	n, oobn, err := r.n, r.oobn, r.err
+	r.p = nil
+	if err == nil && n == 0 {
+		err = io.EOF
+	}
 	if oobn > 0 {
 		if msgs, perr := unix.ParseSocketControlMessage(r.oob[:oobn]); perr == nil {
 			for _, m := range msgs {
@@ -560,7 +620,7 @@ func (c *conn) readLoop() {
 	defer c.node.wg.Done()
 	var src io.Reader = c.nc
 	if c.uc != nil {
-		src = &fdReader{c: c, oob: make([]byte, unix.CmsgSpace(4*64))}
+		src = newFDReader(c)
 	} else if c.hb {
 		src = hbReader{c: c}
 	}
@@ -606,9 +666,6 @@ func (c *conn) handle(f wire.Frame) error {
 	d := wire.NewDecoder(f.Payload)
 	switch f.Type {
 	case wire.TData:
-		if c.dialed {
-			return protoErr("DATA from the accepting side")
-		}
 		att := uint32(d.Uvarint())
 		floor := d.Uvarint()
 		if d.Err() != nil {
@@ -667,14 +724,20 @@ func (c *conn) handle(f wire.Frame) error {
 		return nil
 	case wire.TDetach:
 		att := uint32(d.Uvarint())
+		mine := d.Uvarint() // 1: the attachment the peer created (a link of the peer)
 		if err := d.End(); err != nil {
 			return err
 		}
+		var l *link
+		var a *inAtt
 		c.lmu.Lock()
-		l := c.links[att]
-		delete(c.links, att)
-		a := c.inAtts[att]
-		delete(c.inAtts, att)
+		if mine == 1 {
+			a = c.inAtts[att]
+			delete(c.inAtts, att)
+		} else {
+			l = c.links[att]
+			delete(c.links, att)
+		}
 		c.lmu.Unlock()
 		if l != nil {
 			l.s.linkDown(l, fmt.Errorf("%w: receiver on %s closed", ErrPeerGone, c.remoteID))
@@ -696,9 +759,6 @@ func (c *conn) handle(f wire.Frame) error {
 }
 
 func (c *conn) handleAttach(d *wire.Decoder) error {
-	if c.dialed {
-		return protoErr("ATTACH from the accepting side")
-	}
 	att := uint32(d.Uvarint())
 	kind := d.String(16)
 	name := d.String(1024)
@@ -773,18 +833,30 @@ func (c *conn) attach(ctx context.Context, l *link, kind, name string, stream ui
 		delete(c.waits, l.id)
 		delete(c.links, l.id)
 		c.lmu.Unlock()
-		c.detach(l.id)
+		c.detachLink(l.id)
 		return attachReply{}, ctx.Err()
 	}
 }
 
-// detach tells the peer attachment id is over.
-func (c *conn) detach(id uint32) {
+// detachLink ends an attachment this side created (a sender's link).
+func (c *conn) detachLink(id uint32) { c.detach(id, true) }
+
+// detachIn ends an attachment the peer created (a receiver lets go).
+func (c *conn) detachIn(id uint32) { c.detach(id, false) }
+
+func (c *conn) detach(id uint32, mine bool) {
 	c.lmu.Lock()
-	delete(c.links, id)
-	delete(c.inAtts, id)
+	var dir uint64
+	if mine {
+		delete(c.links, id)
+		dir = 1
+	} else {
+		delete(c.inAtts, id)
+	}
 	c.lmu.Unlock()
 	if !c.isClosed() {
-		c.sendFrame(wire.TDetach, binary.AppendUvarint(nil, uint64(id)))
+		p := binary.AppendUvarint(nil, uint64(id))
+		p = binary.AppendUvarint(p, dir)
+		c.sendFrame(wire.TDetach, p)
 	}
 }

@@ -196,6 +196,12 @@ func (n *Node) acceptLoop(l net.Listener) {
 				return
 			}
 			c.start()
+			// Reuse the connection for traffic towards the dialler too.
+			n.mu.Lock()
+			if old := n.dialed[c.remoteID]; old == nil || old.isClosed() {
+				n.dialed[c.remoteID] = c
+			}
+			n.mu.Unlock()
 		}()
 	}
 }
@@ -568,7 +574,7 @@ func (n *Node) attach(s *Sender, key string, addr *url.URL) error {
 		return err
 	}
 	if !s.addLink(l, rep) {
-		c.detach(l.id)
+		c.detachLink(l.id)
 	}
 	return nil
 }

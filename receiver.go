@@ -468,7 +468,7 @@ func (r *Receiver) Close() error {
 	r.mu.Unlock()
 	r.node.removeReceiver(r)
 	for _, a := range atts {
-		a.c.detach(a.id)
+		a.c.detachIn(a.id)
 	}
 	return nil
 }

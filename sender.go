@@ -497,7 +497,7 @@ func (s *Sender) Close() error {
 	s.mu.Unlock()
 	s.node.removeSender(s)
 	for _, l := range links {
-		l.c.detach(l.id)
+		l.c.detachLink(l.id)
 	}
 	return nil
 }

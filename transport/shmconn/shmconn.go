@@ -197,8 +197,10 @@ func notify(ch chan struct{}) {
 	}
 }
 
+var wakeMsgs = map[byte][]byte{wakeData: {wakeData}, wakeSpace: {wakeSpace}}
+
 func (c *Conn) wake(b byte) {
-	c.sock.Write([]byte{b})
+	c.sock.Write(wakeMsgs[b])
 }
 
 func (c *Conn) isGone() bool {
