@@ -58,3 +58,26 @@ func TestBasicChannel(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestCloseAcknowledgesTaken: messages taken before a receiver closes are
+// acknowledged, not redelivered.
+func TestCloseAcknowledgesTaken(t *testing.T) {
+	ns := testNodes(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, _ := ns[0].Receive(ctx, "jobs", ChannelOptions{Capacity: 64})
+	s, _ := ns[1].Sender(ctx, "jobs")
+	s.Send(ctx, []byte("1"))
+	s.Send(ctx, []byte("2"))
+	r.Recv(ctx)
+	r.Recv(ctx)
+	r.Close()
+	fctx, fcancel := context.WithTimeout(ctx, 3*time.Second)
+	defer fcancel()
+	if err := s.Flush(fctx); err != nil {
+		t.Fatalf("flush after the receiver took both and closed: %v (%+v)", err, s.Stats())
+	}
+	if st := s.Stats(); st.Acked != 2 || st.Redelivered != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}

@@ -217,6 +217,45 @@ func (c *conn) close(err error) {
 	})
 }
 
+// shutdown says goodbye: it queues CLOSE behind everything already queued,
+// waits up to timeout for the writer to get it all out, then closes.
+func (c *conn) shutdown(timeout time.Duration) {
+	if c.isClosed() {
+		return
+	}
+	c.sendFrame(wire.TClose, wire.AppendString(nil, "node closing"))
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		c.wmu.Lock()
+		idle := !c.flushing && len(c.out) == 0
+		ch := c.drained
+		c.drainWaiters++
+		c.wmu.Unlock()
+		if idle {
+			c.wmu.Lock()
+			c.drainWaiters--
+			c.wmu.Unlock()
+			break
+		}
+		var stop bool
+		select {
+		case <-ch:
+		case <-c.closed:
+			stop = true
+		case <-deadline.C:
+			stop = true
+		}
+		c.wmu.Lock()
+		c.drainWaiters--
+		c.wmu.Unlock()
+		if stop {
+			break
+		}
+	}
+	c.close(ErrClosed)
+}
+
 func (c *conn) isClosed() bool {
 	select {
 	case <-c.closed:
@@ -253,9 +292,27 @@ func (c *conn) closeOpenLocked() {
 	}
 }
 
-// sendFrame queues a control frame.
+// appendAcksLocked turns the scheduled ACKs into frames. Caller holds wmu.
+func (c *conn) appendAcksLocked() {
+	for _, a := range c.dirty {
+		a.dirty = false
+		taken, limit := a.ackTaken.Load(), a.ackLimit.Load()
+		c.closeOpenLocked()
+		off := len(c.out)
+		c.out = wire.AppendHeader(c.out, wire.TAck, 0)
+		c.out = binary.AppendUvarint(c.out, uint64(a.id))
+		c.out = binary.AppendUvarint(c.out, taken)
+		c.out = binary.AppendUvarint(c.out, limit)
+		wire.Seal(c.out, off)
+	}
+	c.dirty = c.dirty[:0]
+}
+
+// sendFrame queues a control frame, after any scheduled ACK so that a
+// DETACH never overtakes the ACK of messages taken before it.
 func (c *conn) sendFrame(t wire.Type, payload []byte) {
 	c.wmu.Lock()
+	c.appendAcksLocked()
 	c.closeOpenLocked()
 	c.out = wire.AppendFrame(c.out, t, 0, payload)
 	w := c.wakeLocked()
@@ -443,18 +500,7 @@ func (c *conn) flushNow() {
 // nothing was queued.
 func (c *conn) flushOnce() (bool, error) {
 	c.wmu.Lock()
-	for _, a := range c.dirty {
-		a.dirty = false
-		taken, limit := a.ackTaken.Load(), a.ackLimit.Load()
-		c.closeOpenLocked()
-		off := len(c.out)
-		c.out = wire.AppendHeader(c.out, wire.TAck, 0)
-		c.out = binary.AppendUvarint(c.out, uint64(a.id))
-		c.out = binary.AppendUvarint(c.out, taken)
-		c.out = binary.AppendUvarint(c.out, limit)
-		wire.Seal(c.out, off)
-	}
-	c.dirty = c.dirty[:0]
+	c.appendAcksLocked()
 	c.closeOpenLocked()
 	if len(c.out) == 0 {
 		c.flushing = false

@@ -458,7 +458,7 @@ func (n *Node) kickDiscovery() {
 func (n *Node) discoveryLoop() {
 	defer n.wg.Done()
 	changes, err := n.reg.Changes(n.ctx)
-	if err != nil {
+	if err != nil && n.ctx.Err() == nil {
 		n.log.Warn("name service changes not watched; polling", "err", err)
 	}
 	t := time.NewTicker(250 * time.Millisecond)
@@ -616,9 +616,15 @@ func (n *Node) Close() error {
 		cs = append(cs, c)
 	}
 	n.mu.Unlock()
+	var wg sync.WaitGroup
 	for _, c := range cs {
-		c.close(ErrClosed)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.shutdown(time.Second)
+		}()
 	}
+	wg.Wait()
 	var err error
 	if n.lease != nil {
 		err = n.lease.Close()

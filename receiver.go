@@ -461,6 +461,11 @@ func (r *Receiver) Close() error {
 	atts := make([]*inAtt, 0, len(r.atts))
 	for a := range r.atts {
 		atts = append(atts, a)
+		// Acknowledge what was taken before saying goodbye; the ACK is
+		// queued ahead of the DETACH.
+		if a.done > a.lastAck {
+			r.scheduleAckLocked(a, true)
+		}
 		a.gone = true
 	}
 	r.atts = map[*inAtt]struct{}{}

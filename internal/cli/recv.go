@@ -51,10 +51,6 @@ Examples:
 	return cmd
 }
 
-// ackGrace is how long recv lets its last acknowledgement leave before it
-// closes; see runRecv.
-const ackGrace = 20 * time.Millisecond
-
 func runRecv(cmd *cobra.Command, g *globals, f recvFlags, name string) error {
 	if f.count < 0 || f.capacity < 0 {
 		return errors.New("--count and --capacity cannot be negative")
@@ -78,17 +74,6 @@ func runRecv(cmd *cobra.Command, g *globals, f recvFlags, name string) error {
 	}
 	defer r.Close()
 	got := 0
-	defer func() {
-		// Workaround: loft acknowledges taken messages lazily (up to 1 ms
-		// later), and Receiver.Close and Node.Close do not send a pending
-		// acknowledgement first, so the sender would count the messages
-		// printed last as unacknowledged and deliver them again to another
-		// receiver. Give the acknowledgement time to leave. Remove once
-		// Close flushes acknowledgements.
-		if got > 0 {
-			time.Sleep(ackGrace)
-		}
-	}()
 	out := cmd.OutOrStdout()
 	for f.count == 0 || got < f.count {
 		m, err := r.Recv(ctx)
