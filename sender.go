@@ -2,7 +2,6 @@ package loft
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -311,7 +310,7 @@ func (s *Sender) Send(ctx context.Context, data []byte) error {
 // wrapping ErrFull otherwise. It never blocks; on a synchronous channel it
 // succeeds only if a receiver is waiting, and does not wait for the take.
 func (s *Sender) TrySend(data []byte) error {
-	return s.send(nil, data, nil, false)
+	return s.send(context.Background(), data, nil, false)
 }
 
 // SendFile sends one message with open files attached (at most 64). The
@@ -539,6 +538,3 @@ func (s *Sender) Flush(ctx context.Context) error {
 		}
 	}
 }
-
-// errIsGone reports whether err means the peer went away.
-func errIsGone(err error) bool { return errors.Is(err, ErrPeerGone) }
