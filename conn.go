@@ -466,7 +466,7 @@ func (c *conn) writeLoop() {
 // write its message itself instead of handing it to the writer goroutine:
 // a lone message then costs no goroutine wake-up, while a burst still
 // travels in few writes.
-const idleGap = 0
+const idleGap = 20 * time.Microsecond
 
 // flushNow is called by a goroutine that just queued data and won the right
 // to flush (wakeLocked returned true). On an idle connection it writes at
@@ -685,6 +685,10 @@ func (c *conn) readLoop() {
 			return
 		}
 		if err := c.handle(f); err != nil {
+			if errors.Is(err, ErrPeerGone) {
+				c.close(err) // the peer said goodbye
+				return
+			}
 			c.node.log.Warn("closing connection after a protocol error", "peer", c.remoteID, "err", err)
 			c.sendClose(err)
 			c.close(err)
