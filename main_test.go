@@ -195,6 +195,37 @@ func runChild(role string, args []string) error {
 			}
 			printf("got %s %s\n", m.From, m.Data)
 		}
+	case "soak-recv":
+		// Acknowledge only after the message is reported: Handle acks once
+		// the handler returns, so a kill between report and ack redelivers.
+		r, err := n.Receive(ctx, name, parseOpts(args))
+		if err != nil {
+			return err
+		}
+		printf("ready %s\n", n.ID())
+		return r.Handle(ctx, 1, func(_ context.Context, m Message) {
+			printf("got %s %s\n", m.From, m.Data)
+		})
+	case "soak-send":
+		// Send ids from start on; report every id up to which a Flush
+		// succeeded (so every one of them was acknowledged by a receiver).
+		start, _ := strconv.Atoi(arg(args, "start", "0"))
+		s, err := n.Sender(ctx, name)
+		if err != nil {
+			return err
+		}
+		printf("ready %s\n", n.ID())
+		for i := start; ; i++ {
+			if err := s.Send(ctx, []byte(strconv.Itoa(i))); err != nil {
+				return err
+			}
+			if i%25 == 24 {
+				if err := s.Flush(ctx); err != nil {
+					return err
+				}
+				printf("flushed %d\n", i)
+			}
+		}
 	case "inbox":
 		printf("ready %s\n", n.ID())
 		for {

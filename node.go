@@ -107,6 +107,7 @@ func Open(ctx context.Context, opts Options) (*Node, error) {
 	if err := os.MkdirAll(sockDir, 0o700); err != nil {
 		return nil, err
 	}
+	sweepSockets(reg, sockDir)
 	if !opts.NoSharedMemory {
 		shm := filepath.Join(sockDir, n.id+".shm")
 		os.Remove(shm)
@@ -267,6 +268,33 @@ func (n *Node) connect(ctx context.Context, key string, addr *url.URL) (*conn, e
 	n.mu.Unlock()
 	c.start()
 	return c, nil
+}
+
+// sweepSockets removes the socket files of nodes that died without closing
+// (SIGKILL): a node's sockets are stale once it is not registered. Files
+// younger than a few seconds are left alone, since a node listens before it
+// registers.
+func sweepSockets(reg *names.Registry, dir string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), ".sock")
+		if !ok {
+			id, ok = strings.CutSuffix(e.Name(), ".shm")
+		}
+		if !ok {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil || time.Since(info.ModTime()) < 5*time.Second {
+			continue
+		}
+		if _, err := reg.Node(id); errors.Is(err, names.ErrNotFound) {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
 }
 
 func regName(kind, name string) string { return kind + ":" + name }

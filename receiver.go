@@ -62,9 +62,11 @@ type inAtt struct {
 
 	// Guarded by r.mu.
 	received uint64 // messages arrived on this attachment
-	done     uint64 // messages taken, dropped or discarded
+	done     uint64 // messages that left the queue: taken, dropped or discarded
+	acked    uint64 // messages finished: every one of index < acked (see finishLocked)
+	finished map[uint64]struct{} // indices >= acked finished out of order
 	limit    uint64 // credit: the sender may send while received < limit
-	lastAck  uint64 // done as of the last ACK scheduled
+	lastAck  uint64 // acked as of the last urgent ACK
 	gone     bool
 
 	// Read by the conn's writer when it builds an ACK.
@@ -243,11 +245,9 @@ func (r *Receiver) enqueueLocked(a *inAtt, floor uint64, m Message) error {
 		return protoErr("sender %s overran its credit on %q (%d > %d)", a.remote, r.name, a.received, a.limit)
 	}
 	if r.opts.Delivery == ExactlyOnce && r.isDupLocked(a.stream, floor, m.ID) {
-		a.done++
 		r.duplicates.Add(1)
 		closeFiles(m.Files)
-		r.creditLocked(a)
-		r.scheduleAckLocked(a, false)
+		r.doneLocked(a, false)
 		return nil
 	}
 	if r.opts.OnFull == DropOldest && r.opts.Capacity > 0 {
@@ -255,7 +255,7 @@ func (r *Receiver) enqueueLocked(a *inAtt, floor uint64, m Message) error {
 			old := r.q.pop()
 			closeFiles(old.msg.Files)
 			r.dropped.Add(1)
-			r.doneLocked(old.att)
+			r.doneLocked(old.att, false)
 		}
 	}
 	r.q.push(qitem{msg: m, att: a})
@@ -290,19 +290,49 @@ func (r *Receiver) isDupLocked(stream, floor, id uint64) bool {
 	return false
 }
 
-// doneLocked records that one message of a left the queue and schedules an
-// ACK when enough have, when the queue ran dry, or on a synchronous channel.
-func (r *Receiver) doneLocked(a *inAtt) {
+// doneLocked records that one message of a left the queue, which frees a
+// credit, and returns its index on the attachment. Unless the caller
+// finishes it later (Handle acknowledges after the handler returns), the
+// message is finished, that is acknowledged, at once.
+func (r *Receiver) doneLocked(a *inAtt, later bool) uint64 {
+	idx := a.done
 	a.done++
 	grew := r.creditLocked(a)
+	if !later {
+		r.finishLocked(a, idx, grew)
+	} else if grew {
+		r.scheduleAckLocked(a, a.ackLimit.Load()-a.received < (r.windowLocked()+1)/2)
+	}
+	return idx
+}
+
+// finishLocked acknowledges message idx of a: the ACK's count advances over
+// every message finished in order, and schedules an ACK when enough were,
+// when credit runs low, or on a synchronous channel.
+func (r *Receiver) finishLocked(a *inAtt, idx uint64, grew bool) {
+	if idx == a.acked && len(a.finished) == 0 {
+		a.acked++
+	} else {
+		if a.finished == nil {
+			a.finished = map[uint64]struct{}{}
+		}
+		a.finished[idx] = struct{}{}
+		for {
+			if _, ok := a.finished[a.acked]; !ok {
+				break
+			}
+			delete(a.finished, a.acked)
+			a.acked++
+		}
+	}
 	if a.gone {
 		return
 	}
 	w := r.windowLocked()
 	switch {
-	case r.opts.Capacity == 0 || a.done-a.lastAck >= (w+3)/4 || grew && a.ackLimit.Load()-a.received < (w+1)/2:
+	case r.opts.Capacity == 0 || a.acked-a.lastAck >= (w+3)/4 || grew && a.ackLimit.Load()-a.received < (w+1)/2:
 		r.scheduleAckLocked(a, true)
-	case a.done > a.lastAck:
+	case a.acked > a.lastAck:
 		r.scheduleAckLocked(a, false)
 	}
 }
@@ -314,9 +344,9 @@ func (r *Receiver) scheduleAckLocked(a *inAtt, urgent bool) {
 		return
 	}
 	if urgent {
-		a.lastAck = a.done
+		a.lastAck = a.acked
 	}
-	a.ackTaken.Store(a.done)
+	a.ackTaken.Store(a.acked)
 	a.ackLimit.Store(a.limit)
 	// markAck takes c.wmu only, never r.mu: safe under r.mu.
 	a.c.markAck(a, urgent)
@@ -355,30 +385,51 @@ func (r *Receiver) TryRecv() (Message, error) {
 }
 
 func (r *Receiver) takeLocked() (Message, bool) {
+	m, _, _, ok := r.takeLaterLocked(false)
+	return m, ok
+}
+
+// takeLaterLocked pops a message; with later, it stays unacknowledged until
+// finish is called with the returned attachment and index.
+func (r *Receiver) takeLaterLocked(later bool) (Message, *inAtt, uint64, bool) {
 	if r.q.len() == 0 {
-		return Message{}, false
+		return Message{}, nil, 0, false
 	}
 	it := r.q.pop()
 	r.taken.Add(1)
-	r.doneLocked(it.att)
+	idx := r.doneLocked(it.att, later)
 	if r.q.len() > 0 && r.waiting > 0 {
 		r.wake()
 	}
-	return it.msg, true
+	return it.msg, it.att, idx, true
+}
+
+// finish acknowledges a message taken with takeLaterLocked.
+func (r *Receiver) finish(a *inAtt, idx uint64) {
+	r.mu.Lock()
+	r.finishLocked(a, idx, false)
+	r.mu.Unlock()
 }
 
 // Recv waits for a message. It returns an error wrapping ErrClosed once the
 // receiver is closed and its queue is empty, and ctx.Err() when ctx ends.
+// The message counts as delivered (acknowledged to its sender) once Recv
+// returns it; Handle acknowledges only after the handler returns.
 func (r *Receiver) Recv(ctx context.Context) (Message, error) {
+	m, _, _, err := r.recv(ctx, false)
+	return m, err
+}
+
+func (r *Receiver) recv(ctx context.Context, later bool) (Message, *inAtt, uint64, error) {
 	for {
 		r.mu.Lock()
-		if m, ok := r.takeLocked(); ok {
+		if m, a, idx, ok := r.takeLaterLocked(later); ok {
 			r.mu.Unlock()
-			return m, nil
+			return m, a, idx, nil
 		}
 		if r.closed {
 			r.mu.Unlock()
-			return Message{}, &OpError{Op: "recv", Name: r.name, Err: ErrClosed}
+			return Message{}, nil, 0, &OpError{Op: "recv", Name: r.name, Err: ErrClosed}
 		}
 		r.waiting++
 		if r.opts.Capacity == 0 {
@@ -396,7 +447,7 @@ func (r *Receiver) Recv(ctx context.Context) (Message, error) {
 		r.waiting--
 		r.mu.Unlock()
 		if err != nil {
-			return Message{}, err
+			return Message{}, nil, 0, err
 		}
 	}
 }
@@ -421,8 +472,10 @@ func (r *Receiver) Messages(ctx context.Context) iter.Seq2[Message, error] {
 // Handle runs fn on every message, with at most concurrency calls at once
 // (1 when concurrency < 1), until ctx ends or the receiver closes. A slow fn
 // slows the senders: a message is taken from the queue only when a worker
-// is free, and the queue is bounded by the channel's capacity. Handle
-// returns when every worker has returned.
+// is free, and the queue is bounded by the channel's capacity. A message is
+// acknowledged only once fn has returned, so under AtLeastOnce a process
+// that dies in the middle of fn gets the message sent again to another
+// receiver. Handle returns when every worker has returned.
 func (r *Receiver) Handle(ctx context.Context, concurrency int, fn func(context.Context, Message)) error {
 	if concurrency < 1 {
 		concurrency = 1
@@ -434,12 +487,13 @@ func (r *Receiver) Handle(ctx context.Context, concurrency int, fn func(context.
 		go func() {
 			defer wg.Done()
 			for {
-				m, err := r.Recv(ctx)
+				m, a, idx, err := r.recv(ctx, true)
 				if err != nil {
 					errs <- err
 					return
 				}
 				fn(ctx, m)
+				r.finish(a, idx)
 			}
 		}()
 	}
@@ -463,7 +517,7 @@ func (r *Receiver) Close() error {
 		atts = append(atts, a)
 		// Acknowledge what was taken before saying goodbye; the ACK is
 		// queued ahead of the DETACH.
-		if a.done > a.lastAck {
+		if a.acked > a.lastAck {
 			r.scheduleAckLocked(a, true)
 		}
 		a.gone = true
