@@ -61,12 +61,12 @@ type inAtt struct {
 	remote string
 
 	// Guarded by r.mu.
-	received uint64 // messages arrived on this attachment
-	done     uint64 // messages that left the queue: taken, dropped or discarded
-	acked    uint64 // messages finished: every one of index < acked (see finishLocked)
+	received uint64              // messages arrived on this attachment
+	done     uint64              // messages that left the queue: taken, dropped or discarded
+	acked    uint64              // messages finished: every one of index < acked (see finishLocked)
 	finished map[uint64]struct{} // indices >= acked finished out of order
-	limit    uint64 // credit: the sender may send while received < limit
-	lastAck  uint64 // acked as of the last urgent ACK
+	limit    uint64              // credit: the sender may send while received < limit
+	lastAck  uint64              // acked as of the last urgent ACK
 	gone     bool
 
 	// Read by the conn's writer when it builds an ACK.
