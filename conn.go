@@ -296,6 +296,7 @@ func (c *conn) closeOpenLocked() {
 func (c *conn) appendAcksLocked() {
 	for _, a := range c.dirty {
 		a.dirty = false
+		a.ackQueued.Store(false)
 		taken, limit := a.ackTaken.Load(), a.ackLimit.Load()
 		c.closeOpenLocked()
 		off := len(c.out)

@@ -31,10 +31,12 @@ type Receiver struct {
 	signal  chan struct{}
 	done    chan struct{}
 
-	received   atomic.Uint64
-	taken      atomic.Uint64
-	dropped    atomic.Uint64
-	duplicates atomic.Uint64
+	// Counters, guarded by mu.
+	received   uint64
+	taken      uint64
+	dropped    uint64
+	duplicates uint64
+	window     uint64 // credit window per attachment: Capacity / attached senders, at least 1
 }
 
 // ReceiverStats are a receiver's counters.
@@ -70,9 +72,10 @@ type inAtt struct {
 	gone     bool
 
 	// Read by the conn's writer when it builds an ACK.
-	ackTaken atomic.Uint64
-	ackLimit atomic.Uint64
-	dirty    bool // guarded by c.wmu
+	ackTaken  atomic.Uint64
+	ackLimit  atomic.Uint64
+	ackQueued atomic.Bool // an ACK is queued and not yet built
+	dirty     bool        // guarded by c.wmu
 }
 
 type dedupState struct {
@@ -81,7 +84,7 @@ type dedupState struct {
 }
 
 func newReceiver(n *Node, kind, name string, opts ChannelOptions) *Receiver {
-	return &Receiver{
+	r := &Receiver{
 		node:   n,
 		kind:   kind,
 		name:   name,
@@ -91,6 +94,8 @@ func newReceiver(n *Node, kind, name string, opts ChannelOptions) *Receiver {
 		signal: make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
+	r.rewindowLocked()
+	return r
 }
 
 // Name returns the channel, topic or inbox name.
@@ -102,29 +107,24 @@ func (r *Receiver) Options() ChannelOptions { return r.opts }
 // Stats returns the receiver's counters.
 func (r *Receiver) Stats() ReceiverStats {
 	r.mu.Lock()
-	q, s := r.q.len(), len(r.atts)
-	r.mu.Unlock()
+	defer r.mu.Unlock()
 	return ReceiverStats{
-		Received:   r.received.Load(),
-		Taken:      r.taken.Load(),
-		Dropped:    r.dropped.Load(),
-		Duplicates: r.duplicates.Load(),
-		Queued:     q,
-		Senders:    s,
+		Received:   r.received,
+		Taken:      r.taken,
+		Dropped:    r.dropped,
+		Duplicates: r.duplicates,
+		Queued:     r.q.len(),
+		Senders:    len(r.atts),
 	}
 }
 
-// window is the credit window of one attachment. Caller holds r.mu.
-func (r *Receiver) windowLocked() uint64 {
-	n := len(r.atts)
-	if n == 0 {
-		n = 1
-	}
-	w := r.opts.Capacity / n
-	if w < 1 {
-		w = 1
-	}
-	return uint64(w)
+// windowLocked is the credit window of one attachment. Caller holds r.mu.
+func (r *Receiver) windowLocked() uint64 { return r.window }
+
+// rewindowLocked recomputes the window when senders come or go.
+func (r *Receiver) rewindowLocked() {
+	n := max(len(r.atts), 1)
+	r.window = uint64(max(r.opts.Capacity/n, 1))
 }
 
 // creditLocked recomputes a's credit limit. Caller holds r.mu. It reports
@@ -159,6 +159,7 @@ func (r *Receiver) attach(a *inAtt) (uint64, bool) {
 		return 0, false
 	}
 	r.atts[a] = struct{}{}
+	r.rewindowLocked()
 	r.creditLocked(a)
 	a.ackLimit.Store(a.limit)
 	return a.limit, true
@@ -170,6 +171,7 @@ func (r *Receiver) detach(a *inAtt) {
 	r.mu.Lock()
 	a.gone = true
 	delete(r.atts, a)
+	r.rewindowLocked()
 	r.mu.Unlock()
 }
 
@@ -240,12 +242,12 @@ func (r *Receiver) deliverFiles(a *inAtt, floor uint64, d *wire.Decoder, c *conn
 
 func (r *Receiver) enqueueLocked(a *inAtt, floor uint64, m Message) error {
 	a.received++
-	r.received.Add(1)
+	r.received++
 	if a.received > a.limit {
 		return protoErr("sender %s overran its credit on %q (%d > %d)", a.remote, r.name, a.received, a.limit)
 	}
 	if r.opts.Delivery == ExactlyOnce && r.isDupLocked(a.stream, floor, m.ID) {
-		r.duplicates.Add(1)
+		r.duplicates++
 		closeFiles(m.Files)
 		r.doneLocked(a, false)
 		return nil
@@ -254,7 +256,7 @@ func (r *Receiver) enqueueLocked(a *inAtt, floor uint64, m Message) error {
 		for r.q.len() >= r.opts.Capacity {
 			old := r.q.pop()
 			closeFiles(old.msg.Files)
-			r.dropped.Add(1)
+			r.dropped++
 			r.doneLocked(old.att, false)
 		}
 	}
@@ -348,6 +350,11 @@ func (r *Receiver) scheduleAckLocked(a *inAtt, urgent bool) {
 	}
 	a.ackTaken.Store(a.acked)
 	a.ackLimit.Store(a.limit)
+	// A lazy ACK already queued will carry the new counters: the writer
+	// reads them when it builds the frame.
+	if !urgent && !a.ackQueued.CompareAndSwap(false, true) {
+		return
+	}
 	// markAck takes c.wmu only, never r.mu: safe under r.mu.
 	a.c.markAck(a, urgent)
 }
@@ -396,7 +403,7 @@ func (r *Receiver) takeLaterLocked(later bool) (Message, *inAtt, uint64, bool) {
 		return Message{}, nil, 0, false
 	}
 	it := r.q.pop()
-	r.taken.Add(1)
+	r.taken++
 	idx := r.doneLocked(it.att, later)
 	if r.q.len() > 0 && r.waiting > 0 {
 		r.wake()
