@@ -43,6 +43,8 @@ type conn struct {
 	openAtt       uint32
 	openOff       int // offset of the open DATA frame, -1 if none
 	marks         []fileMark
+	segs          []bigSeg
+	segBytes      int
 	dirty         []*inAtt
 	ackTimer      *time.Timer
 	ackArmed      bool
@@ -73,6 +75,17 @@ type fileConn interface {
 	WriteFiles(fds []int) error
 	TakeFiles(n int, timeout time.Duration) ([]int, error)
 }
+
+// bigSeg is a large payload written straight from the sender's copy, after
+// out[:off], instead of being copied into the output buffer.
+type bigSeg struct {
+	off  int
+	data []byte
+}
+
+// bigMessage is the size from which a message's payload is not copied into
+// the output buffer but written from its own memory (writev on sockets).
+const bigMessage = 32 << 10
 
 type fileMark struct {
 	off int
@@ -343,6 +356,15 @@ func (c *conn) appendDataLocked(att uint32, floor, id uint64, data []byte) {
 	c.out = append(c.out, data...)
 }
 
+// appendBigLocked queues a frame sealed by the caller: head is its header
+// and leading payload, payload the rest, referenced and not copied.
+func (c *conn) appendBigLocked(head, payload []byte) {
+	c.closeOpenLocked()
+	c.out = append(c.out, head...)
+	c.segs = append(c.segs, bigSeg{off: len(c.out), data: payload})
+	c.segBytes += len(payload)
+}
+
 // appendFilesLocked queues one message with files as a frame of its own.
 // The fds are duplicates owned by the conn from now on.
 func (c *conn) appendFilesLocked(att uint32, floor, id uint64, data []byte, fds []int) {
@@ -361,7 +383,7 @@ func (c *conn) appendFilesLocked(att uint32, floor, id uint64, data []byte, fds 
 
 // highWater is how many bytes may wait in a conn's output buffer before
 // senders wait for the writer: the socket's own buffer is the real queue.
-const highWater = 256 << 10
+const highWater = 4 << 20
 
 // waitDrain blocks while the output buffer is over highWater.
 func (c *conn) waitDrain(ctx context.Context) error {
@@ -508,15 +530,21 @@ func (c *conn) flushOnce() (bool, error) {
 		c.wmu.Unlock()
 		return false, nil
 	}
-	buf, unsealed, marks := c.out, c.unsealed, c.marks
+	buf, unsealed, marks, segs := c.out, c.unsealed, c.marks, c.segs
 	c.out, c.spare = c.spare[:0], nil
-	c.unsealed, c.marks = c.unsealedSpare[:0], nil
+	c.unsealed, c.marks, c.segs, c.segBytes = c.unsealedSpare[:0], nil, nil, 0
 	c.backlog.Store(0)
 	c.wmu.Unlock()
 	for _, u := range unsealed {
 		wire.Seal(buf[:u[1]], u[0])
 	}
-	err := c.write(buf, marks)
+	var err error
+	if len(segs) > 0 {
+		buf, err = c.writeSegs(buf, segs, marks)
+	}
+	if err == nil {
+		err = c.write(buf, marks)
+	}
 	c.lastWrite.Store(time.Now().UnixNano())
 	c.wmu.Lock()
 	if cap(buf) <= 4*highWater {
@@ -529,6 +557,45 @@ func (c *conn) flushOnce() (bool, error) {
 	}
 	c.wmu.Unlock()
 	return true, err
+}
+
+// writeSegs writes buf with the large payloads in segs spliced in, in one
+// writev where the transport has it. With files to pass as well (rare), the
+// payloads are copied into one buffer for write to handle.
+func (c *conn) writeSegs(buf []byte, segs []bigSeg, marks []fileMark) ([]byte, error) {
+	if len(marks) > 0 {
+		orig := make([]int, len(marks))
+		for i := range marks {
+			orig[i] = marks[i].off
+		}
+		var flat []byte
+		prev := 0
+		for _, s := range segs {
+			flat = append(flat, buf[prev:s.off]...)
+			flat = append(flat, s.data...)
+			for i := range marks {
+				if orig[i] >= s.off {
+					marks[i].off += len(s.data)
+				}
+			}
+			prev = s.off
+		}
+		return append(flat, buf[prev:]...), nil
+	}
+	bufs := make(net.Buffers, 0, 2*len(segs)+1)
+	prev := 0
+	for _, s := range segs {
+		if s.off > prev {
+			bufs = append(bufs, buf[prev:s.off])
+		}
+		bufs = append(bufs, s.data)
+		prev = s.off
+	}
+	if prev < len(buf) {
+		bufs = append(bufs, buf[prev:])
+	}
+	_, err := bufs.WriteTo(c.nc)
+	return nil, err
 }
 
 func (c *conn) write(buf []byte, marks []fileMark) error {

@@ -2,12 +2,14 @@ package loft
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"sync"
 	"sync/atomic"
 
+	"github.com/loft-ipc/loft/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -259,13 +261,26 @@ func (s *Sender) pickLocked() *link {
 func (s *Sender) putLocked(l *link, id uint64, data []byte, fds []int) *conn {
 	c := l.c
 	floor := min(s.floorLocked(), id)
+	var head []byte
+	if fds == nil && len(data) >= bigMessage {
+		// A frame of its own, sealed here, its payload written from data.
+		head = wire.AppendHeader(make([]byte, 0, 48), wire.TData, 0)
+		head = binary.AppendUvarint(head, uint64(l.id))
+		head = binary.AppendUvarint(head, floor)
+		head = binary.AppendUvarint(head, id)
+		head = binary.AppendUvarint(head, uint64(len(data)))
+		wire.SealSplit(head, data)
+	}
 	c.wmu.Lock()
-	if fds != nil {
+	switch {
+	case fds != nil:
 		c.appendFilesLocked(l.id, floor, id, data, fds)
-	} else {
+	case head != nil:
+		c.appendBigLocked(head, data)
+	default:
 		c.appendDataLocked(l.id, floor, id, data)
 	}
-	c.backlog.Store(int64(len(c.out)))
+	c.backlog.Store(int64(len(c.out) + c.segBytes))
 	w := c.wakeLocked()
 	c.wmu.Unlock()
 	l.sent++
@@ -378,8 +393,8 @@ func (s *Sender) send(ctx context.Context, data []byte, fds []int, block bool) e
 					}
 					s.nextID++
 					id := s.nextID
-					if l.props.Delivery != AtMostOnce {
-						data = s.keep(data)
+					if l.props.Delivery != AtMostOnce || len(data) >= bigMessage {
+						data = s.keep(data) // large payloads are written from this copy
 					}
 					fc := s.putLocked(l, id, data, fds)
 					s.sent.Add(1)
@@ -468,6 +483,9 @@ func (s *Sender) broadcastLocked(data []byte) bool {
 		}
 	}
 	s.nextID++
+	if len(data) >= bigMessage {
+		data = s.keep(data) // written from this copy, not the caller's
+	}
 	for _, l := range s.links {
 		if c := s.putLocked(l, s.nextID, data, nil); c != nil {
 			c.signal()

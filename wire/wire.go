@@ -105,6 +105,18 @@ func Seal(b []byte, off int) {
 	binary.LittleEndian.PutUint32(b[off+8:], c)
 }
 
+// SealSplit fills in the length and checksum of a frame whose header and
+// first payload bytes are head and whose remaining payload is tail, kept
+// apart so that a large payload need not be copied next to its header.
+func SealSplit(head, tail []byte) {
+	n := len(head) - HeaderSize + len(tail)
+	binary.LittleEndian.PutUint32(head[4:], uint32(n))
+	c := crc32.Update(0, castagnoli, head[:8])
+	c = crc32.Update(c, castagnoli, head[HeaderSize:])
+	c = crc32.Update(c, castagnoli, tail)
+	binary.LittleEndian.PutUint32(head[8:], c)
+}
+
 // AppendFrame appends a whole frame with the given payload to b.
 func AppendFrame(b []byte, t Type, flags uint16, payload []byte) []byte {
 	off := len(b)
