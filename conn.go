@@ -59,7 +59,9 @@ type conn struct {
 	nextAtt uint32
 	links   map[uint32]*link // dialer side
 	waits   map[uint32]chan attachReply
-	inAtts  map[uint32]*inAtt // acceptor side
+	inAtts  map[uint32]*inAtt  // acceptor side
+	pool    *outPool           // loans we send, created on first use
+	inPools map[uint64]*inPool // loans the peer sends
 
 	fdq []int // files received and not yet claimed by a frame (reader only)
 
@@ -221,6 +223,7 @@ func (c *conn) close(err error) {
 			unix.Close(fd)
 		}
 		c.fdq = nil
+		c.closePools()
 		c.wmu.Lock()
 		if c.ackTimer != nil {
 			c.ackTimer.Stop()
@@ -864,6 +867,12 @@ func (c *conn) handle(f wire.Frame) error {
 			a.r.detach(a)
 		}
 		return nil
+	case wire.TPool:
+		return c.handlePool(d, f.Flags)
+	case wire.TLoan:
+		return c.handleLoan(d)
+	case wire.TRelease:
+		return c.handleRelease(d)
 	case wire.TPing:
 		c.sendFrame(wire.TPong, nil)
 		return nil

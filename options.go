@@ -123,6 +123,10 @@ type Options struct {
 	// idle, for the lowest latency at the cost of a busy core per waiting
 	// side. Zero: a short adaptive spin, then park.
 	BusyPoll bool
+	// LoanPoolSize is the size of the shared-memory pool each connection
+	// gets for loans (Sender.Loan), rounded up to 64 KiB. Zero: 64 MiB.
+	// The memory is only touched as loans use it.
+	LoanPoolSize int
 	// MaxFrameSize bounds one incoming frame. Zero: 16 MiB plus headers.
 	MaxFrameSize int
 	// Logger receives structured logs. Zero: slog.Default() with a "loft"

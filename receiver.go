@@ -202,6 +202,18 @@ func (r *Receiver) deliver(a *inAtt, floor uint64, d *wire.Decoder, _ []int) err
 	return nil
 }
 
+// deliverOne queues one message (a loaned one).
+func (r *Receiver) deliverOne(a *inAtt, floor uint64, m Message) error {
+	r.mu.Lock()
+	err := r.enqueueLocked(a, floor, m)
+	wake := r.waiting > 0
+	r.mu.Unlock()
+	if wake {
+		r.wake()
+	}
+	return err
+}
+
 // deliverFiles queues one message that came with files.
 func (r *Receiver) deliverFiles(a *inAtt, floor uint64, d *wire.Decoder, c *conn) error {
 	id := d.Uvarint()
@@ -249,6 +261,7 @@ func (r *Receiver) enqueueLocked(a *inAtt, floor uint64, m Message) error {
 	if r.opts.Delivery == ExactlyOnce && r.isDupLocked(a.stream, floor, m.ID) {
 		r.duplicates++
 		closeFiles(m.Files)
+		m.Release()
 		r.doneLocked(a, false)
 		return nil
 	}
@@ -256,6 +269,7 @@ func (r *Receiver) enqueueLocked(a *inAtt, floor uint64, m Message) error {
 		for r.q.len() >= r.opts.Capacity {
 			old := r.q.pop()
 			closeFiles(old.msg.Files)
+			old.msg.Release()
 			r.dropped++
 			r.doneLocked(old.att, false)
 		}

@@ -71,6 +71,7 @@ type link struct {
 type retained struct {
 	id   uint64
 	data []byte
+	loan bool // data lives in a loan pool: copy it out before sending again
 }
 
 func newSender(n *Node, kind, name, target string) *Sender {
@@ -166,6 +167,12 @@ func (s *Sender) linkDown(l *link, cause error) {
 		if x == l {
 			s.links = append(s.links[:i], s.links[i+1:]...)
 			break
+		}
+	}
+	for i := 0; i < l.unack.len(); i++ {
+		// A loan's memory goes with its connection: keep a copy to resend.
+		if r := &l.unack.buf[(l.unack.head+i)%len(l.unack.buf)]; r.loan {
+			r.data, r.loan = append([]byte(nil), r.data...), false
 		}
 	}
 	if l.props.Delivery == AtMostOnce || s.bcast {

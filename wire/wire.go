@@ -33,6 +33,9 @@ const (
 	TPing     Type = 9  // either way: heartbeat request
 	TPong     Type = 10 // either way: heartbeat answer
 	TClose    Type = 11 // either way: the connection is closing, with a code and reason
+	TPool     Type = 12 // sender -> receiver: a shared-memory loan pool, passed as a file
+	TLoan     Type = 13 // sender -> receiver: one message that lives in a loan pool
+	TRelease  Type = 14 // receiver -> sender: a loaned message was released
 )
 
 func (t Type) String() string {
@@ -59,6 +62,12 @@ func (t Type) String() string {
 		return "PONG"
 	case TClose:
 		return "CLOSE"
+	case TPool:
+		return "POOL"
+	case TLoan:
+		return "LOAN"
+	case TRelease:
+		return "RELEASE"
 	}
 	return fmt.Sprintf("TYPE(%d)", uint8(t))
 }

@@ -1,0 +1,529 @@
+package loft
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/loft-ipc/loft/wire"
+	"golang.org/x/sys/unix"
+)
+
+// Zero-copy loans: a sender borrows a buffer inside a shared-memory pool,
+// fills it and publishes it; the receiver reads it in place and releases it.
+//
+// Each connection that carries loans has, per direction, one pool: a sealed
+// memfd created by the sending side and passed once to the peer (POOL frame
+// with the file attached). A LOAN frame names a range of it; a RELEASE frame
+// gives the range back. Pools are bounded (Options.LoanPoolSize); a pool and
+// every range in it are reclaimed when the connection ends, whichever side
+// died. A mapping is unmapped only once no loan or message refers to it.
+
+// Errors of the loan API.
+var (
+	// ErrLoanTooLarge means a loan asked for more than the pool holds.
+	ErrLoanTooLarge = errors.New("loft: loan larger than the loan pool")
+	// ErrLoanUsed means a loan was already sent or discarded.
+	ErrLoanUsed = errors.New("loft: loan already sent or discarded")
+)
+
+// DefaultLoanPoolSize is the size of a connection's loan pool when
+// Options.LoanPoolSize is zero.
+const DefaultLoanPoolSize = 64 << 20
+
+const loanBlock = 64 << 10
+
+// mapping is a mapped pool, unmapped when its last user lets go.
+type mapping struct {
+	mem  []byte
+	refs atomic.Int64
+}
+
+func (m *mapping) unref() {
+	if m.refs.Add(-1) == 0 {
+		unix.Munmap(m.mem)
+	}
+}
+
+// outPool is the sending side's pool on one connection.
+type outPool struct {
+	id    uint64
+	m     *mapping
+	mu    sync.Mutex
+	used  []bool        // per block
+	spans map[int]int   // offset of a live loan -> blocks
+	sent  map[int]bool  // loans handed to the peer, not yet released
+	freed chan struct{} // closed and replaced when blocks are freed
+	dead  bool
+}
+
+// inPool is the receiving side's mapping of a peer's pool.
+type inPool struct {
+	m    *mapping
+	size uint64
+}
+
+var poolIDs atomic.Uint64
+
+// newOutPool creates a sealed memfd of size bytes and maps it.
+func newOutPool(size int) (*outPool, int, error) {
+	fd, err := unix.MemfdCreate("loft-loans", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, -1, os.NewSyscallError("memfd_create", err)
+	}
+	if err := unix.Ftruncate(fd, int64(size)); err != nil {
+		unix.Close(fd)
+		return nil, -1, os.NewSyscallError("ftruncate", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
+		unix.Close(fd)
+		return nil, -1, os.NewSyscallError("fcntl", err)
+	}
+	mem, err := unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		unix.Close(fd)
+		return nil, -1, os.NewSyscallError("mmap", err)
+	}
+	m := &mapping{mem: mem}
+	m.refs.Store(1) // the connection's
+	p := &outPool{
+		id:    poolIDs.Add(1),
+		m:     m,
+		used:  make([]bool, size/loanBlock),
+		spans: map[int]int{},
+		sent:  map[int]bool{},
+		freed: make(chan struct{}),
+	}
+	return p, fd, nil
+}
+
+// alloc reserves n bytes, waiting for releases while the pool is full.
+func (p *outPool) alloc(ctx context.Context, n int) (int, error) {
+	blocks := (n + loanBlock - 1) / loanBlock
+	if blocks == 0 {
+		blocks = 1
+	}
+	if blocks > len(p.used) {
+		return 0, fmt.Errorf("%w: %d bytes, pool of %d", ErrLoanTooLarge, n, len(p.used)*loanBlock)
+	}
+	for {
+		p.mu.Lock()
+		if p.dead {
+			p.mu.Unlock()
+			return 0, fmt.Errorf("%w: the connection carrying the loan pool closed", ErrPeerGone)
+		}
+		run := 0
+		for i, u := range p.used {
+			if u {
+				run = 0
+				continue
+			}
+			run++
+			if run == blocks {
+				start := i - blocks + 1
+				for j := start; j <= i; j++ {
+					p.used[j] = true
+				}
+				p.spans[start*loanBlock] = blocks
+				p.m.refs.Add(1)
+				p.mu.Unlock()
+				return start * loanBlock, nil
+			}
+		}
+		ch := p.freed
+		p.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// free gives a loan's blocks back; false if off is not a live loan.
+func (p *outPool) free(off int) bool {
+	p.mu.Lock()
+	blocks, ok := p.spans[off]
+	if ok {
+		delete(p.spans, off)
+		delete(p.sent, off)
+		for j := off / loanBlock; j < off/loanBlock+blocks; j++ {
+			p.used[j] = false
+		}
+		close(p.freed)
+		p.freed = make(chan struct{})
+	}
+	p.mu.Unlock()
+	if ok {
+		p.m.unref()
+	}
+	return ok
+}
+
+// kill marks the pool dead when its connection ends: waiting loans fail,
+// and the mapping goes once the loans still held let go.
+func (p *outPool) kill() {
+	p.mu.Lock()
+	if p.dead {
+		p.mu.Unlock()
+		return
+	}
+	p.dead = true
+	close(p.freed)
+	p.freed = make(chan struct{})
+	// The peer will release nothing more: what it held is ours again.
+	var sent []int
+	for off := range p.sent {
+		sent = append(sent, off)
+	}
+	p.mu.Unlock()
+	for _, off := range sent {
+		p.free(off)
+	}
+	p.m.unref()
+}
+
+// Loan is a buffer in shared memory, borrowed by a sender to build a
+// message in place. Fill Bytes, then SendLoan; or Discard. A Loan is not
+// safe for concurrent use.
+type Loan struct {
+	s    *Sender
+	l    *link
+	pool *outPool
+	off  int
+	n    int
+	used bool
+}
+
+// Bytes returns the loaned buffer.
+func (l *Loan) Bytes() []byte { return l.pool.m.mem[l.off : l.off+l.n : l.off+l.n] }
+
+// Discard gives an unsent loan back.
+func (l *Loan) Discard() {
+	if l.used {
+		return
+	}
+	l.used = true
+	l.pool.free(l.off)
+}
+
+// Loan borrows size bytes of shared memory on the way to one of the
+// channel's receivers. The receiver reads the message in place, with no
+// copy after the sender's own writes; it must call Message.Release when done.
+// Loans need a same-host receiver (shared memory or Unix socket); each
+// connection's pool is bounded (Options.LoanPoolSize), and Loan waits for
+// room when it is full.
+func (s *Sender) Loan(ctx context.Context, size int) (*Loan, error) {
+	if size < 0 {
+		return nil, &OpError{Op: "loan", Name: s.name, Err: fmt.Errorf("%w: negative size", ErrLoanTooLarge)}
+	}
+	for {
+		s.mu.Lock()
+		var l *link
+		n := len(s.links)
+		for i := 0; i < n; i++ {
+			x := s.links[(s.rr+i)%n]
+			if x.c.uc != nil || x.c.fc != nil {
+				l = x
+				s.rr = (s.rr + i + 1) % n
+				break
+			}
+		}
+		if l == nil {
+			ch := s.changed
+			s.waiters++
+			had := s.hadLinks
+			s.mu.Unlock()
+			if had {
+				s.mu.Lock()
+				s.waiters--
+				s.mu.Unlock()
+				return nil, &OpError{Op: "loan", Name: s.name, Err: fmt.Errorf("%w: no receiver on this host", ErrPeerGone)}
+			}
+			s.node.kickDiscovery()
+			select {
+			case <-ch:
+			case <-ctx.Done():
+			}
+			s.mu.Lock()
+			s.waiters--
+			s.mu.Unlock()
+			if err := ctx.Err(); err != nil {
+				return nil, &OpError{Op: "loan", Name: s.name, Err: err}
+			}
+			continue
+		}
+		if size > l.props.MaxMessageSize {
+			s.mu.Unlock()
+			return nil, &OpError{Op: "loan", Name: s.name, Err: fmt.Errorf("%w: %d bytes, the channel's limit is %d", ErrTooLarge, size, l.props.MaxMessageSize)}
+		}
+		s.mu.Unlock()
+		p, err := l.c.loanPool()
+		if err != nil {
+			return nil, &OpError{Op: "loan", Name: s.name, Err: err}
+		}
+		off, err := p.alloc(ctx, size)
+		if err != nil {
+			return nil, &OpError{Op: "loan", Name: s.name, Err: err}
+		}
+		return &Loan{s: s, l: l, pool: p, off: off, n: size}, nil
+	}
+}
+
+// SendLoan publishes a loan as one message, blocking like Send for credit
+// on the receiver the loan was made for. After SendLoan the buffer belongs
+// to the receiver: do not touch it. Under AtLeastOnce, if that receiver dies
+// before taking the message, the bytes are copied out and sent again to
+// another receiver like any other message.
+func (s *Sender) SendLoan(ctx context.Context, loan *Loan) error {
+	if loan.used || loan.s != s {
+		return &OpError{Op: "send", Name: s.name, Err: ErrLoanUsed}
+	}
+	l := loan.l
+	s.mu.Lock()
+	for l.sent >= l.limit && !l.dead && !s.closed {
+		ch := s.changed
+		s.waiters++
+		s.mu.Unlock()
+		var err error
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		s.mu.Lock()
+		s.waiters--
+		if err != nil {
+			s.mu.Unlock()
+			return &OpError{Op: "send", Name: s.name, Err: err}
+		}
+	}
+	if l.dead || s.closed {
+		s.mu.Unlock()
+		loan.Discard()
+		return &OpError{Op: "send", Name: s.name, Err: fmt.Errorf("%w: the receiver the loan was made for went away", ErrPeerGone)}
+	}
+	loan.used = true
+	loan.pool.mu.Lock()
+	loan.pool.sent[loan.off] = true
+	loan.pool.mu.Unlock()
+	s.nextID++
+	id := s.nextID
+	c := l.c
+	floor := min(s.floorLocked(), id)
+	p := binary.AppendUvarint(nil, uint64(l.id))
+	p = binary.AppendUvarint(p, floor)
+	p = binary.AppendUvarint(p, id)
+	p = binary.AppendUvarint(p, loan.pool.id)
+	p = binary.AppendUvarint(p, uint64(loan.off))
+	p = binary.AppendUvarint(p, uint64(loan.n))
+	c.sendFrame(wire.TLoan, p)
+	l.sent++
+	s.sent.Add(1)
+	if l.props.Delivery != AtMostOnce {
+		l.unack.push(retained{id: id, data: loan.Bytes(), loan: true})
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// loanPool returns the connection's outgoing pool, creating it and passing
+// it to the peer on first use.
+func (c *conn) loanPool() (*outPool, error) {
+	c.lmu.Lock()
+	defer c.lmu.Unlock()
+	if c.pool != nil {
+		return c.pool, nil
+	}
+	if c.isClosed() {
+		return nil, fmt.Errorf("%w: connection closed", ErrPeerGone)
+	}
+	if c.uc == nil && c.fc == nil {
+		return nil, fmt.Errorf("%w: loans need a peer on this host", ErrUnsupported)
+	}
+	size := c.node.opts.LoanPoolSize
+	if size <= 0 {
+		size = DefaultLoanPoolSize
+	}
+	size = (size + loanBlock - 1) / loanBlock * loanBlock
+	p, fd, err := newOutPool(size)
+	if err != nil {
+		return nil, err
+	}
+	payload := binary.AppendUvarint(nil, p.id)
+	payload = binary.AppendUvarint(payload, uint64(size))
+	c.wmu.Lock()
+	c.closeOpenLocked()
+	c.appendAcksLocked()
+	off := len(c.out)
+	c.out = wire.AppendHeader(c.out, wire.TPool, wire.FlagFiles)
+	c.out = append(c.out, payload...)
+	c.out = binary.AppendUvarint(c.out, 1)
+	c.unsealed = append(c.unsealed, [2]int{off, len(c.out)})
+	c.marks = append(c.marks, fileMark{off: off, fds: []int{fd}})
+	w := c.wakeLocked()
+	c.wmu.Unlock()
+	if w {
+		c.signal()
+	}
+	c.pool = p
+	return p, nil
+}
+
+// takeFiles claims n files that arrived with the frame being handled.
+func (c *conn) takeFiles(n uint64) ([]int, error) {
+	if n > 64 {
+		return nil, protoErr("frame claims %d files, at most 64 pass at once", n)
+	}
+	if c.fc != nil {
+		fds, err := c.fc.TakeFiles(int(n), 5*time.Second)
+		if err != nil {
+			return nil, protoErr("%v", err)
+		}
+		return fds, nil
+	}
+	if n > uint64(len(c.fdq)) {
+		return nil, protoErr("frame claims %d files, %d arrived", n, len(c.fdq))
+	}
+	fds := c.fdq[:n:n]
+	c.fdq = c.fdq[n:]
+	return fds, nil
+}
+
+// handlePool maps a pool the peer passed (read-only).
+func (c *conn) handlePool(d *wire.Decoder, flags uint16) error {
+	id := d.Uvarint()
+	size := d.Uvarint()
+	nf := d.Uvarint()
+	if err := d.End(); err != nil {
+		return err
+	}
+	if flags&wire.FlagFiles == 0 || nf != 1 {
+		return protoErr("POOL without its file")
+	}
+	fds, err := c.takeFiles(nf)
+	if err != nil {
+		return err
+	}
+	fd := fds[0]
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return protoErr("pool file: %v", err)
+	}
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	if err != nil || seals&(unix.F_SEAL_SHRINK) == 0 {
+		return protoErr("pool is not a memfd sealed against shrinking")
+	}
+	if size == 0 || size > 1<<34 || uint64(st.Size) != size {
+		return protoErr("pool of %d bytes announced as %d", st.Size, size)
+	}
+	mem, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return protoErr("map pool: %v", err)
+	}
+	m := &mapping{mem: mem}
+	m.refs.Store(1)
+	c.lmu.Lock()
+	if c.inPools == nil {
+		c.inPools = map[uint64]*inPool{}
+	}
+	if old := c.inPools[id]; old != nil {
+		old.m.unref()
+	}
+	c.inPools[id] = &inPool{m: m, size: size}
+	c.lmu.Unlock()
+	return nil
+}
+
+// loanRef ties a received message to its place in a pool.
+type loanRef struct {
+	c    *conn
+	m    *mapping
+	pool uint64
+	off  uint64
+	done atomic.Bool
+}
+
+func (r *loanRef) release() {
+	if r == nil || !r.done.CompareAndSwap(false, true) {
+		return
+	}
+	if !r.c.isClosed() {
+		p := binary.AppendUvarint(nil, r.pool)
+		p = binary.AppendUvarint(p, r.off)
+		r.c.sendFrame(wire.TRelease, p)
+	}
+	r.m.unref()
+}
+
+// handleLoan delivers a loaned message.
+func (c *conn) handleLoan(d *wire.Decoder) error {
+	att := uint32(d.Uvarint())
+	floor := d.Uvarint()
+	id := d.Uvarint()
+	pool := d.Uvarint()
+	off := d.Uvarint()
+	n := d.Uvarint()
+	if err := d.End(); err != nil {
+		return err
+	}
+	c.lmu.Lock()
+	p := c.inPools[pool]
+	a := c.inAtts[att]
+	c.lmu.Unlock()
+	if p == nil {
+		return protoErr("LOAN in unknown pool %d", pool)
+	}
+	if off > p.size || n > p.size-off {
+		return protoErr("LOAN of %d bytes at %d outside a pool of %d", n, off, p.size)
+	}
+	ref := &loanRef{c: c, m: p.m, pool: pool, off: off}
+	p.m.refs.Add(1)
+	if a == nil {
+		ref.release()
+		return nil
+	}
+	if n > uint64(a.r.opts.MaxMessageSize) {
+		ref.release()
+		return protoErr("loaned message of %d bytes above the %d-byte limit of %q", n, a.r.opts.MaxMessageSize, a.r.name)
+	}
+	m := Message{Data: p.m.mem[off : off+n : off+n], From: a.remote, ID: id, loan: ref}
+	return a.r.deliverOne(a, floor, m)
+}
+
+// handleRelease frees a loan the peer is done with.
+func (c *conn) handleRelease(d *wire.Decoder) error {
+	pool := d.Uvarint()
+	off := d.Uvarint()
+	if err := d.End(); err != nil {
+		return err
+	}
+	c.lmu.Lock()
+	p := c.pool
+	c.lmu.Unlock()
+	if p == nil || p.id != pool || off > uint64(len(p.m.mem)) || !p.free(int(off)) {
+		return protoErr("RELEASE of %d in pool %d: not a live loan", off, pool)
+	}
+	return nil
+}
+
+// closePools drops this connection's pools when it ends.
+func (c *conn) closePools() {
+	c.lmu.Lock()
+	p := c.pool
+	ins := c.inPools
+	c.inPools = nil
+	c.lmu.Unlock()
+	if p != nil {
+		p.kill()
+	}
+	for _, ip := range ins {
+		ip.m.unref()
+	}
+}

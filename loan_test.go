@@ -1,0 +1,141 @@
+package loft
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/loft-ipc/loft/wire"
+)
+
+func TestLoanRoundTrip(t *testing.T) {
+	for _, shm := range []bool{true, false} {
+		name := map[bool]string{true: "shm", false: "unix"}[shm]
+		t.Run(name, func(t *testing.T) {
+			dir := runtimeDir(t)
+			rn := openNode(t, dir, Options{NoSharedMemory: !shm})
+			sn := openNode(t, dir, Options{NoSharedMemory: !shm, LoanPoolSize: 1 << 20})
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			r, err := rn.Receive(ctx, "loans", ChannelOptions{Capacity: 64})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := sn.Sender(ctx, "loans")
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitReceivers(t, s, 1)
+			// 40 loans of 300 KiB through a 1 MiB pool: only 3 fit at once,
+			// so the sender must wait for the receiver's releases.
+			const N, size = 40, 300 << 10
+			go func() {
+				for i := 0; i < N; i++ {
+					l, err := s.Loan(ctx, size)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					fill(l.Bytes(), i)
+					if err := s.SendLoan(ctx, l); err != nil {
+						t.Error(err)
+						return
+					}
+					if err := s.SendLoan(ctx, l); !errors.Is(err, ErrLoanUsed) {
+						t.Errorf("second SendLoan of one loan: %v", err)
+					}
+				}
+			}()
+			want := make([]byte, size)
+			for i := 0; i < N; i++ {
+				m, err := r.Recv(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !m.Loaned() {
+					t.Fatal("message did not arrive as a loan")
+				}
+				fill(want, i)
+				if !bytes.Equal(m.Data, want) {
+					t.Fatalf("loan %d: content differs", i)
+				}
+				m.Release()
+				m.Release() // harmless
+			}
+			if _, err := s.Loan(ctx, 2<<20); !errors.Is(err, ErrLoanTooLarge) {
+				t.Fatalf("loan above the pool size: %v", err)
+			}
+		})
+	}
+}
+
+// TestLoanReceiverKilled: loans held by a receiver that dies come back to
+// the sender's pool, and under AtLeastOnce their content goes to another
+// receiver.
+func TestLoanReceiverKilled(t *testing.T) {
+	dir := runtimeDir(t)
+	hold := startChild(t, dir, "hold", "name=loans", "cap=16")
+	hold.expect("ready", 10*time.Second)
+	sn := openNode(t, dir, Options{LoanPoolSize: 1 << 20})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := sn.Sender(ctx, "loans")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReceivers(t, s, 1)
+	// Fill the whole pool with loans the holder never releases.
+	for i := 0; i < 16; i++ {
+		l, err := s.Loan(ctx, 64<<10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		binary.LittleEndian.PutUint64(l.Bytes(), uint64(i))
+		if err := s.SendLoan(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hold.kill()
+	rn := openNode(t, dir, Options{})
+	r, err := rn.Receive(ctx, "loans", ChannelOptions{Capacity: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint64]bool{}
+	for len(seen) < 16 {
+		m, err := r.Recv(ctx)
+		if err != nil {
+			t.Fatalf("after the holder died, %d of 16 loaned messages came again: %v", len(seen), err)
+		}
+		seen[binary.LittleEndian.Uint64(m.Data)] = true
+		m.Release()
+	}
+	// The dead connection's pool is gone; a new loan works on the new one.
+	l, err := s.Loan(ctx, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Discard()
+}
+
+// TestLoanForgedRange: a LOAN frame pointing outside its pool closes the
+// connection, and the node carries on.
+func TestLoanForgedRange(t *testing.T) {
+	dir := runtimeDir(t)
+	rn := openNode(t, dir, Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := rn.Receive(ctx, "jobs", ChannelOptions{Capacity: 4}); err != nil {
+		t.Fatal(err)
+	}
+	c, rd := rawConn(t, rn, "unix")
+	p := binary.AppendUvarint(nil, 1) // att
+	for _, v := range []uint64{1, 1, 99, 0, 10} {
+		p = binary.AppendUvarint(p, v) // floor, id, unknown pool, off, len
+	}
+	c.Write(append(attachFrame(1, kindChannel, "jobs"), wire.AppendFrame(nil, wire.TLoan, 0, p)...))
+	expectClosed(t, c, rd)
+}
