@@ -20,6 +20,10 @@ import (
 func init() {
 	RegisterRole("loft-recv", loftRecvRole)
 	RegisterRole("loft-echo", loftEchoRole)
+	RegisterRole("loft-loan-recv", loftLoanRecvRole)
+	for _, tr := range []string{"shm", "unix"} {
+		Register(Case{System: "loft-loan", Transport: tr, Pattern: "oneway", Mode: "blocking", Size: 1 << 20, RawTransport: "unix", Run: loftLoanOneway(tr)})
+	}
 	for _, tr := range []string{"unix", "tcp", "shm", "shm-poll"} {
 		c := Case{System: "loft", Transport: tr, Mode: "blocking"}
 		if tr == "shm-poll" {
@@ -298,5 +302,120 @@ func loftPingPong(transport string) func(context.Context, Env) (Result, error) {
 		})
 		s.Send(ctx, nil)
 		return res, err
+	}
+}
+
+// loftLoanRecvRole: args dir transport size. Like loftRecvRole, for loaned
+// messages: read every byte in place, then release.
+func loftLoanRecvRole(ctx context.Context, args []string) error {
+	dir, transport := args[0], args[1]
+	n, err := loftNode(ctx, dir, transport)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	r, err := n.Receive(ctx, "bench", loft.ChannelOptions{Capacity: 64})
+	if err != nil {
+		return err
+	}
+	if err := ToParent("ready %s", tcpAddr(n)+" "); err != nil {
+		return err
+	}
+	var sum uint64
+	var count int64
+	var first time.Time
+	for {
+		m, err := r.Recv(ctx)
+		if err != nil {
+			return err
+		}
+		if len(m.Data) == 0 {
+			break
+		}
+		if count == 0 {
+			first = time.Now()
+		}
+		// Read every byte in place: that is what a loan is for.
+		sum = foldWords(m.Data)
+		seq := binary.LittleEndian.Uint64(m.Data)
+		m.Release()
+		if seq != uint64(count) {
+			return fmt.Errorf("message %d carries sequence %d", count, seq)
+		}
+		count++
+	}
+	_ = sum
+	return ToParent("done %d %d", count, time.Since(first).Nanoseconds())
+}
+
+// foldWords reads every byte of b (8 at a time) and folds them into one
+// word, so the compiler cannot skip the reads.
+func foldWords(b []byte) uint64 {
+	var x uint64
+	for len(b) >= 32 {
+		x ^= binary.LittleEndian.Uint64(b) ^ binary.LittleEndian.Uint64(b[8:]) ^
+			binary.LittleEndian.Uint64(b[16:]) ^ binary.LittleEndian.Uint64(b[24:])
+		b = b[32:]
+	}
+	for _, c := range b {
+		x ^= uint64(c)
+	}
+	return x
+}
+
+// loftLoanOneway sends through loans: the sender writes every byte of each
+// message straight into shared memory, the receiver reads it in place.
+func loftLoanOneway(transport string) func(context.Context, Env) (Result, error) {
+	return func(ctx context.Context, env Env) (Result, error) {
+		dir, cleanup, err := loftDir()
+		if err != nil {
+			return Result{}, err
+		}
+		defer cleanup()
+		ch, err := env.Spawn(ctx, "loft-loan-recv", dir, transport, strconv.Itoa(env.Size))
+		if err != nil {
+			return Result{}, err
+		}
+		if _, err := ch.Expect(ctx, "ready"); err != nil {
+			return Result{}, err
+		}
+		n, err := loftNode(ctx, dir, transport)
+		if err != nil {
+			return Result{}, err
+		}
+		defer n.Close()
+		s, err := n.Sender(ctx, "bench")
+		if err != nil {
+			return Result{}, err
+		}
+		if err := waitAttached(ctx, s); err != nil {
+			return Result{}, err
+		}
+		msg := make([]byte, env.Size)
+		for i := range msg {
+			msg[i] = byte(i)
+		}
+		var sent int64
+		start := time.Now()
+		for time.Since(start) < env.Budget {
+			l, err := s.Loan(ctx, env.Size)
+			if err != nil {
+				return Result{}, err
+			}
+			binary.LittleEndian.PutUint64(msg, uint64(sent))
+			copy(l.Bytes(), msg)
+			if err := s.SendLoan(ctx, l); err != nil {
+				return Result{}, err
+			}
+			sent++
+		}
+		if err := s.Send(ctx, nil); err != nil {
+			return Result{}, err
+		}
+		f, err := ch.Expect(ctx, "done")
+		if err != nil {
+			return Result{}, err
+		}
+		return receiverResult(f, sent)
 	}
 }
