@@ -492,7 +492,7 @@ func (c *conn) writeLoop() {
 // write its message itself instead of handing it to the writer goroutine:
 // a lone message then costs no goroutine wake-up, while a burst still
 // travels in few writes.
-const idleGap = 20 * time.Microsecond
+const idleGap = 5 * time.Microsecond
 
 // flushNow is called by a goroutine that just queued data and won the right
 // to flush (wakeLocked returned true). On an idle connection it writes at
