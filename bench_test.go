@@ -13,12 +13,12 @@ func BenchmarkSendRecvUnix(b *testing.B) {
 		b.Run(byteSize(size), func(b *testing.B) {
 			dir := filepath.Join(b.TempDir(), "rt")
 			ctx := context.Background()
-			rn, err := Open(ctx, Options{Dir: dir})
+			rn, err := Open(ctx, Options{Dir: dir, NoInProcess: true})
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer rn.Close()
-			sn, err := Open(ctx, Options{Dir: dir})
+			sn, err := Open(ctx, Options{Dir: dir, NoInProcess: true})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -79,12 +79,12 @@ func BenchmarkPingPong(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			dir := filepath.Join(b.TempDir(), "rt")
 			ctx := context.Background()
-			a, err := Open(ctx, Options{Dir: dir, NoSharedMemory: !shm})
+			a, err := Open(ctx, Options{Dir: dir, NoSharedMemory: !shm, NoInProcess: true})
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer a.Close()
-			z, err := Open(ctx, Options{Dir: dir, NoSharedMemory: !shm})
+			z, err := Open(ctx, Options{Dir: dir, NoSharedMemory: !shm, NoInProcess: true})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -150,5 +150,38 @@ func BenchmarkRawUnixPingPong(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		c.Write(buf)
 		io.ReadFull(c, buf)
+	}
+}
+
+func BenchmarkPingPongInProcess(b *testing.B) {
+	dir := filepath.Join(b.TempDir(), "rt")
+	ctx := context.Background()
+	a, _ := Open(ctx, Options{Dir: dir})
+	defer a.Close()
+	z, _ := Open(ctx, Options{Dir: dir})
+	defer z.Close()
+	ping, _ := z.Receive(ctx, "ping", ChannelOptions{Capacity: 16})
+	pong, _ := a.Receive(ctx, "pong", ChannelOptions{Capacity: 16})
+	sa, _ := a.Sender(ctx, "ping")
+	sz, _ := z.Sender(ctx, "pong")
+	waitReceivers(b, sa, 1)
+	waitReceivers(b, sz, 1)
+	go func() {
+		for {
+			m, err := ping.Recv(ctx)
+			if err != nil || sz.Send(ctx, m.Data) != nil {
+				return
+			}
+		}
+	}()
+	msg := make([]byte, 64)
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := sa.Send(ctx, msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := pong.Recv(ctx); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -18,12 +18,12 @@ func TestBigMessages(t *testing.T) {
 		for _, d := range []Delivery{AtLeastOnce, AtMostOnce} {
 			t.Run(fmt.Sprintf("%s/%s", tr, d), func(t *testing.T) {
 				dir := runtimeDir(t)
-				ropts := Options{Dir: dir, NoSharedMemory: tr != "shm"}
+				ropts := Options{Dir: dir, NoSharedMemory: tr != "shm", NoInProcess: true}
 				if tr == "tcp" {
 					ropts.ListenTCP = "127.0.0.1:0"
 				}
 				rn := openNode(t, dir, ropts)
-				sn := openNode(t, dir, Options{NoSharedMemory: tr != "shm"})
+				sn := openNode(t, dir, Options{NoSharedMemory: tr != "shm", NoInProcess: true})
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
 				r, err := rn.Receive(ctx, "big", ChannelOptions{Capacity: 8, Delivery: d})

@@ -16,8 +16,8 @@ func TestLoanRoundTrip(t *testing.T) {
 		name := map[bool]string{true: "shm", false: "unix"}[shm]
 		t.Run(name, func(t *testing.T) {
 			dir := runtimeDir(t)
-			rn := openNode(t, dir, Options{NoSharedMemory: !shm})
-			sn := openNode(t, dir, Options{NoSharedMemory: !shm, LoanPoolSize: 1 << 20})
+			rn := openNode(t, dir, Options{NoSharedMemory: !shm, NoInProcess: true})
+			sn := openNode(t, dir, Options{NoSharedMemory: !shm, NoInProcess: true, LoanPoolSize: 1 << 20})
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			r, err := rn.Receive(ctx, "loans", ChannelOptions{Capacity: 64})

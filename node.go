@@ -122,6 +122,10 @@ func Open(ctx context.Context, opts Options) (*Node, error) {
 		n.Close()
 		return nil, err
 	}
+	if err := n.listen(ctx, &url.URL{Scheme: "inproc", Host: n.id}); err != nil {
+		n.Close()
+		return nil, err
+	}
 	if opts.ListenTCP != "" {
 		if err := n.listen(ctx, &url.URL{Scheme: "tcp", Host: opts.ListenTCP}); err != nil {
 			n.Close()
@@ -531,7 +535,7 @@ func (n *Node) refresh(s *Sender) {
 			return
 		}
 		for _, h := range hs {
-			if u := n.localAddr(h.Node.Addrs); u != nil {
+			if u := n.localAddr(h.Node); u != nil {
 				cands = append(cands, cand{key: h.Node.ID, addr: u})
 			}
 		}
@@ -572,19 +576,24 @@ func (n *Node) refresh(s *Sender) {
 
 // localAddr picks how to reach a node on this host: shared memory unless
 // this node turned it off, else its Unix socket.
-func (n *Node) localAddr(addrs []string) *url.URL {
-	var best *url.URL
-	for _, a := range addrs {
+func (n *Node) localAddr(info names.NodeInfo) *url.URL {
+	var best, shm *url.URL
+	for _, a := range info.Addrs {
 		u, err := url.Parse(a)
 		if err != nil {
 			continue
 		}
 		switch {
+		case u.Scheme == "inproc" && info.PID == os.Getpid() && !n.opts.NoInProcess:
+			return u // a node of this very process
 		case u.Scheme == "shm" && !n.opts.NoSharedMemory:
-			return u
+			shm = u
 		case u.Scheme == "unix" && best == nil:
 			best = u
 		}
+	}
+	if shm != nil {
+		return shm
 	}
 	return best
 }

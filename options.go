@@ -119,6 +119,10 @@ type Options struct {
 	// host are then reached over the Unix socket. Zero: shared memory is
 	// used for every peer on this host.
 	NoSharedMemory bool
+	// NoInProcess stops this node from reaching nodes of its own process
+	// through an in-process socket pair; it then uses shared memory (or the
+	// Unix socket) as for any process. Zero: in-process pairs are used.
+	NoInProcess bool
 	// BusyPoll makes shared-memory connections poll rather than park when
 	// idle, for the lowest latency at the cost of a busy core per waiting
 	// side. Zero: a short adaptive spin, then park.

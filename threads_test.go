@@ -32,10 +32,10 @@ func osThreads(t *testing.T) int {
 // nodes (100 shared-memory connections), cost goroutines, not OS threads.
 func TestIdleReceiversDoNotPinThreads(t *testing.T) {
 	dir := runtimeDir(t)
-	rn := openNode(t, dir, Options{})
+	rn := openNode(t, dir, Options{NoInProcess: true})
 	senders := make([]*Node, 100)
 	for i := range senders {
-		senders[i] = openNode(t, dir, Options{})
+		senders[i] = openNode(t, dir, Options{NoInProcess: true})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -87,7 +87,7 @@ func (n *Node) Watch(ctx context.Context, name string) (<-chan Event, error) {
 						continue
 					}
 					var c *conn
-					if u := n.localAddr(h.Node.Addrs); u != nil {
+					if u := n.localAddr(h.Node); u != nil {
 						cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 						c, _ = n.connect(cctx, h.Node.ID, u)
 						cancel()
