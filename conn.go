@@ -138,7 +138,11 @@ func (c *conn) handshake(ctx context.Context) error {
 		dl = d
 	}
 	c.nc.SetDeadline(dl)
-	defer c.nc.SetDeadline(time.Time{})
+	stop := context.AfterFunc(ctx, func() { c.nc.SetDeadline(time.Now()) })
+	defer func() {
+		stop()
+		c.nc.SetDeadline(time.Time{})
+	}()
 	r := wire.NewReader(c.nc, 4096)
 	hello := func(t wire.Type) error {
 		p := wire.AppendUvarint(nil, wire.Version)
