@@ -48,6 +48,8 @@ type Case struct {
 	// Inflight is copied to the results (messages or calls in flight, if the
 	// case has such a notion).
 	Inflight int
+	// Rate is copied to Env.Rate: a fixed rate for ping-pong cases.
+	Rate int
 	// RawTransport names the transport of the "raw" row that the table's
 	// "vs raw" column compares this case with; empty means Transport. A loft
 	// case over shared memory might compare with "unix".
@@ -75,6 +77,9 @@ type Env struct {
 	Size int
 	// Quick is set in quick mode; cases may use it to do less setup.
 	Quick bool
+	// Rate, when non-zero, is the fixed rate (round trips per second) at
+	// which a ping-pong case paces itself instead of saturating.
+	Rate int
 	// Spawn starts a child process running the given role (see
 	// [RegisterRole]) with the given arguments. The harness kills and reaps it
 	// when the case returns, and when ctx ends.
@@ -295,6 +300,7 @@ func runCase(parent context.Context, c Case, budget time.Duration, quick bool) R
 		Budget: budget,
 		Size:   c.Size,
 		Quick:  quick,
+		Rate:   c.Rate,
 		Spawn: func(sctx context.Context, role string, args ...string) (*Child, error) {
 			return spawn(sctx, role, nil, args...)
 		},

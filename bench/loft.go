@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -32,10 +31,11 @@ func init() {
 		if c.Transport == "shm" {
 			c.RawTransport = "unix"
 		}
-		ow, pp := c, c
+		ow, pp, slow := c, c, c
 		ow.Pattern, ow.Run = "oneway", loftOneway(tr)
 		pp.Pattern, pp.Run = "pingpong", loftPingPong(tr)
-		Register(ow, pp)
+		slow.Pattern, slow.Size, slow.Rate, slow.Run = "pingpong-1k", 64, 1000, loftPingPong(tr)
+		Register(ow, pp, slow)
 	}
 }
 
@@ -108,11 +108,6 @@ func loftRecvRole(ctx context.Context, args []string) error {
 	if err := ToParent("ready %s", tcpAddr(n)+" "); err != nil {
 		return err
 	}
-	if p := os.Getenv("ZZ_PROF"); p != "" {
-		f, _ := os.Create(p + ".recv")
-		pprof.StartCPUProfile(f)
-		defer pprof.StopCPUProfile()
-	}
 	buf := make([]byte, size)
 	var count int64
 	var first time.Time
@@ -176,11 +171,6 @@ func loftOneway(transport string) func(context.Context, Env) (Result, error) {
 		msg := make([]byte, env.Size)
 		for i := range msg {
 			msg[i] = byte(i)
-		}
-		if p := os.Getenv("ZZ_PROF"); p != "" {
-			f, _ := os.Create(p + ".send")
-			pprof.StartCPUProfile(f)
-			defer pprof.StopCPUProfile()
 		}
 		var sent int64
 		start := time.Now()
@@ -286,7 +276,7 @@ func loftPingPong(transport string) func(context.Context, Env) (Result, error) {
 			msg[i] = byte(i)
 		}
 		buf := make([]byte, env.Size)
-		res, err := MeasureRoundTrips(ctx, env.Budget, func() error {
+		res, err := MeasureRoundTripsAt(ctx, env.Budget, env.Rate, func() error {
 			if err := s.Send(ctx, msg); err != nil {
 				return err
 			}

@@ -56,3 +56,38 @@ func MeasureRoundTrips(ctx context.Context, budget time.Duration, rt func() erro
 		P99ns:    h.ValueAtQuantile(99),
 	}, nil
 }
+
+// MeasureRoundTripsAt is MeasureRoundTrips at a fixed rate of round trips
+// per second (rate <= 0: as fast as possible). Only the round trips are
+// timed, not the pauses between them. A low rate shows what a message costs
+// when the other side has gone to sleep, which saturation hides.
+func MeasureRoundTripsAt(ctx context.Context, budget time.Duration, rate int, rt func() error) (Result, error) {
+	if rate <= 0 {
+		return MeasureRoundTrips(ctx, budget, rt)
+	}
+	period := time.Second / time.Duration(rate)
+	h := hdrhistogram.New(1, int64(time.Minute), 3)
+	var n int64
+	start := time.Now()
+	next := start
+	for time.Since(start) < budget {
+		if d := time.Until(next); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return Result{}, context.Cause(ctx)
+			}
+		}
+		next = next.Add(period)
+		t0 := time.Now()
+		if err := rt(); err != nil {
+			return Result{}, fmt.Errorf("round trip %d: %w", n, err)
+		}
+		h.RecordValue(max(int64(time.Since(t0)), 1))
+		n++
+	}
+	el := time.Since(start)
+	return Result{Msgs: n, MsgsPerS: float64(n) / el.Seconds(), P50ns: h.ValueAtQuantile(50), P99ns: h.ValueAtQuantile(99)}, nil
+}

@@ -29,6 +29,7 @@ func init() {
 			// Batching 256 messages of 1 MiB makes no sense; stop at 64 KiB.
 			Case{System: "raw-batched", Transport: tr, Pattern: "oneway", Mode: "blocking", MaxSize: 64 << 10, Run: rawOneway(tr, rawBatch)},
 			Case{System: "raw", Transport: tr, Pattern: "pingpong", Mode: "blocking", Run: rawPingPong(tr)},
+			Case{System: "raw", Transport: tr, Pattern: "pingpong-1k", Mode: "blocking", Size: 64, Rate: 1000, Run: rawPingPong(tr)},
 		)
 	}
 	Register(
@@ -405,7 +406,7 @@ func rawPingPong(transport string) func(context.Context, Env) (Result, error) {
 		}
 		in := make([]byte, env.Size)
 		var seq uint64
-		return MeasureRoundTrips(ctx, env.Budget, func() error {
+		return MeasureRoundTripsAt(ctx, env.Budget, env.Rate, func() error {
 			if env.Size >= 8 {
 				binary.LittleEndian.PutUint64(out, seq)
 			}
