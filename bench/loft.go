@@ -134,7 +134,7 @@ func loftRecvRole(ctx context.Context, args []string) error {
 // capacityFor keeps about 4 MiB in flight per channel.
 func capacityFor(size int) int {
 	c := (4 << 20) / max(size, 64)
-	return max(4, min(c, 8192))
+	return max(4, min(c, 65536))
 }
 
 func loftOneway(transport string) func(context.Context, Env) (Result, error) {
