@@ -348,15 +348,16 @@ func (c *conn) sendFrame(t wire.Type, payload []byte) {
 const maxOpenFrame = 64 << 10
 
 // appendData queues one message on attachment att. Caller holds wmu.
-// floor is the sender's lowest unacknowledged id (for de-duplication).
-func (c *conn) appendDataLocked(att uint32, floor, id uint64, data []byte) {
+// floor gives the sender's lowest unacknowledged id (for de-duplication);
+// it is only called when a new frame starts.
+func (c *conn) appendDataLocked(att uint32, floor func() uint64, id uint64, data []byte) {
 	if c.openOff < 0 || c.openAtt != att || len(c.out)-c.openOff > maxOpenFrame {
 		c.closeOpenLocked()
 		c.openOff = len(c.out)
 		c.openAtt = att
 		c.out = wire.AppendHeader(c.out, wire.TData, 0)
 		c.out = binary.AppendUvarint(c.out, uint64(att))
-		c.out = binary.AppendUvarint(c.out, floor)
+		c.out = binary.AppendUvarint(c.out, floor())
 	}
 	c.out = binary.AppendUvarint(c.out, id)
 	c.out = binary.AppendUvarint(c.out, uint64(len(data)))

@@ -324,7 +324,7 @@ func (s *Sender) SendLoan(ctx context.Context, loan *Loan) error {
 	p = binary.AppendUvarint(p, uint64(loan.n))
 	c.sendFrame(wire.TLoan, p)
 	l.sent++
-	s.sent.Add(1)
+	s.sentN++
 	if l.props.Delivery != AtMostOnce {
 		l.unack.push(retained{id: id, data: loan.Bytes(), loan: true})
 	}

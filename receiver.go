@@ -49,9 +49,26 @@ type ReceiverStats struct {
 	Senders    int    // attached senders now
 }
 
+// qitem is a queued message, kept small: From comes from the attachment,
+// and the rare files and loans hang off extra.
 type qitem struct {
-	msg Message
-	att *inAtt
+	data  []byte
+	id    uint64
+	att   *inAtt
+	extra *qextra
+}
+
+type qextra struct {
+	files []*os.File
+	loan  *loanRef
+}
+
+func (it *qitem) message() Message {
+	m := Message{Data: it.data, From: it.att.remote, ID: it.id}
+	if it.extra != nil {
+		m.Files, m.loan = it.extra.files, it.extra.loan
+	}
+	return m
 }
 
 // inAtt is one sender attached to a receiver, seen from the receiver.
@@ -268,13 +285,18 @@ func (r *Receiver) enqueueLocked(a *inAtt, floor uint64, m Message) error {
 	if r.opts.OnFull == DropOldest && r.opts.Capacity > 0 {
 		for r.q.len() >= r.opts.Capacity {
 			old := r.q.pop()
-			closeFiles(old.msg.Files)
-			old.msg.Release()
+			m := old.message()
+			closeFiles(m.Files)
+			m.Release()
 			r.dropped++
 			r.doneLocked(old.att, false)
 		}
 	}
-	r.q.push(qitem{msg: m, att: a})
+	it := qitem{data: m.Data, id: m.ID, att: a}
+	if m.Files != nil || m.loan != nil {
+		it.extra = &qextra{files: m.Files, loan: m.loan}
+	}
+	r.q.push(it)
 	if r.opts.OnFull == DropOldest && r.creditLocked(a) {
 		w := r.windowLocked()
 		r.scheduleAckLocked(a, a.ackLimit.Load()-a.received < (w+1)/2)
@@ -422,7 +444,7 @@ func (r *Receiver) takeLaterLocked(later bool) (Message, *inAtt, uint64, bool) {
 	if r.q.len() > 0 && r.waiting > 0 {
 		r.wake()
 	}
-	return it.msg, it.att, idx, true
+	return it.message(), it.att, idx, true
 }
 
 // finish acknowledges a message taken with takeLaterLocked.

@@ -37,8 +37,10 @@ type Sender struct {
 	syncs    map[uint64]chan struct{} // synchronous sends waiting for their ack
 	pending  map[string]bool          // node ids being attached
 	arena    []byte                   // retention chunk, see keep
+	floorID  uint64                   // see floorFunc
+	floorFn  func() uint64            // s.floorNow, bound once
+	sentN    uint64                   // messages accepted, guarded by mu
 
-	sent        atomic.Uint64
 	acked       atomic.Uint64
 	lost        atomic.Uint64
 	redelivered atomic.Uint64
@@ -75,7 +77,7 @@ type retained struct {
 }
 
 func newSender(n *Node, kind, name, target string) *Sender {
-	return &Sender{
+	s := &Sender{
 		node:    n,
 		kind:    kind,
 		name:    name,
@@ -86,6 +88,8 @@ func newSender(n *Node, kind, name, target string) *Sender {
 		syncs:   map[uint64]chan struct{}{},
 		pending: map[string]bool{},
 	}
+	s.floorFn = s.floorNow
+	return s
 }
 
 // keep copies data for retention until acknowledged. Small messages are
@@ -110,6 +114,7 @@ func (s *Sender) Name() string { return s.name }
 // Stats returns the sender's counters.
 func (s *Sender) Stats() SenderStats {
 	s.mu.Lock()
+	sent := s.sentN
 	p := s.orphans.len()
 	live := 0
 	for _, l := range s.links {
@@ -120,7 +125,7 @@ func (s *Sender) Stats() SenderStats {
 	}
 	s.mu.Unlock()
 	return SenderStats{
-		Sent:        s.sent.Load(),
+		Sent:        sent,
 		Acked:       s.acked.Load(),
 		Lost:        s.lost.Load(),
 		Redelivered: s.redelivered.Load(),
@@ -267,27 +272,31 @@ func (s *Sender) pickLocked() *link {
 // call its flushNow once s.mu is released.
 func (s *Sender) putLocked(l *link, id uint64, data []byte, fds []int) *conn {
 	c := l.c
-	floor := min(s.floorLocked(), id)
 	var head []byte
-	if fds == nil && len(data) >= bigMessage {
-		// A frame of its own, sealed here, its payload written from data.
-		head = wire.AppendHeader(make([]byte, 0, 48), wire.TData, 0)
-		head = binary.AppendUvarint(head, uint64(l.id))
-		head = binary.AppendUvarint(head, floor)
-		head = binary.AppendUvarint(head, id)
-		head = binary.AppendUvarint(head, uint64(len(data)))
-		wire.SealSplit(head, data)
+	if fds != nil || len(data) >= bigMessage {
+		floor := min(s.floorLocked(), id)
+		if fds == nil {
+			// A frame of its own, sealed here, its payload written from data.
+			head = wire.AppendHeader(make([]byte, 0, 48), wire.TData, 0)
+			head = binary.AppendUvarint(head, uint64(l.id))
+			head = binary.AppendUvarint(head, floor)
+			head = binary.AppendUvarint(head, id)
+			head = binary.AppendUvarint(head, uint64(len(data)))
+			wire.SealSplit(head, data)
+		}
+		c.wmu.Lock()
+		if fds != nil {
+			c.appendFilesLocked(l.id, floor, id, data, fds)
+		} else {
+			c.appendBigLocked(head, data)
+		}
+	} else {
+		c.wmu.Lock()
+		c.appendDataLocked(l.id, s.floorFunc(id), id, data)
 	}
-	c.wmu.Lock()
-	switch {
-	case fds != nil:
-		c.appendFilesLocked(l.id, floor, id, data, fds)
-	case head != nil:
-		c.appendBigLocked(head, data)
-	default:
-		c.appendDataLocked(l.id, floor, id, data)
+	if n := len(c.out) + c.segBytes; n > highWater || c.backlog.Load() > highWater {
+		c.backlog.Store(int64(n))
 	}
-	c.backlog.Store(int64(len(c.out) + c.segBytes))
 	w := c.wakeLocked()
 	c.wmu.Unlock()
 	l.sent++
@@ -299,6 +308,15 @@ func (s *Sender) putLocked(l *link, id uint64, data []byte, fds []int) *conn {
 	}
 	return nil
 }
+
+// floorFunc returns the floor for a frame that starts with message id,
+// computed only if a frame starts. Caller holds s.mu until it is called.
+func (s *Sender) floorFunc(id uint64) func() uint64 {
+	s.floorID = id
+	return s.floorFn
+}
+
+func (s *Sender) floorNow() uint64 { return min(s.floorLocked(), s.floorID) }
 
 // resendLocked sends orphans to links with credit, oldest first.
 func (s *Sender) resendLocked() {
@@ -404,7 +422,7 @@ func (s *Sender) send(ctx context.Context, data []byte, fds []int, block bool) e
 						data = s.keep(data) // large payloads are written from this copy
 					}
 					fc := s.putLocked(l, id, data, fds)
-					s.sent.Add(1)
+					s.sentN++
 					if l.props.Capacity == 0 && block {
 						if fc != nil {
 							fc.signal()
@@ -498,7 +516,7 @@ func (s *Sender) broadcastLocked(data []byte) bool {
 			c.signal()
 		}
 	}
-	s.sent.Add(1)
+	s.sentN++
 	return true
 }
 
