@@ -105,13 +105,10 @@ func TestProcCompetingReceivers(t *testing.T) {
 
 func waitReceivers(t testing.TB, s *Sender, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for s.Stats().Receivers < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("sender attached to %d receivers, want %d", s.Stats().Receivers, n)
-		}
-		s.node.kickDiscovery()
-		time.Sleep(5 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.WaitReceivers(ctx, n); err != nil {
+		t.Fatalf("sender attached to %d receivers, want %d: %v", s.Stats().Receivers, n, err)
 	}
 }
 

@@ -544,6 +544,45 @@ func (s *Sender) Close() error {
 	return nil
 }
 
+// WaitReceivers waits until at least n receivers are attached, or ctx
+// ends. It is for the moments where "whoever is there now" is not enough:
+// a publisher that must not start before its subscribers, a test.
+func (s *Sender) WaitReceivers(ctx context.Context, n int) error {
+	s.mu.Lock()
+	for {
+		live := 0
+		for _, l := range s.links {
+			if !l.dead {
+				live++
+			}
+		}
+		if live >= n {
+			s.mu.Unlock()
+			return nil
+		}
+		if s.closed {
+			s.mu.Unlock()
+			return &OpError{Op: "wait", Name: s.name, Err: ErrClosed}
+		}
+		ch := s.changed
+		s.waiters++
+		s.mu.Unlock()
+		s.node.kickDiscovery()
+		var err error
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		s.mu.Lock()
+		s.waiters--
+		if err != nil {
+			s.mu.Unlock()
+			return &OpError{Op: "wait", Name: s.name, Err: err}
+		}
+	}
+}
+
 // Flush waits until every message sent so far was acknowledged by a
 // receiver (for AtMostOnce: taken or lost), or ctx ends.
 func (s *Sender) Flush(ctx context.Context) error {
