@@ -41,6 +41,7 @@ type OpError struct {
 	Err  error
 }
 
+// Error describes the failed operation and its cause.
 func (e *OpError) Error() string {
 	return fmt.Sprintf("loft: %s %q: %v", e.Op, e.Name, e.Err)
 }

@@ -23,6 +23,7 @@ const (
 	ExactlyOnce
 )
 
+// String names the guarantee.
 func (d Delivery) String() string {
 	switch d {
 	case AtLeastOnce:
@@ -48,6 +49,7 @@ const (
 	DropOldest
 )
 
+// String names the policy.
 func (p FullPolicy) String() string {
 	switch p {
 	case Block:

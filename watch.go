@@ -18,6 +18,7 @@ const (
 	Down
 )
 
+// String returns "up" or "down".
 func (k EventKind) String() string {
 	switch k {
 	case Up:

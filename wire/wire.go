@@ -38,6 +38,7 @@ const (
 	TRelease  Type = 14 // receiver -> sender: a loaned message was released
 )
 
+// String returns the frame type's name as SPEC.md writes it.
 func (t Type) String() string {
 	switch t {
 	case THello:
