@@ -720,9 +720,21 @@ func (r *fdReader) Read(p []byte) (int, error) {
 				}
 			}
 		}
+		if len(r.c.fdq) > maxPendingFiles && err == nil {
+			// A peer passing files no frame claims would exhaust ours.
+			err = protoErr("%d passed files not claimed by any frame", len(r.c.fdq))
+		}
 	}
 	return n, err
 }
+
+// maxPendingFiles bounds the files a peer may pass ahead of the frames that
+// claim them.
+const maxPendingFiles = 256
+
+// maxAttachments bounds the attachments one peer may hold on a connection:
+// each gets at least one credit, so their number bounds queued memory.
+const maxAttachments = 4096
 
 // hbReader applies the heartbeat timeout to every read.
 type hbReader struct {
@@ -910,6 +922,10 @@ func (c *conn) handleAttach(d *wire.Decoder) error {
 	if _, dup := c.inAtts[att]; dup {
 		c.lmu.Unlock()
 		return protoErr("attachment %d attached twice", att)
+	}
+	if len(c.inAtts) >= maxAttachments {
+		c.lmu.Unlock()
+		return protoErr("more than %d attachments on one connection", maxAttachments)
 	}
 	c.inAtts[att] = a
 	c.lmu.Unlock()

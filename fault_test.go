@@ -248,6 +248,13 @@ func TestBadInputClosesOnlyThatConnection(t *testing.T) {
 		"oversized record": append(attachFrame(1, kindChannel, "jobs"), dataFrame(1, make([]byte, 101))...),
 		"credit overrun":   append(attachFrame(1, kindChannel, "jobs"), dataFrame(1, []byte("1"), []byte("2"), []byte("3"), []byte("4"), []byte("5"))...),
 		"unknown type":     wire.AppendFrame(nil, wire.Type(200), 0, nil),
+		"attachment flood": func() []byte {
+			var b []byte
+			for i := uint32(1); i <= maxAttachments+1; i++ {
+				b = append(b, attachFrame(i, kindChannel, "jobs")...)
+			}
+			return b
+		}(),
 		"truncated attach": wire.AppendFrame(nil, wire.TAttach, 0, []byte{1, 5, 'c'}),
 	}
 	for _, scheme := range []string{"unix", "shm"} {

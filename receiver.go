@@ -98,7 +98,12 @@ type inAtt struct {
 type dedupState struct {
 	floor uint64              // every id below floor was seen or is acknowledged
 	seen  map[uint64]struct{} // ids at or above floor already delivered
+	last  time.Time           // when this stream last attached
 }
+
+// dedupKeep is how long the de-duplication state of a sender that went away
+// is kept for it to come back (a reconnect) before it is forgotten.
+const dedupKeep = 10 * time.Minute
 
 func newReceiver(n *Node, kind, name string, opts ChannelOptions) *Receiver {
 	r := &Receiver{
@@ -177,6 +182,17 @@ func (r *Receiver) attach(a *inAtt) (uint64, bool) {
 	}
 	r.atts[a] = struct{}{}
 	r.rewindowLocked()
+	if r.opts.Delivery == ExactlyOnce {
+		now := time.Now()
+		if st := r.dedup[a.stream]; st != nil {
+			st.last = now
+		}
+		for k, st := range r.dedup {
+			if now.Sub(st.last) > dedupKeep {
+				delete(r.dedup, k)
+			}
+		}
+	}
 	r.creditLocked(a)
 	a.ackLimit.Store(a.limit)
 	return a.limit, true
@@ -307,7 +323,7 @@ func (r *Receiver) enqueueLocked(a *inAtt, floor uint64, m Message) error {
 func (r *Receiver) isDupLocked(stream, floor, id uint64) bool {
 	st := r.dedup[stream]
 	if st == nil {
-		st = &dedupState{seen: map[uint64]struct{}{}}
+		st = &dedupState{seen: map[uint64]struct{}{}, last: time.Now()}
 		r.dedup[stream] = st
 	}
 	if floor > st.floor {

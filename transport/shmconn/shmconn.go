@@ -46,6 +46,9 @@ const (
 	helloAck  = 'A'
 )
 
+// maxPendingFiles bounds the files a peer may pass before they are taken.
+const maxPendingFiles = 256
+
 // Errors a caller can match with errors.Is.
 var (
 	ErrCorrupt = errors.New("shmconn: shared ring corrupted by the peer")
@@ -162,7 +165,11 @@ func (c *Conn) sockLoop() {
 					if fds, ferr := unix.ParseUnixRights(&m); ferr == nil {
 						c.fmu.Lock()
 						c.files = append(c.files, fds...)
+						over := len(c.files) > maxPendingFiles
 						c.fmu.Unlock()
+						if over {
+							err = fmt.Errorf("%w: %d passed files not taken", ErrCorrupt, maxPendingFiles)
+						}
 						notify(c.filesCh)
 					}
 				}
