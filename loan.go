@@ -235,25 +235,13 @@ func (s *Sender) Loan(ctx context.Context, size int) (*Loan, error) {
 			}
 		}
 		if l == nil {
-			ch := s.changed
-			s.waiters++
-			had := s.hadLinks
-			s.mu.Unlock()
-			if had {
-				s.mu.Lock()
-				s.waiters--
+			if s.hadLinks {
 				s.mu.Unlock()
 				return nil, &OpError{Op: "loan", Name: s.name, Err: fmt.Errorf("%w: no receiver on this host", ErrPeerGone)}
 			}
-			s.node.kickDiscovery()
-			select {
-			case <-ch:
-			case <-ctx.Done():
-			}
-			s.mu.Lock()
-			s.waiters--
+			err := s.waitLocked(ctx, true)
 			s.mu.Unlock()
-			if err := ctx.Err(); err != nil {
+			if err != nil {
 				return nil, &OpError{Op: "loan", Name: s.name, Err: err}
 			}
 			continue
@@ -287,18 +275,7 @@ func (s *Sender) SendLoan(ctx context.Context, loan *Loan) error {
 	l := loan.l
 	s.mu.Lock()
 	for l.sent >= l.limit && !l.dead && !s.closed {
-		ch := s.changed
-		s.waiters++
-		s.mu.Unlock()
-		var err error
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-		s.mu.Lock()
-		s.waiters--
-		if err != nil {
+		if err := s.waitLocked(ctx, false); err != nil {
 			s.mu.Unlock()
 			return &OpError{Op: "send", Name: s.name, Err: err}
 		}

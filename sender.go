@@ -134,6 +134,27 @@ func (s *Sender) Stats() SenderStats {
 	}
 }
 
+// waitLocked waits for a change (credit, a link, the end) or ctx. It is
+// called with s.mu held and returns with it held; discover also asks the
+// node to look for receivers now.
+func (s *Sender) waitLocked(ctx context.Context, discover bool) error {
+	ch := s.changed
+	s.waiters++
+	s.mu.Unlock()
+	if discover {
+		s.node.kickDiscovery()
+	}
+	var err error
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	s.mu.Lock()
+	s.waiters--
+	return err
+}
+
 // notifyLocked wakes goroutines waiting for a change.
 func (s *Sender) notifyLocked() {
 	if s.waiters > 0 {
@@ -455,22 +476,7 @@ func (s *Sender) send(ctx context.Context, data []byte, fds []int, block bool) e
 			return err
 		}
 		// Wait for credit, a new link, or the end.
-		ch := s.changed
-		s.waiters++
-		noLinks := len(s.links) == 0
-		s.mu.Unlock()
-		if noLinks {
-			s.node.kickDiscovery()
-		}
-		var err error
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-		s.mu.Lock()
-		s.waiters--
-		if err != nil {
+		if err := s.waitLocked(ctx, len(s.links) == 0); err != nil {
 			s.mu.Unlock()
 			return &OpError{Op: "send", Name: s.name, Err: err}
 		}
@@ -564,19 +570,7 @@ func (s *Sender) WaitReceivers(ctx context.Context, n int) error {
 			s.mu.Unlock()
 			return &OpError{Op: "wait", Name: s.name, Err: ErrClosed}
 		}
-		ch := s.changed
-		s.waiters++
-		s.mu.Unlock()
-		s.node.kickDiscovery()
-		var err error
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-		s.mu.Lock()
-		s.waiters--
-		if err != nil {
+		if err := s.waitLocked(ctx, true); err != nil {
 			s.mu.Unlock()
 			return &OpError{Op: "wait", Name: s.name, Err: err}
 		}
@@ -603,18 +597,7 @@ func (s *Sender) Flush(ctx context.Context) error {
 			s.mu.Unlock()
 			return &OpError{Op: "flush", Name: s.name, Err: ErrClosed}
 		}
-		ch := s.changed
-		s.waiters++
-		s.mu.Unlock()
-		var err error
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-		s.mu.Lock()
-		s.waiters--
-		if err != nil {
+		if err := s.waitLocked(ctx, false); err != nil {
 			s.mu.Unlock()
 			return &OpError{Op: "flush", Name: s.name, Err: err}
 		}
