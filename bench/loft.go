@@ -21,7 +21,9 @@ func init() {
 	RegisterRole("loft-echo", loftEchoRole)
 	RegisterRole("loft-loan-recv", loftLoanRecvRole)
 	for _, tr := range []string{"shm", "unix"} {
-		Register(Case{System: "loft-loan", Transport: tr, Pattern: "oneway", Mode: "blocking", Size: 1 << 20, RawTransport: "unix", Run: loftLoanOneway(tr)})
+		for _, size := range []int{1 << 20, 16 << 20} {
+			Register(Case{System: "loft-loan", Transport: tr, Pattern: "oneway", Mode: "blocking", Size: size, RawTransport: "unix", Run: loftLoanOneway(tr)})
+		}
 	}
 	for _, tr := range []string{"unix", "tcp", "shm", "shm-poll"} {
 		c := Case{System: "loft", Transport: tr, Mode: "blocking"}
