@@ -6,10 +6,12 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/loft-ipc/loft/names"
+	"github.com/loft-ipc/loft/rpc/rpccli"
 )
 
 // lsRow is one holder of one name, as `loft ls` prints it.
@@ -71,7 +73,19 @@ Examples:
 			for _, r := range rows {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", r.Name, r.Kind, r.Node, r.PID, strings.Join(r.Addrs, " "))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			// RPC services: ask each one for its methods.
+			if node, err := g.openNode(cmd.Context()); err == nil {
+				ss := rpccli.Services(cmd.Context(), node, entries, 2*time.Second)
+				node.Close()
+				if len(ss) > 0 {
+					fmt.Fprintln(out)
+					rpccli.WriteServices(out, ss)
+				}
+			}
+			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array of objects instead of a table")

@@ -22,6 +22,7 @@ import (
 
 	"github.com/loft-ipc/loft"
 	"github.com/loft-ipc/loft/names"
+	"github.com/loft-ipc/loft/rpc/rpccli"
 )
 
 // globals are the flags shared by every command.
@@ -55,6 +56,7 @@ This command shows loft at work and lets you poke at a running system:
 	root.PersistentFlags().StringVar(&g.dir, "dir", "",
 		"runtime directory of the name service (default $LOFT_RUNTIME_DIR, else $XDG_RUNTIME_DIR/loft, else $TMPDIR/loft-UID; now "+names.DefaultDir()+")")
 	root.AddCommand(
+		rpccli.CallCommand(g.openNode),
 		newDemoCmd(),
 		newDemoChildCmd(),
 		newSendCmd(g),

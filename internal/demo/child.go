@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/loft-ipc/loft"
+	"github.com/loft-ipc/loft/rpc/rpcdemo"
 )
 
 // ChildCommand is the first argument of a demo child process: the program
@@ -38,11 +39,12 @@ const envDeadline = "LOFT_DEMO_DEADLINE"
 //	subscribe name=T cap=C  subscribe to topic T, reporting every message
 //	hold name=CH cap=C    receive on channel CH into the buffer, never taking
 //	echo                  answer every inbox message with "pong: DATA"
+//	rpc                   serve the demo's RPC service (rpc/rpcdemo)
 func RunChild(ctx context.Context, role string, args []string, stdin io.Reader, stdout io.Writer) error {
 	switch role {
-	case "produce", "recv", "subscribe", "hold", "echo":
+	case "produce", "recv", "subscribe", "hold", "echo", "rpc":
 	default:
-		return fmt.Errorf("demo child: unknown role %q (want produce, recv, subscribe, hold or echo)", role)
+		return fmt.Errorf("demo child: unknown role %q (want produce, recv, subscribe, hold, echo or rpc)", role)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -138,6 +140,9 @@ func RunChild(ctx context.Context, role string, args []string, stdin io.Reader, 
 			out.printf("got %s", m.Data)
 		}
 		return nil
+
+	case "rpc":
+		return quiet(ctx, rpcdemo.Serve(ctx, node, func() { out.printf("ready %s", node.ID()) }))
 
 	case "echo":
 		out.printf("ready %s", node.ID())

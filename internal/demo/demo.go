@@ -76,6 +76,7 @@ func (cfg Config) Run(ctx context.Context, w io.Writer) error {
 		{"pub/sub", t.pubSub},
 		{"death", t.death},
 		{"at-least-once", t.atLeastOnce},
+		{"rpc", t.rpc},
 	}
 	fmt.Fprintf(w, "loft demo: %d parts, each between real processes (parent pid %d, runtime dir %s)\n", len(parts), os.Getpid(), t.rt)
 	var failed []string
@@ -181,9 +182,10 @@ func waitFor(ctx context.Context, what string, cond func() bool) error {
 
 // waitReceivers waits until s is attached to n receivers.
 func waitReceivers(ctx context.Context, s *loft.Sender, n int) error {
-	return waitFor(ctx, fmt.Sprintf("the sender to find %d receiver(s) of %q", n, s.Name()), func() bool {
-		return s.Stats().Receivers >= n
-	})
+	if err := s.WaitReceivers(ctx, n); err != nil {
+		return fmt.Errorf("waiting for the sender to find %d receiver(s) of %q: %w", n, s.Name(), causeOr(ctx, err))
+	}
+	return nil
 }
 
 // fmtDur prints a duration with three significant digits or so.

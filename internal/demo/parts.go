@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/loft-ipc/loft"
+	"github.com/loft-ipc/loft/rpc/rpcdemo"
 )
 
 // producerConsumer: a child sends 10,000 numbered messages on a channel;
@@ -364,4 +365,12 @@ func causeOr(ctx context.Context, err error) error {
 		}
 	}
 	return err
+}
+
+// rpc: typed calls to a service in another process, found by name.
+func (t *tour) rpc(ctx context.Context, fail context.CancelCauseFunc) (string, error) {
+	if _, err := t.spawnReady(ctx, fail, "rpc server", 1, "rpc"); err != nil {
+		return "", err
+	}
+	return rpcdemo.Exercise(ctx, t.node)
 }
