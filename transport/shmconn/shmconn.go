@@ -40,8 +40,8 @@ const (
 
 // Wake-up bytes on the side socket.
 const (
-	wakeData  = 'D' // the ring you consume has data
-	wakeSpace = 'S' // the ring you produce has room
+	wakeData  = 'D' // (eventfd) the ring you consume has data
+	wakeSpace = 'S' // (eventfd) the ring you produce has room
 	wakeFiles = 'F' // files follow in this message's ancillary data
 	helloAck  = 'A'
 )
@@ -107,12 +107,15 @@ type Conn struct {
 	spin   time.Duration
 	poll   bool
 
-	dataCh  chan struct{}
-	spaceCh chan struct{}
-	closed  chan struct{}
-	gone    chan struct{} // the peer's socket closed
-	once    sync.Once
-	goneErr error
+	// Wake-ups travel through eventfds: evData and evSpace are ours, read
+	// through the Go netpoller while parked (no thread held); the peer
+	// writes them. peerData and peerSpace are the peer's, which we write.
+	evData, evSpace     *os.File
+	peerData, peerSpace int
+	closed              chan struct{}
+	gone                chan struct{} // the peer's socket closed
+	once                sync.Once
+	goneErr             error
 
 	rxSpin, txSpin   atomic.Int64 // adaptive spin budgets, ns
 	rxFails, txFails atomic.Int32 // parks since the last spin that paid off
@@ -124,24 +127,26 @@ type Conn struct {
 	local, remot     net.Addr
 }
 
-func newConn(sock *net.UnixConn, mem []byte, dialer bool, cfg *Config) *Conn {
+func newConn(sock *net.UnixConn, mem []byte, dialer bool, cfg *Config, ev eventfds) *Conn {
 	size := int(binary.LittleEndian.Uint32(mem[offRingSize:]))
 	a := newRing(mem, offRingA, mem[HeaderSize:HeaderSize+size])
 	b := newRing(mem, offRingB, mem[HeaderSize+size:HeaderSize+2*size])
 	c := &Conn{
-		sock:    sock,
-		mem:     mem,
-		spin:    cfg.spin(),
-		poll:    cfg != nil && cfg.BusyPoll,
-		dataCh:  make(chan struct{}, 1),
-		spaceCh: make(chan struct{}, 1),
-		closed:  make(chan struct{}),
-		gone:    make(chan struct{}),
-		filesCh: make(chan struct{}, 1),
-		rdl:     makeDeadline(),
-		wdl:     makeDeadline(),
-		local:   sock.LocalAddr(),
-		remot:   sock.RemoteAddr(),
+		sock:      sock,
+		mem:       mem,
+		spin:      cfg.spin(),
+		poll:      cfg != nil && cfg.BusyPoll,
+		evData:    os.NewFile(uintptr(ev.ownData), "shmconn-data"),
+		evSpace:   os.NewFile(uintptr(ev.ownSpace), "shmconn-space"),
+		peerData:  ev.peerData,
+		peerSpace: ev.peerSpace,
+		closed:    make(chan struct{}),
+		gone:      make(chan struct{}),
+		filesCh:   make(chan struct{}, 1),
+		rdl:       makeDeadline(),
+		wdl:       makeDeadline(),
+		local:     sock.LocalAddr(),
+		remot:     sock.RemoteAddr(),
 	}
 	if dialer {
 		c.tx, c.rx = a, b
@@ -177,10 +182,6 @@ func (c *Conn) sockLoop() {
 		}
 		for _, b := range buf[:n] {
 			switch b {
-			case wakeData:
-				notify(c.dataCh)
-			case wakeSpace:
-				notify(c.spaceCh)
 			case wakeFiles:
 			default:
 				err = fmt.Errorf("%w: unknown wake-up byte %#x", ErrCorrupt, b)
@@ -192,6 +193,9 @@ func (c *Conn) sockLoop() {
 			}
 			c.goneErr = err
 			close(c.gone)
+			// Unpark whoever waits: the rings will not move again.
+			c.evData.SetReadDeadline(time.Now())
+			c.evSpace.SetReadDeadline(time.Now())
 			return
 		}
 	}
@@ -204,10 +208,15 @@ func notify(ch chan struct{}) {
 	}
 }
 
-var wakeMsgs = map[byte][]byte{wakeData: {wakeData}, wakeSpace: {wakeSpace}}
+var one = [8]byte{1}
 
+// wake tells the peer that the ring it waits on moved.
 func (c *Conn) wake(b byte) {
-	c.sock.Write(wakeMsgs[b])
+	fd := c.peerData
+	if b == wakeSpace {
+		fd = c.peerSpace
+	}
+	unix.Write(fd, one[:])
 }
 
 func (c *Conn) isGone() bool {
@@ -278,9 +287,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 // wait waits until the ring changes from what the caller saw: for a reader,
 // until tail moves past seen; for a writer, until head moves past seen.
 func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
-	word, park, ch, dl := r.tail, r.consPark, c.dataCh, &c.rdl
+	word, park, ev, dl := r.tail, r.consPark, c.evData, &c.rdl
 	if !reader {
-		word, park, ch, dl = r.head, r.prodPark, c.spaceCh, &c.wdl
+		word, park, ev, dl = r.head, r.prodPark, c.evSpace, &c.wdl
 	}
 	if dl.expired() {
 		return os.ErrDeadlineExceeded
@@ -337,22 +346,22 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 		spin.Store(max(int64(budget/2), int64(minSpin)))
 	}
 	park.Store(1)
-	if word.Load() != seen {
+	if word.Load() != seen || c.isGone() {
 		park.Store(0)
 		return nil
 	}
-	select {
-	case <-ch:
-	case <-c.gone:
-	case <-c.closed:
-		park.Store(0)
+	var buf [8]byte
+	_, err := ev.Read(buf[:])
+	park.Store(0)
+	switch {
+	case err == nil, c.isGone():
+		return nil
+	case c.isClosed():
 		return net.ErrClosed
-	case <-dl.wait():
-		park.Store(0)
+	case errors.Is(err, os.ErrDeadlineExceeded):
 		return os.ErrDeadlineExceeded
 	}
-	park.Store(0)
-	return nil
+	return err
 }
 
 // Write writes p into the ring the peer reads, waiting for room as needed.
@@ -442,6 +451,8 @@ func (c *Conn) Close() error {
 		c.sock.Close()
 		c.rdl.set(time.Time{})
 		c.wdl.set(time.Time{})
+		c.evData.Close() // unblocks a parked Read or Write
+		c.evSpace.Close()
 		c.rmu.Lock()
 		c.wmu.Lock()
 		unix.Munmap(c.mem)
@@ -454,6 +465,8 @@ func (c *Conn) Close() error {
 		}
 		c.files = nil
 		c.fmu.Unlock()
+		unix.Close(c.peerData)
+		unix.Close(c.peerSpace)
 	})
 	return nil
 }
@@ -466,16 +479,27 @@ func (c *Conn) RemoteAddr() net.Addr { return c.remot }
 
 // SetDeadline sets the read and write deadlines.
 func (c *Conn) SetDeadline(t time.Time) error {
-	c.rdl.set(t)
-	c.wdl.set(t)
-	return nil
+	c.SetReadDeadline(t)
+	return c.SetWriteDeadline(t)
 }
 
 // SetReadDeadline sets the read deadline.
-func (c *Conn) SetReadDeadline(t time.Time) error { c.rdl.set(t); return nil }
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	c.rdl.set(t)
+	if !c.isGone() {
+		c.evData.SetReadDeadline(t)
+	}
+	return nil
+}
 
 // SetWriteDeadline sets the write deadline.
-func (c *Conn) SetWriteDeadline(t time.Time) error { c.wdl.set(t); return nil }
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	c.wdl.set(t)
+	if !c.isGone() {
+		c.evSpace.SetReadDeadline(t)
+	}
+	return nil
+}
 
 // PeerCred returns the credentials of the peer process (SO_PEERCRED).
 func (c *Conn) PeerCred() (*unix.Ucred, error) {
@@ -559,6 +583,50 @@ func isDone(ch chan struct{}) bool {
 
 // ---- dial and listen ----
 
+// eventfds are a connection's wake-up descriptors (see Conn).
+type eventfds struct {
+	ownData, ownSpace, peerData, peerSpace int
+}
+
+// newEventfds makes this side's two eventfds, non-blocking so that the Go
+// netpoller waits on them.
+func newEventfds() (data, space int, err error) {
+	data, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		return -1, -1, os.NewSyscallError("eventfd", err)
+	}
+	space, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(data)
+		return -1, -1, os.NewSyscallError("eventfd", err)
+	}
+	return data, space, nil
+}
+
+// recvFDs reads one message with its passed descriptors.
+func recvFDs(uc *net.UnixConn, buf []byte, maxFDs int) (int, []int, error) {
+	oob := make([]byte, unix.CmsgSpace(4*maxFDs))
+	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return 0, nil, err
+	}
+	var fds []int
+	if msgs, perr := unix.ParseSocketControlMessage(oob[:max(oobn, 0)]); perr == nil {
+		for _, m := range msgs {
+			if f, ferr := unix.ParseUnixRights(&m); ferr == nil {
+				fds = append(fds, f...)
+			}
+		}
+	}
+	return n, fds, nil
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
 // Dial connects to the shared-memory listener at the Unix socket path.
 func Dial(ctx context.Context, path string, cfg *Config) (*Conn, error) {
 	size := DefaultRing
@@ -590,16 +658,23 @@ func Dial(ctx context.Context, path string, cfg *Config) (*Conn, error) {
 	} else {
 		sock.SetDeadline(time.Now().Add(10 * time.Second))
 	}
+	evd, evs, err := newEventfds()
+	if err != nil {
+		return fail(err)
+	}
 	hello := binary.LittleEndian.AppendUint64(nil, Magic)
-	if _, _, err := sock.WriteMsgUnix(hello, unix.UnixRights(fd), nil); err != nil {
+	if _, _, err := sock.WriteMsgUnix(hello, unix.UnixRights(fd, evd, evs), nil); err != nil {
+		closeAll([]int{evd, evs})
 		return fail(err)
 	}
 	var ack [1]byte
-	if _, err := io.ReadFull(sock, ack[:]); err != nil || ack[0] != helloAck {
+	n, peer, err := recvFDs(sock, ack[:], 2)
+	if err != nil || n != 1 || ack[0] != helloAck || len(peer) != 2 {
+		closeAll(append(peer, evd, evs))
 		return fail(fmt.Errorf("%w: listener did not accept the shared memory: %v", ErrHello, err))
 	}
 	sock.SetDeadline(time.Time{})
-	return newConn(sock, mem, true, cfg), nil
+	return newConn(sock, mem, true, cfg, eventfds{ownData: evd, ownSpace: evs, peerData: peer[0], peerSpace: peer[1]}), nil
 }
 
 func createMem(ringSize int) ([]byte, int, error) {
@@ -676,37 +751,33 @@ func (l *Listener) Accept() (net.Conn, error) {
 func accept(uc *net.UnixConn, cfg *Config) (*Conn, error) {
 	uc.SetDeadline(time.Now().Add(5 * time.Second))
 	buf := make([]byte, 8)
-	oob := make([]byte, unix.CmsgSpace(4*4))
-	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	n, fds, err := recvFDs(uc, buf, 4)
 	if err != nil {
 		return nil, err
 	}
-	var fds []int
-	if msgs, perr := unix.ParseSocketControlMessage(oob[:oobn]); perr == nil {
-		for _, m := range msgs {
-			if f, ferr := unix.ParseUnixRights(&m); ferr == nil {
-				fds = append(fds, f...)
-			}
-		}
-	}
-	defer func() {
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
-	}()
-	if n != 8 || binary.LittleEndian.Uint64(buf) != Magic || len(fds) != 1 {
-		return nil, fmt.Errorf("%w: want magic and one memfd", ErrHello)
+	if n != 8 || binary.LittleEndian.Uint64(buf) != Magic || len(fds) != 3 {
+		closeAll(fds)
+		return nil, fmt.Errorf("%w: want magic, a memfd and two eventfds", ErrHello)
 	}
 	mem, err := mapPeer(fds[0])
+	unix.Close(fds[0])
 	if err != nil {
+		closeAll(fds[1:])
 		return nil, err
 	}
-	if _, err := uc.Write([]byte{helloAck}); err != nil {
+	evd, evs, err := newEventfds()
+	if err != nil {
 		unix.Munmap(mem)
+		closeAll(fds[1:])
+		return nil, err
+	}
+	if _, _, err := uc.WriteMsgUnix([]byte{helloAck}, unix.UnixRights(evd, evs), nil); err != nil {
+		unix.Munmap(mem)
+		closeAll(append(fds[1:], evd, evs))
 		return nil, err
 	}
 	uc.SetDeadline(time.Time{})
-	return newConn(uc, mem, false, cfg), nil
+	return newConn(uc, mem, false, cfg, eventfds{ownData: evd, ownSpace: evs, peerData: fds[1], peerSpace: fds[2]}), nil
 }
 
 // mapPeer checks and maps a memfd received from a peer.
