@@ -1,0 +1,442 @@
+package rmi
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/fxamacker/cbor/v2"
+
+	"github.com/loft-ipc/loft"
+)
+
+// Delegate is the runtime half of a proxy: a reference to an object that
+// lives in another node (its home), or a promise of one (the result of a
+// pipelined call that has not returned yet). Typed proxies embed
+// *Delegate; users reach it with Release, Retain, Watch and DelegateOf.
+type Delegate struct {
+	ep   *Endpoint
+	peer *peer
+	f    *iface
+
+	mu       sync.Mutex
+	id       objID
+	ok       bool          // id is known
+	err      error         // a promise that failed
+	done     chan struct{} // promises: closed when resolved or failed
+	callID   uint64        // promises: the call whose answer this is
+	users    int           // promises: calls being sent that target callID
+	finSent  bool
+	owned    bool // counted in Stats.Delegates, has a finalizer
+	borrowed bool // an argument of a call being served
+	retained bool
+	released bool
+}
+
+// holder is implemented by every proxy that embeds *Delegate.
+type holder interface{ delegate() *Delegate }
+
+func (d *Delegate) delegate() *Delegate { return d }
+
+func newDelegate(ep *Endpoint, p *peer, f *iface, id objID, borrowed bool) *Delegate {
+	d := &Delegate{ep: ep, peer: p, f: f, id: id, ok: true, borrowed: borrowed}
+	if !borrowed {
+		d.own()
+	}
+	return d
+}
+
+func (d *Delegate) own() {
+	d.owned = true
+	d.ep.live.Add(1)
+	runtime.SetFinalizer(d, (*Delegate).finalize)
+}
+
+func (d *Delegate) finalize() {
+	d.mu.Lock()
+	rel := !d.released && d.owned
+	d.released = true
+	id, ok := d.id, d.ok
+	d.mu.Unlock()
+	if !rel {
+		return
+	}
+	d.ep.leaked.Add(1)
+	d.ep.live.Add(-1)
+	if ok {
+		d.ep.queueCtl(d.peer, append([]byte(nil), id[:]...), 0, 0)
+	}
+}
+
+// Peer returns the node id of the object's home.
+func (d *Delegate) Peer() string { return d.peer.id }
+
+// Release gives the reference back: the home drops its export once no
+// reference of this peer is left. Calls on d fail afterwards with
+// ErrReleased. Releasing twice is harmless. A borrowed argument that was
+// not retained needs no Release.
+func (d *Delegate) Release() {
+	d.mu.Lock()
+	if d.released {
+		d.mu.Unlock()
+		return
+	}
+	d.released = true
+	owned, id, ok := d.owned, d.id, d.ok
+	d.mu.Unlock()
+	if !owned {
+		return
+	}
+	runtime.SetFinalizer(d, nil)
+	d.ep.live.Add(-1)
+	if !ok {
+		return // a promise: released when it resolves (resolve)
+	}
+	d.ep.queueCtl(d.peer, id[:], 0, 0) // sent with the next message to the peer, or soon
+
+}
+
+// Retain keeps a delegate received as an argument beyond the call that
+// brought it: the caller then keeps its export, and this side owns the
+// delegate (Release it, or the finalizer does and counts a leak). Call it
+// before the method returns; it fails afterwards.
+func (d *Delegate) Retain() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.released {
+		return ErrReleased
+	}
+	if d.borrowed && !d.retained {
+		d.retained = true
+		d.owned = true
+		d.ep.live.Add(1)
+		runtime.SetFinalizer(d, (*Delegate).finalize)
+	}
+	return nil
+}
+
+// endBorrow ends the loan of an argument delegate when its call returns;
+// it reports whether the method retained it.
+func (d *Delegate) endBorrow() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.retained {
+		return true
+	}
+	d.released = true
+	return false
+}
+
+// Wait waits until a promise resolves and returns its error; for a
+// resolved delegate it returns nil at once.
+func (d *Delegate) Wait(ctx context.Context) error {
+	_, err := d.target(ctx)
+	return err
+}
+
+// target returns the object id, waiting for a promise to resolve.
+func (d *Delegate) target(ctx context.Context) (objID, error) {
+	d.mu.Lock()
+	id, ok, err, done := d.id, d.ok, d.err, d.done
+	d.mu.Unlock()
+	if ok || err != nil {
+		return id, err
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return id, ctx.Err()
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.id, d.err
+}
+
+// resolve settles a promise (called once, by the reader or peerGone).
+func (d *Delegate) resolve(id objID, err error) {
+	d.mu.Lock()
+	if d.ok || d.err != nil {
+		d.mu.Unlock()
+		return
+	}
+	if err != nil {
+		d.err = err
+	} else {
+		d.id, d.ok = id, true
+	}
+	close(d.done)
+	fin := d.users == 0 && !d.finSent
+	d.finSent = d.finSent || fin
+	rel := d.released && d.ok
+	d.mu.Unlock()
+	if fin {
+		d.ep.queueCtl(d.peer, nil, d.callID, 0)
+	}
+	if rel {
+		d.ep.queueCtl(d.peer, append([]byte(nil), id[:]...), 0, 0)
+	}
+}
+
+func (d *Delegate) resolveFromReply(p *peer, m *wmsg) {
+	if m.E != nil {
+		d.resolve(objID{}, &RemoteError{Peer: p.id, Method: "(pipelined)", Code: m.E.C, Msg: m.E.M})
+		return
+	}
+	var r wref
+	if len(m.A) == 0 || decMode.Unmarshal(m.A[0], &r) != nil || len(r.ID) != idLen {
+		d.resolve(objID{}, fmt.Errorf("%w: the pipelined call returned no object", ErrNoSuchObject))
+		return
+	}
+	if r.K != refSender {
+		d.resolve(objID{}, fmt.Errorf("%w: the pipelined call returned an object of this node; call it without Pipeline", ErrNoSuchObject))
+		return
+	}
+	d.resolve(objID(r.ID), nil)
+}
+
+// unuse ends a call's use of a promise as its target.
+func (d *Delegate) unuse() {
+	d.mu.Lock()
+	d.users--
+	fin := d.users == 0 && (d.ok || d.err != nil) && !d.finSent
+	d.finSent = d.finSent || fin
+	d.mu.Unlock()
+	if fin {
+		d.ep.queueCtl(d.peer, nil, d.callID, 0)
+	}
+}
+
+type pipeKey struct{}
+
+// Pipeline returns a context under which a call whose first result is a
+// remote interface does not wait: it returns at once a promise of that
+// result (with a nil error), and calls on the promise are sent at once too,
+// to be run by the peer when the first call returns. An error of the first
+// call is the error of every call made on the promise (and of Wait).
+func Pipeline(ctx context.Context) context.Context { return context.WithValue(ctx, pipeKey{}, true) }
+
+func pipelined(ctx context.Context) bool { b, _ := ctx.Value(pipeKey{}).(bool); return b }
+
+// DelegateOf returns the delegate behind a proxy, or nil if v is not one
+// (a local object, or nil).
+func DelegateOf(v any) *Delegate {
+	if h, ok := v.(holder); ok {
+		return h.delegate()
+	}
+	return nil
+}
+
+// Release releases v if it is a delegate (see Delegate.Release).
+func Release(v any) {
+	if d := DelegateOf(v); d != nil {
+		d.Release()
+	}
+}
+
+// Retain retains v if it is a delegate received as an argument (see
+// Delegate.Retain). For a local object it does nothing.
+func Retain(v any) error {
+	if d := DelegateOf(v); d != nil {
+		return d.Retain()
+	}
+	return nil
+}
+
+// Watch reports when the home of delegate v goes away: one Down event,
+// delivered after the endpoint has failed the calls and dropped the
+// exports of that peer. The channel is closed after it or when ctx ends.
+func Watch(ctx context.Context, v any) (<-chan loft.Event, error) {
+	d := DelegateOf(v)
+	if d == nil {
+		return nil, fmt.Errorf("rmi: Watch: %T is not a delegate", v)
+	}
+	ch := make(chan loft.Event, 1)
+	go func() {
+		defer close(ch)
+		select {
+		case <-d.peer.gone:
+			ch <- loft.Event{Kind: loft.Down, Name: "node:" + d.peer.id, Node: d.peer.id, At: time.Now(), Err: d.peer.deadErr()}
+		case <-ctx.Done():
+		case <-d.ep.ctx.Done():
+		}
+	}()
+	return ch, nil
+}
+
+// Call0 calls a method with no result but the error. Proxies call it.
+func Call0(ctx context.Context, d *Delegate, method string, args ...any) error {
+	_, _, err := d.call(ctx, method, args, nil)
+	return err
+}
+
+// Call1 calls a method with one result. Under a Pipeline context, when R
+// is a remote interface, it returns a promise at once.
+func Call1[R any](ctx context.Context, d *Delegate, method string, args ...any) (R, error) {
+	var r R
+	var f *iface
+	if pipelined(ctx) {
+		f = lookupIface(reflect.TypeFor[R]())
+	}
+	out, prom, err := d.call(ctx, method, args, f)
+	if err != nil {
+		return r, err
+	}
+	if prom != nil {
+		r, _ = f.newFn(prom).(R)
+		return r, nil
+	}
+	r, _ = out[0].Interface().(R)
+	return r, nil
+}
+
+// Call2 calls a method with two results.
+func Call2[R1, R2 any](ctx context.Context, d *Delegate, method string, args ...any) (R1, R2, error) {
+	var r1 R1
+	var r2 R2
+	out, _, err := d.call(ctx, method, args, nil)
+	if err != nil {
+		return r1, r2, err
+	}
+	r1, _ = out[0].Interface().(R1)
+	r2, _ = out[1].Interface().(R2)
+	return r1, r2, nil
+}
+
+// call sends one call and waits for its reply, or, when pf is set,
+// returns a promise of its first result at once.
+func (d *Delegate) call(ctx context.Context, method string, args []any, pf *iface) ([]reflect.Value, *Delegate, error) {
+	ep, p := d.ep, d.peer
+	fail := func(err error) ([]reflect.Value, *Delegate, error) {
+		return nil, nil, &CallError{Peer: p.id, Method: method, Err: err}
+	}
+	md := d.f.methods[method]
+	if md == nil {
+		return fail(fmt.Errorf("%w: %s has no method %q", ErrNoSuchMethod, d.f.name, method))
+	}
+	if len(args) != len(md.in) {
+		return fail(fmt.Errorf("rmi: %s takes %d arguments, got %d", method, len(md.in), len(args)))
+	}
+	if pf != nil && (len(md.out) == 0 || md.out[0] != pf.t) {
+		pf = nil
+	}
+	if err := p.deadErr(); err != nil {
+		return fail(err)
+	}
+	msg := &wmsg{K: kCall, ID: ep.nextID.Add(1), M: method}
+	d.mu.Lock()
+	switch {
+	case d.released:
+		d.mu.Unlock()
+		return fail(ErrReleased)
+	case d.err != nil:
+		err := d.err
+		d.mu.Unlock()
+		return nil, nil, err
+	case d.ok:
+		msg.Obj = d.id[:]
+	default:
+		msg.P = d.callID
+		d.users++
+		defer d.unuse()
+	}
+	d.mu.Unlock()
+	pd := &pending{ch: make(chan *wmsg, 1)}
+	msg.A = make([]cbor.RawMessage, len(args))
+	undo := func() {
+		ep.mu.Lock()
+		ep.returnBorrowedLocked(p, pd.borrowed, nil)
+		ep.mu.Unlock()
+	}
+	for i, a := range args {
+		t := md.in[i]
+		if lookupIface(t) != nil {
+			v := reflect.New(t).Elem()
+			if a != nil {
+				v.Set(reflect.ValueOf(a))
+			}
+			raw, e, err := ep.encodeRef(ctx, p, v)
+			if err != nil {
+				undo()
+				return fail(err)
+			}
+			msg.A[i] = raw
+			pd.borrowed = append(pd.borrowed, e)
+			continue
+		}
+		pd.borrowed = append(pd.borrowed, nil)
+		raw, err := encMode.Marshal(a)
+		if err != nil {
+			undo()
+			return fail(fmt.Errorf("rmi: encoding argument %d: %v", i+1, err))
+		}
+		msg.A[i] = raw
+	}
+	if pf != nil {
+		msg.F = fKeep
+		pd.prom = &Delegate{ep: ep, peer: p, f: pf, done: make(chan struct{}), callID: msg.ID}
+		pd.prom.own()
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		msg.TO = max(int64(time.Until(dl)), 1)
+	}
+	if err := ep.addPending(p, msg.ID, pd); err != nil {
+		undo()
+		return fail(err)
+	}
+	if err := p.send(ctx, msg); err != nil {
+		ep.dropPending(p, msg.ID)
+		undo()
+		return fail(err)
+	}
+	ep.callsOut.Add(1)
+	if pd.prom != nil {
+		return nil, pd.prom, nil
+	}
+	m, err := ep.wait(ctx, p, msg.ID, pd, method)
+	if err != nil {
+		return nil, nil, err
+	}
+	out := make([]reflect.Value, len(md.out))
+	if len(m.A) != len(md.out) {
+		return fail(fmt.Errorf("%w: %d results, want %d", ErrBadMessage, len(m.A), len(md.out)))
+	}
+	for i, t := range md.out {
+		if f := lookupIface(t); f != nil {
+			v, _, err := ep.decodeRef(p, m.A[i], f, false)
+			if err != nil {
+				return fail(err)
+			}
+			out[i] = v
+			continue
+		}
+		v := reflect.New(t)
+		if err := decMode.Unmarshal(m.A[i], v.Interface()); err != nil {
+			return fail(fmt.Errorf("%w: result %d: %v", ErrBadMessage, i+1, err))
+		}
+		out[i] = v.Elem()
+	}
+	return out, nil, nil
+}
+
+// wait waits for the reply of call id. If ctx ends first the peer is told
+// to cancel the call; the pending entry stays so that the reply still
+// settles the references lent to the call.
+func (ep *Endpoint) wait(ctx context.Context, p *peer, id uint64, pd *pending, method string) (*wmsg, error) {
+	var m *wmsg
+	select {
+	case m = <-pd.ch:
+	case <-ctx.Done():
+		ep.queueCtl(p, nil, 0, id)
+		return nil, &CallError{Peer: p.id, Method: method, Err: ctx.Err()}
+	}
+	if m == nil {
+		return nil, &CallError{Peer: p.id, Method: method, Err: pd.err}
+	}
+	if m.E != nil {
+		return nil, &RemoteError{Peer: p.id, Method: method, Code: m.E.C, Msg: m.E.M}
+	}
+	return m, nil
+}

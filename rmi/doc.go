@@ -1,0 +1,105 @@
+// Package rmi is remote objects over loft: a Go interface declared remote
+// is passed by reference between processes. The receiving side gets a
+// delegate implementing the same interface, whose calls run in the
+// object's home process. Calls nest in both directions without deadlock,
+// references are capabilities scoped to one connection, exports are
+// reference-counted and dropped when the peer dies, and calls on a result
+// that has not returned yet are pipelined.
+//
+// # Declaring a remote interface
+//
+// Write an ordinary interface whose methods take a context first and
+// return an error last; other parameters and results are CBOR-encoded
+// values, or registered remote interfaces (passed by reference):
+//
+//	type File interface {
+//		Read(ctx context.Context) (string, error)
+//		Next(ctx context.Context) (File, error)
+//	}
+//
+// Each process registers it with a proxy constructor. The proxy is a
+// struct embedding *rmi.Delegate whose methods call Call0/Call1/Call2:
+//
+//	type fileProxy struct{ *rmi.Delegate }
+//	func (p fileProxy) Read(ctx context.Context) (string, error) { return rmi.Call1[string](ctx, p.Delegate, "Read") }
+//	func (p fileProxy) Next(ctx context.Context) (File, error)   { return rmi.Call1[File](ctx, p.Delegate, "Next") }
+//	func init() { rmi.Register(func(d *rmi.Delegate) File { return fileProxy{d} }) }
+//
+// The proxy is mechanical (one line per method); a go generate tool that
+// writes it (rmigen) is planned but NOT written yet: write proxies by hand.
+// The server side needs nothing: an ordinary implementation is dispatched
+// by reflection (method sets read once, at Register), and only the methods
+// of the interface the object was passed as can be called.
+//
+// # Endpoints, first references
+//
+//	ep, _ := rmi.Open(ctx, node, rmi.Options{})
+//	rmi.Publish[Dir](ep, "files", myDir)                  // in the server
+//	dir, _ := rmi.Lookup[Dir](ctx, ep, serverNodeID, "files") // in a client
+//
+// Every other reference is obtained as an argument or result of a call.
+// An endpoint receives everything on the loft channel "rmi.<node id>" and
+// sends to "rmi.<peer id>": calls, replies and callbacks between two nodes
+// share the one connection loft keeps between them (shared memory on one
+// host, else a Unix socket or TCP).
+//
+// # Calls in both directions
+//
+// The endpoint's reader only decodes and updates tables; each incoming
+// call runs on its own goroutine, and no lock is held while application
+// code runs. So P may call Q.m(x) with x one of P's objects, and m may call
+// x, which runs in P while P waits for m, at any depth. Options.MaxIncoming
+// bounds the calls running per peer; beyond it calls fail at once with
+// ErrTooManyCalls (the reader never waits).
+//
+// # Lifetime
+//
+//   - An object passed as an argument is lent for the call: the callee's
+//     delegate dies when the method returns, unless the method calls
+//     rmi.Retain(x); then the callee owns it and the reply says so.
+//   - An object returned as a result is owned by the caller's delegate.
+//   - rmi.Release(x) (or Delegate.Release) gives a reference back; the
+//     release rides on the next message to that peer or is sent at once by
+//     a background loop. A delegate dropped without Release is released by
+//     its finalizer and counted in Stats().Leaked.
+//   - The home counts references per peer and per object (the same object
+//     passed twice to one peer has one id and two references). When a peer
+//     goes (loft Watch "node:<id>" reports Down, also after SIGKILL, or a
+//     send fails with loft.ErrPeerGone) all its exports and kept answers
+//     are dropped, its calls being served are cancelled, and calls pending
+//     to it fail with an error matching ErrPeerGone (= loft.ErrPeerGone).
+//     Later calls on its delegates fail at once. rmi.Watch(ctx, x) reports
+//     Down once that cleanup is done.
+//
+// # Capabilities
+//
+// Object ids are 128 random bits (crypto/rand), valid only on the
+// connection (pair of nodes) they were given on: a call naming an id not
+// exported to the calling peer fails with ErrNoSuchObject, or with
+// ErrForeignRef when the id was given to another peer. A peer can reach
+// only published objects and objects it was given. Peer identity is the
+// loft node id of the sending connection (loft checks SO_PEERCRED on Unix
+// sockets; rmi trusts loft's Message.From).
+//
+// # Promise pipelining
+//
+// Under ctx2 := rmi.Pipeline(ctx), a call whose first result is a remote
+// interface returns at once a promise (a delegate whose target is "the
+// answer of call N"). Calls on it are sent at once; the home queues them
+// until N returns, then runs them on the same goroutine before replying,
+// so dir.Open(ctx2, "x") then f.Read(ctx) costs about one round trip. An
+// error of N fails every call queued on it, and every call made on the
+// promise afterwards (Delegate.Wait reports it too).
+//
+// # Limits (not done)
+//
+//   - References are recognised only as direct parameters and results of
+//     a remote interface type, not inside structs, slices or maps.
+//   - A delegate passed to a third node is forwarded (the middle node
+//     exports its delegate), not handed off; a pipelined result that is the
+//     caller's own object fails.
+//   - No rmigen generator yet; no examples/ directory or loft demo part
+//     (outside this package).
+//
+// The wire format is in SPEC.md next to this file.
+package rmi

@@ -1,0 +1,909 @@
+package rmi
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fxamacker/cbor/v2"
+
+	"github.com/loft-ipc/loft"
+)
+
+const idLen = 16
+
+type objID [idLen]byte
+
+// Options configure an Endpoint. The zero value works.
+type Options struct {
+	// MaxIncoming bounds the calls from one peer running at once in this
+	// endpoint; calls beyond it fail at once with ErrTooManyCalls (the
+	// reader never waits, so a full endpoint cannot deadlock a chain).
+	// Zero: 4096.
+	MaxIncoming int
+	// Capacity is the capacity of the endpoint's loft channel. Zero: 1024.
+	Capacity int
+	// Logger receives debug logs (bad messages). Zero: slog.Default().
+	Logger *slog.Logger
+}
+
+// Endpoint is the remote-object runtime of one loft node. It receives
+// every message of the protocol on the loft channel "rmi.<node id>" and
+// sends to the channel "rmi.<peer id>" of each peer, so calls, replies and
+// callbacks between two nodes share the one connection loft keeps between
+// them.
+type Endpoint struct {
+	node *loft.Node
+	opts Options
+	log  *slog.Logger
+	recv *loft.Receiver
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	nextID atomic.Uint64
+	wake   chan struct{}
+
+	leaked   atomic.Uint64
+	live     atomic.Int64
+	callsIn  atomic.Uint64
+	callsOut atomic.Uint64
+
+	mu        sync.Mutex // leaf: no send, no user code, no other lock taken under it
+	closed    bool
+	peers     map[string]*peer
+	owner     map[objID]string // export id to the peer it was given to
+	published map[string]reflect.Value
+}
+
+type peer struct {
+	id      string
+	ep      *Endpoint
+	gone    chan struct{}
+	wcancel context.CancelFunc
+
+	smu sync.Mutex
+	snd *loft.Sender
+
+	// under ep.mu
+	dead     error
+	exports  map[objID]*export
+	byVal    map[any]*export
+	pending  map[uint64]*pending
+	answers  map[uint64]*answer
+	running  map[uint64]context.CancelFunc
+	inflight int
+	rel      [][]byte
+	fin      []uint64
+	can      []uint64
+}
+
+type export struct {
+	id   objID
+	v    reflect.Value // interface-typed value of the object
+	f    *iface
+	refs int
+	key  any
+}
+
+type pending struct {
+	ch       chan *wmsg
+	err      error
+	borrowed []*export
+	prom     *Delegate
+}
+
+type answer struct {
+	done  bool
+	exp   *export
+	err   error
+	queue []*wmsg
+}
+
+// ChannelName is the loft channel an endpoint of node id receives on.
+func ChannelName(nodeID string) string { return "rmi." + nodeID }
+
+// Open starts the remote-object runtime on node. Close it before the node.
+func Open(ctx context.Context, node *loft.Node, opts Options) (*Endpoint, error) {
+	if opts.MaxIncoming <= 0 {
+		opts.MaxIncoming = 4096
+	}
+	if opts.Capacity <= 0 {
+		opts.Capacity = 1024
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default().With("lib", "rmi")
+	}
+	r, err := node.Receive(ctx, ChannelName(node.ID()), loft.ChannelOptions{Capacity: opts.Capacity, Delivery: loft.AtMostOnce})
+	if err != nil {
+		return nil, err
+	}
+	ep := &Endpoint{node: node, opts: opts, log: opts.Logger, recv: r, wake: make(chan struct{}, 1),
+		peers: map[string]*peer{}, owner: map[objID]string{}, published: map[string]reflect.Value{}}
+	ep.ctx, ep.cancel = context.WithCancel(context.Background())
+	ep.wg.Add(2)
+	go ep.readLoop()
+	go ep.ctlLoop()
+	return ep, nil
+}
+
+// Node returns the endpoint's loft node.
+func (ep *Endpoint) Node() *loft.Node { return ep.node }
+
+// Close fails every pending call with ErrClosed, drops every export and
+// waits for the endpoint's goroutines, including calls being served.
+func (ep *Endpoint) Close() error {
+	ep.mu.Lock()
+	if ep.closed {
+		ep.mu.Unlock()
+		return nil
+	}
+	ep.closed = true
+	ps := make([]*peer, 0, len(ep.peers))
+	for _, p := range ep.peers {
+		ps = append(ps, p)
+	}
+	ep.mu.Unlock()
+	ep.cancel()
+	err := ep.recv.Close()
+	for _, p := range ps {
+		ep.peerGone(p, ErrClosed)
+	}
+	ep.wg.Wait()
+	return err
+}
+
+// Publish makes obj reachable by name: any peer may Lookup it. This is how
+// a first reference is obtained; every other reference is given in calls.
+func Publish[T any](ep *Endpoint, name string, obj T) error {
+	f := lookupIface(reflect.TypeFor[T]())
+	if f == nil {
+		return fmt.Errorf("rmi: Publish: %v is not a registered remote interface", reflect.TypeFor[T]())
+	}
+	v := reflect.New(f.t).Elem()
+	v.Set(reflect.ValueOf(obj))
+	ep.mu.Lock()
+	ep.published[name] = v
+	ep.mu.Unlock()
+	return nil
+}
+
+// Lookup returns a delegate of the object published under name by node
+// nodeID. The caller owns it: Release it when done.
+func Lookup[T any](ctx context.Context, ep *Endpoint, nodeID, name string) (T, error) {
+	var zero T
+	f := lookupIface(reflect.TypeFor[T]())
+	if f == nil {
+		return zero, fmt.Errorf("rmi: Lookup: %v is not a registered remote interface", reflect.TypeFor[T]())
+	}
+	p, err := ep.peer(nodeID)
+	if err != nil {
+		return zero, err
+	}
+	id := ep.nextID.Add(1)
+	pd := &pending{ch: make(chan *wmsg, 1)}
+	if err := ep.addPending(p, id, pd); err != nil {
+		return zero, &CallError{Peer: nodeID, Method: "Lookup", Err: err}
+	}
+	if err := p.send(ctx, &wmsg{K: kLookup, ID: id, M: name, I: f.name}); err != nil {
+		ep.dropPending(p, id)
+		return zero, &CallError{Peer: nodeID, Method: "Lookup", Err: err}
+	}
+	m, err := ep.wait(ctx, p, id, pd, "Lookup")
+	if err != nil {
+		return zero, err
+	}
+	if len(m.A) != 1 {
+		return zero, &CallError{Peer: nodeID, Method: "Lookup", Err: ErrBadMessage}
+	}
+	v, _, err := ep.decodeRef(p, m.A[0], f, false)
+	if err != nil {
+		return zero, &CallError{Peer: nodeID, Method: "Lookup", Err: err}
+	}
+	r, _ := v.Interface().(T)
+	return r, nil
+}
+
+// Stats are counters of an endpoint.
+type Stats struct {
+	Peers      int    // peers known and alive
+	Exports    int    // objects exported, summed over peers
+	ExportRefs int    // references held by peers on them
+	Delegates  int64  // delegates this endpoint owns and has not released
+	Leaked     uint64 // delegates released by the garbage collector (never Released)
+	CallsIn    uint64 // calls served
+	CallsOut   uint64 // calls made
+}
+
+// Stats returns the endpoint's counters.
+func (ep *Endpoint) Stats() Stats {
+	s := Stats{Delegates: ep.live.Load(), Leaked: ep.leaked.Load(), CallsIn: ep.callsIn.Load(), CallsOut: ep.callsOut.Load()}
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	for _, p := range ep.peers {
+		if p.dead != nil {
+			continue
+		}
+		s.Peers++
+		s.Exports += len(p.exports)
+		for _, e := range p.exports {
+			s.ExportRefs += e.refs
+		}
+	}
+	return s
+}
+
+// ExportsTo returns how many objects this endpoint exports to node
+// peerID (the export table of that connection).
+func (ep *Endpoint) ExportsTo(peerID string) int {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if p := ep.peers[peerID]; p != nil {
+		return len(p.exports)
+	}
+	return 0
+}
+
+// peer returns the state of the connection to node id, starting a Watch
+// on it the first time.
+func (ep *Endpoint) peer(id string) (*peer, error) {
+	ep.mu.Lock()
+	if ep.closed {
+		ep.mu.Unlock()
+		return nil, ErrClosed
+	}
+	p := ep.peers[id]
+	if p != nil {
+		ep.mu.Unlock()
+		return p, nil
+	}
+	p = &peer{id: id, ep: ep, gone: make(chan struct{}), exports: map[objID]*export{}, byVal: map[any]*export{},
+		pending: map[uint64]*pending{}, answers: map[uint64]*answer{}, running: map[uint64]context.CancelFunc{}}
+	ep.peers[id] = p
+	wctx, wcancel := context.WithCancel(ep.ctx)
+	p.wcancel = wcancel
+	ep.wg.Add(1)
+	ep.mu.Unlock()
+	go func() {
+		defer ep.wg.Done()
+		ev, err := ep.node.Watch(wctx, "node:"+id)
+		if err != nil {
+			return
+		}
+		for e := range ev {
+			if e.Kind == loft.Down {
+				ep.peerGone(p, e.Err)
+			}
+		}
+	}()
+	return p, nil
+}
+
+func (ep *Endpoint) addPending(p *peer, id uint64, pd *pending) error {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if p.dead != nil {
+		return p.dead
+	}
+	p.pending[id] = pd
+	return nil
+}
+
+func (ep *Endpoint) dropPending(p *peer, id uint64) {
+	ep.mu.Lock()
+	if p.pending != nil {
+		delete(p.pending, id)
+	}
+	ep.mu.Unlock()
+}
+
+// peerGone drops everything of a peer that died, closed, or with which
+// the endpoint closed: exports, answers, pending calls (failed), running
+// calls (cancelled).
+func (ep *Endpoint) peerGone(p *peer, cause error) {
+	ep.mu.Lock()
+	if p.dead != nil {
+		ep.mu.Unlock()
+		return
+	}
+	if errors.Is(cause, ErrClosed) {
+		p.dead = fmt.Errorf("%w: %w", ErrClosed, ErrPeerGone)
+	} else {
+		p.dead = fmt.Errorf("%w: node %s: %v", ErrPeerGone, p.id, cause)
+	}
+	for id := range p.exports {
+		delete(ep.owner, id)
+	}
+	pend, run := p.pending, p.running
+	p.exports, p.byVal, p.answers, p.pending, p.running = nil, nil, nil, nil, nil
+	p.rel, p.fin, p.can = nil, nil, nil
+	dead := p.dead
+	ep.mu.Unlock()
+	close(p.gone)
+	if p.wcancel != nil {
+		p.wcancel()
+	}
+	for _, c := range run {
+		c()
+	}
+	for _, pd := range pend {
+		pd.err = dead
+		if pd.prom != nil {
+			pd.prom.resolve(objID{}, dead)
+		}
+		pd.ch <- nil
+	}
+	p.smu.Lock()
+	if p.snd != nil {
+		p.snd.Close()
+	}
+	p.smu.Unlock()
+}
+
+func (p *peer) deadErr() error {
+	select {
+	case <-p.gone:
+		p.ep.mu.Lock()
+		defer p.ep.mu.Unlock()
+		return p.dead
+	default:
+		return nil
+	}
+}
+
+// send sends m to the peer, carrying the control items queued for it
+// (releases, finished answers, cancels). Sends to one peer are serialized
+// under p.smu, so an item queued before a message is built travels with it
+// or before it.
+func (p *peer) send(ctx context.Context, m *wmsg) error {
+	if err := p.deadErr(); err != nil {
+		return err
+	}
+	p.smu.Lock()
+	defer p.smu.Unlock()
+	if p.snd == nil {
+		s, err := p.ep.node.Sender(ctx, ChannelName(p.id))
+		if err != nil {
+			return err
+		}
+		p.snd = s
+	}
+	p.ep.mu.Lock()
+	n := min(len(p.rel), maxRefBatch/3)
+	m.Rel, p.rel = append(m.Rel, p.rel[:n]...), p.rel[n:]
+	n = min(len(p.fin), maxRefBatch/3)
+	m.Fin, p.fin = append(m.Fin, p.fin[:n]...), p.fin[n:]
+	n = min(len(p.can), maxRefBatch/3)
+	m.Can, p.can = append(m.Can, p.can[:n]...), p.can[n:]
+	more := len(p.rel)+len(p.fin)+len(p.can) > 0
+	p.ep.mu.Unlock()
+	if more {
+		p.ep.kick()
+	}
+	if m.K == kCtl && len(m.Rel)+len(m.Fin)+len(m.Can) == 0 {
+		return nil
+	}
+	b, err := encodeMsg(m)
+	if err != nil {
+		return err
+	}
+	err = p.snd.Send(ctx, b)
+	if err != nil && errors.Is(err, loft.ErrPeerGone) {
+		p.smu.Unlock()
+		p.ep.peerGone(p, err)
+		p.smu.Lock()
+	}
+	return err
+}
+
+func (ep *Endpoint) kick() {
+	select {
+	case ep.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (ep *Endpoint) readLoop() {
+	defer ep.wg.Done()
+	for {
+		m, err := ep.recv.Recv(ep.ctx)
+		if err != nil {
+			return
+		}
+		msg, err := decodeMsg(m.Data)
+		if err != nil {
+			ep.log.Debug("rmi: bad message", "from", m.From, "err", err)
+			continue
+		}
+		p, err := ep.peer(m.From)
+		if err != nil {
+			return
+		}
+		ep.handle(p, msg)
+	}
+}
+
+// handle runs on the reader: it only updates tables and starts goroutines.
+func (ep *Endpoint) handle(p *peer, m *wmsg) {
+	if len(m.Rel)+len(m.Fin)+len(m.Can) > 0 {
+		ep.control(p, m)
+	}
+	switch m.K {
+	case kReply:
+		ep.mu.Lock()
+		pd := p.pending[m.ID]
+		if pd != nil {
+			delete(p.pending, m.ID)
+			ep.returnBorrowedLocked(p, pd.borrowed, m.Ret)
+		}
+		ep.mu.Unlock()
+		if pd == nil {
+			return
+		}
+		if pd.prom != nil {
+			pd.prom.resolveFromReply(p, m)
+		}
+		pd.ch <- m
+	case kLookup:
+		ep.wg.Add(1)
+		go ep.serveLookup(p, m)
+	case kCall:
+		ep.admit(p, m)
+	}
+}
+
+// control applies the releases, finished answers and cancels of m.
+func (ep *Endpoint) control(p *peer, m *wmsg) {
+	var cancels []context.CancelFunc
+	ep.mu.Lock()
+	if p.dead == nil {
+		for _, b := range m.Rel {
+			ep.releaseLocked(p, objID(b))
+		}
+		for _, id := range m.Fin {
+			delete(p.answers, id)
+		}
+		for _, id := range m.Can {
+			if c := p.running[id]; c != nil {
+				cancels = append(cancels, c)
+			}
+		}
+	}
+	ep.mu.Unlock()
+	for _, c := range cancels {
+		c()
+	}
+}
+
+func (ep *Endpoint) releaseLocked(p *peer, id objID) {
+	e := p.exports[id]
+	if e == nil {
+		return
+	}
+	e.refs--
+	if e.refs <= 0 {
+		delete(p.exports, id)
+		if e.key != nil {
+			delete(p.byVal, e.key)
+		}
+		delete(ep.owner, id)
+	}
+}
+
+func (ep *Endpoint) returnBorrowedLocked(p *peer, lent []*export, kept []uint32) {
+	if p.dead != nil {
+		return
+	}
+	for i, e := range lent {
+		if e == nil || contains(kept, uint32(i)) {
+			continue
+		}
+		ep.releaseLocked(p, e.id)
+	}
+}
+
+func contains(s []uint32, v uint32) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// admit finds the target of an incoming call and starts serving it on its
+// own goroutine, or queues it behind the answer it targets. Runs on the
+// reader.
+func (ep *Endpoint) admit(p *peer, m *wmsg) {
+	if run := ep.admitRun(p, m); run != nil {
+		go run()
+	}
+}
+
+// admitRun returns the function that serves m (or fails it), or nil when
+// m was queued or dropped.
+func (ep *Endpoint) admitRun(p *peer, m *wmsg) func() {
+	ep.mu.Lock()
+	if p.dead != nil {
+		ep.mu.Unlock()
+		return nil
+	}
+	if m.F&fKeep != 0 && p.answers[m.ID] == nil {
+		p.answers[m.ID] = &answer{} // (a call re-admitted after waiting keeps its answer)
+	}
+	ex, err := ep.targetLocked(p, m)
+	if ex == nil && err == nil { // queued behind a pending answer
+		ep.mu.Unlock()
+		return nil
+	}
+	if err == nil && p.inflight >= ep.opts.MaxIncoming {
+		err = ErrTooManyCalls
+	}
+	if err == nil {
+		p.inflight++
+	}
+	ep.wg.Add(1)
+	ep.mu.Unlock()
+	if err != nil {
+		return func() { ep.failCall(p, m, err) }
+	}
+	return func() { ep.serve(p, m, ex) }
+}
+
+// targetLocked resolves the target of a call: (export, nil), (nil, error),
+// or (nil, nil) when the call was queued behind an unresolved answer.
+func (ep *Endpoint) targetLocked(p *peer, m *wmsg) (*export, error) {
+	if len(m.Obj) > 0 {
+		id := objID(m.Obj)
+		if e := p.exports[id]; e != nil {
+			return e, nil
+		}
+		if _, ok := ep.owner[id]; ok {
+			return nil, ErrForeignRef
+		}
+		return nil, ErrNoSuchObject
+	}
+	a := p.answers[m.P]
+	if a == nil {
+		return nil, fmt.Errorf("%w: no answer %d kept", ErrNoSuchObject, m.P)
+	}
+	if !a.done {
+		a.queue = append(a.queue, m)
+		return nil, nil
+	}
+	if a.err != nil {
+		return nil, a.err
+	}
+	if a.exp == nil || p.exports[a.exp.id] != a.exp {
+		return nil, fmt.Errorf("%w: answer %d was released", ErrNoSuchObject, m.P)
+	}
+	return a.exp, nil
+}
+
+func (ep *Endpoint) failCall(p *peer, m *wmsg, err error) {
+	defer ep.wg.Done()
+	if next := ep.settle(p, m, nil, err); next != nil {
+		next()
+	}
+	ep.reply(p, &wmsg{K: kReply, ID: m.ID, E: toWire(err)})
+}
+
+func toWire(err error) *werr {
+	var re *RemoteError
+	if errors.As(err, &re) {
+		return &werr{C: re.Code, M: re.Msg}
+	}
+	return &werr{C: codeOf(err), M: err.Error()}
+}
+
+// settle records the answer of call m (if kept) and admits the calls
+// queued behind it: all but one start on their own goroutines; the one
+// returned is for the caller to run (a pipelined chain then runs on one
+// goroutine, and its last reply leaves first).
+func (ep *Endpoint) settle(p *peer, m *wmsg, ex *export, err error) func() {
+	if m.F&fKeep == 0 {
+		return nil
+	}
+	if ex == nil && err == nil {
+		err = fmt.Errorf("%w: the result is not an object of this node", ErrNoSuchObject)
+	}
+	ep.mu.Lock()
+	a := p.answers[m.ID]
+	if a == nil || a.done {
+		ep.mu.Unlock()
+		return nil
+	}
+	a.done, a.exp, a.err = true, ex, err
+	q := a.queue
+	a.queue = nil
+	ep.mu.Unlock()
+	var next func()
+	for _, c := range q {
+		run := ep.admitRun(p, c)
+		if run == nil {
+			continue
+		}
+		if next != nil {
+			go next()
+		}
+		next = run
+	}
+	return next
+}
+
+func (ep *Endpoint) reply(p *peer, m *wmsg) {
+	ctx, cancel := context.WithTimeout(ep.ctx, 30*time.Second)
+	defer cancel()
+	p.send(ctx, m)
+}
+
+func (ep *Endpoint) serveLookup(p *peer, m *wmsg) {
+	defer ep.wg.Done()
+	ep.mu.Lock()
+	v, ok := ep.published[m.M]
+	ep.mu.Unlock()
+	var err error
+	if !ok {
+		err = fmt.Errorf("%w: %q", ErrNotFound, m.M)
+	} else if f := lookupIface(v.Type()); f.name != m.I {
+		err = fmt.Errorf("%w: %q is a %s, not a %s", ErrNotFound, m.M, f.name, m.I)
+	}
+	if err != nil {
+		ep.reply(p, &wmsg{K: kReply, ID: m.ID, E: toWire(err)})
+		return
+	}
+	raw, _, err := ep.encodeRef(ep.ctx, p, v)
+	if err != nil {
+		ep.reply(p, &wmsg{K: kReply, ID: m.ID, E: toWire(err)})
+		return
+	}
+	ep.reply(p, &wmsg{K: kReply, ID: m.ID, A: []cbor.RawMessage{raw}})
+}
+
+// serve runs one incoming call on its own goroutine.
+func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) {
+	defer ep.wg.Done()
+	ep.callsIn.Add(1)
+	var lent []*Delegate
+	var resExp *export
+	out, err := func() (out []cbor.RawMessage, err error) {
+		md := ex.f.methods[m.M]
+		if md == nil {
+			return nil, fmt.Errorf("%w: %s has no method %q", ErrNoSuchMethod, ex.f.name, m.M)
+		}
+		if len(m.A) != len(md.in) {
+			return nil, fmt.Errorf("%w: %s takes %d arguments, got %d", ErrBadMessage, m.M, len(md.in), len(m.A))
+		}
+		ctx, cancel := context.WithCancel(ep.ctx)
+		if m.TO > 0 {
+			ctx, cancel = context.WithTimeout(ep.ctx, time.Duration(m.TO))
+		}
+		defer cancel()
+		ep.mu.Lock()
+		if p.running != nil {
+			p.running[m.ID] = cancel
+		}
+		ep.mu.Unlock()
+		defer func() {
+			ep.mu.Lock()
+			if p.running != nil {
+				delete(p.running, m.ID)
+			}
+			ep.mu.Unlock()
+		}()
+		in := make([]reflect.Value, 1+len(md.in))
+		in[0] = reflect.ValueOf(ctx)
+		for i, t := range md.in {
+			if f := lookupIface(t); f != nil {
+				v, d, err := ep.decodeRef(p, m.A[i], f, true)
+				if err != nil {
+					return nil, err
+				}
+				lent = append(lent, d)
+				in[i+1] = v
+				continue
+			}
+			lent = append(lent, nil)
+			v := reflect.New(t)
+			if err := decMode.Unmarshal(m.A[i], v.Interface()); err != nil {
+				return nil, fmt.Errorf("%w: argument %d of %s: %v", ErrBadMessage, i+1, m.M, err)
+			}
+			in[i+1] = v.Elem()
+		}
+		res, err := call(ex.v.Method(md.idx), in)
+		if err != nil {
+			return nil, err
+		}
+		if e := res[len(res)-1]; !e.IsNil() {
+			return nil, e.Interface().(error)
+		}
+		out = make([]cbor.RawMessage, len(md.out))
+		for i, t := range md.out {
+			if lookupIface(t) != nil {
+				raw, e, err := ep.encodeRef(ctx, p, res[i])
+				if err != nil {
+					return nil, err
+				}
+				if resExp == nil {
+					resExp = e
+				}
+				out[i] = raw
+				continue
+			}
+			raw, err := encMode.Marshal(res[i].Interface())
+			if err != nil {
+				return nil, fmt.Errorf("rmi: encoding result %d of %s: %v", i+1, m.M, err)
+			}
+			out[i] = raw
+		}
+		return out, nil
+	}()
+	// Borrowed arguments end with the call unless the method retained them.
+	var kept []uint32
+	for i, d := range lent {
+		if d != nil && d.endBorrow() {
+			kept = append(kept, uint32(i))
+		}
+	}
+	ep.mu.Lock()
+	p.inflight--
+	ep.mu.Unlock()
+	if next := ep.settle(p, m, resExp, err); next != nil {
+		next() // the calls pipelined on this one's result, before its reply
+	}
+	r := &wmsg{K: kReply, ID: m.ID, A: out, Ret: kept}
+	if err != nil {
+		r.A = nil
+		r.E = toWire(err)
+	}
+	ep.reply(p, r)
+}
+
+// call calls fn, turning a panic into an error.
+func call(fn reflect.Value, in []reflect.Value) (out []reflect.Value, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("rmi: method panicked: %v", r)
+		}
+	}()
+	return fn.Call(in), nil
+}
+
+// encodeRef encodes an interface-typed value travelling to p: nil, a
+// delegate of p's own object (given back), or an object of this node
+// exported to p (one more reference).
+func (ep *Endpoint) encodeRef(ctx context.Context, p *peer, v reflect.Value) (cbor.RawMessage, *export, error) {
+	if !v.IsValid() || (v.Kind() == reflect.Interface && v.IsNil()) {
+		return cbor.RawMessage{0xf6}, nil, nil
+	}
+	obj := v.Interface()
+	if h, ok := obj.(holder); ok {
+		if d := h.delegate(); d != nil && d.peer == p {
+			id, err := d.target(ctx)
+			if err != nil {
+				return nil, nil, err
+			}
+			b, _ := encMode.Marshal(wref{K: refReceiver, ID: id[:]})
+			return b, nil, nil
+		}
+	}
+	iv := v
+	if iv.Kind() != reflect.Interface {
+		return nil, nil, fmt.Errorf("rmi: internal: reference of kind %v", v.Kind())
+	}
+	var key any
+	if reflect.TypeOf(obj).Comparable() {
+		key = obj
+	}
+	ep.mu.Lock()
+	if p.dead != nil {
+		ep.mu.Unlock()
+		return nil, nil, p.dead
+	}
+	var e *export
+	if key != nil {
+		e = p.byVal[key]
+	}
+	if e == nil {
+		e = &export{v: iv, f: lookupIface(iv.Type()), key: key}
+		rand.Read(e.id[:])
+		p.exports[e.id] = e
+		if key != nil {
+			p.byVal[key] = e
+		}
+		ep.owner[e.id] = p.id
+	}
+	e.refs++
+	ep.mu.Unlock()
+	b, _ := encMode.Marshal(wref{K: refSender, ID: e.id[:]})
+	return b, e, nil
+}
+
+// decodeRef turns a reference sent by p into a value of interface f: a
+// new delegate for p's object, or this node's own object given back.
+func (ep *Endpoint) decodeRef(p *peer, raw cbor.RawMessage, f *iface, borrowed bool) (reflect.Value, *Delegate, error) {
+	v := reflect.New(f.t).Elem()
+	if len(raw) == 1 && raw[0] == 0xf6 {
+		return v, nil, nil
+	}
+	var r wref
+	if err := decMode.Unmarshal(raw, &r); err != nil || len(r.ID) != idLen {
+		return v, nil, fmt.Errorf("%w: bad reference", ErrBadMessage)
+	}
+	id := objID(r.ID)
+	switch r.K {
+	case refReceiver:
+		ep.mu.Lock()
+		e := p.exports[id]
+		_, foreign := ep.owner[id]
+		ep.mu.Unlock()
+		if e == nil {
+			if foreign {
+				return v, nil, ErrForeignRef
+			}
+			return v, nil, ErrNoSuchObject
+		}
+		o := e.v.Elem()
+		if !o.Type().Implements(f.t) {
+			return v, nil, fmt.Errorf("%w: object is a %v, not a %v", ErrBadMessage, o.Type(), f.t)
+		}
+		v.Set(o)
+		return v, nil, nil
+	case refSender:
+		d := newDelegate(ep, p, f, id, borrowed)
+		v.Set(reflect.ValueOf(f.newFn(d)))
+		return v, d, nil
+	}
+	return v, nil, fmt.Errorf("%w: reference kind %d", ErrBadMessage, r.K)
+}
+
+// queueCtl adds control items for p and wakes the control loop.
+func (ep *Endpoint) queueCtl(p *peer, rel []byte, fin, can uint64) {
+	ep.mu.Lock()
+	if p.dead != nil {
+		ep.mu.Unlock()
+		return
+	}
+	if rel != nil {
+		p.rel = append(p.rel, rel)
+	}
+	if fin != 0 {
+		p.fin = append(p.fin, fin)
+	}
+	if can != 0 {
+		p.can = append(p.can, can)
+	}
+	ep.mu.Unlock()
+	ep.kick()
+}
+
+// ctlLoop sends control items that no other message carried.
+func (ep *Endpoint) ctlLoop() {
+	defer ep.wg.Done()
+	for {
+		select {
+		case <-ep.ctx.Done():
+			return
+		case <-ep.wake:
+		}
+		var ps []*peer
+		ep.mu.Lock()
+		for _, p := range ep.peers {
+			if p.dead == nil && len(p.rel)+len(p.fin)+len(p.can) > 0 {
+				ps = append(ps, p)
+			}
+		}
+		ep.mu.Unlock()
+		for _, p := range ps {
+			ctx, cancel := context.WithTimeout(ep.ctx, 10*time.Second)
+			p.send(ctx, &wmsg{K: kCtl})
+			cancel()
+		}
+	}
+}

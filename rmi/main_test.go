@@ -1,0 +1,314 @@
+package rmi
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/loft-ipc/loft"
+)
+
+// The test binary re-executes itself as a child process: RMI_CHILD names
+// the role, RMI_DIR the loft runtime directory. The child prints
+// "ready NODEID" and serves until its stdin closes.
+func TestMain(m *testing.M) {
+	if os.Getenv("RMI_CHILD") != "" {
+		if err := runChild(os.Getenv("RMI_DIR"), os.Getenv("RMI_NOSHM") != ""); err != nil {
+			fmt.Fprintln(os.Stderr, "child:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// ---- test interfaces, their proxies (what rmigen would write) and impls.
+
+type Nester interface {
+	Nest(ctx context.Context, depth int, other Nester) (int, error)
+}
+
+type Counter interface {
+	Add(ctx context.Context, n int) (int, error)
+}
+
+type File interface {
+	Next(ctx context.Context) (File, error)
+	Read(ctx context.Context) (string, error)
+}
+
+type Listener interface {
+	Progress(ctx context.Context, done, total int) error
+}
+
+type Svc interface {
+	Nester(ctx context.Context) (Nester, error)
+	Keep(ctx context.Context, c Counter) error
+	Drop(ctx context.Context) error
+	Make(ctx context.Context) (Counter, error)
+	Exports(ctx context.Context) (int, error)
+	Open(ctx context.Context, name string) (File, error)
+	Job(ctx context.Context, steps int, l Listener) (int, error)
+	Block(ctx context.Context) error
+	Forge(ctx context.Context, home string, id []byte) error
+	Echo(ctx context.Context, n int) (int, error)
+}
+
+type nesterProxy struct{ *Delegate }
+
+func (p nesterProxy) Nest(ctx context.Context, depth int, other Nester) (int, error) {
+	return Call1[int](ctx, p.Delegate, "Nest", depth, other)
+}
+
+type counterProxy struct{ *Delegate }
+
+func (p counterProxy) Add(ctx context.Context, n int) (int, error) {
+	return Call1[int](ctx, p.Delegate, "Add", n)
+}
+
+type fileProxy struct{ *Delegate }
+
+func (p fileProxy) Next(ctx context.Context) (File, error) {
+	return Call1[File](ctx, p.Delegate, "Next")
+}
+func (p fileProxy) Read(ctx context.Context) (string, error) {
+	return Call1[string](ctx, p.Delegate, "Read")
+}
+
+type listenerProxy struct{ *Delegate }
+
+func (p listenerProxy) Progress(ctx context.Context, done, total int) error {
+	return Call0(ctx, p.Delegate, "Progress", done, total)
+}
+
+type svcProxy struct{ *Delegate }
+
+func (p svcProxy) Nester(ctx context.Context) (Nester, error) {
+	return Call1[Nester](ctx, p.Delegate, "Nester")
+}
+func (p svcProxy) Keep(ctx context.Context, c Counter) error {
+	return Call0(ctx, p.Delegate, "Keep", c)
+}
+func (p svcProxy) Drop(ctx context.Context) error { return Call0(ctx, p.Delegate, "Drop") }
+func (p svcProxy) Make(ctx context.Context) (Counter, error) {
+	return Call1[Counter](ctx, p.Delegate, "Make")
+}
+func (p svcProxy) Exports(ctx context.Context) (int, error) {
+	return Call1[int](ctx, p.Delegate, "Exports")
+}
+func (p svcProxy) Open(ctx context.Context, name string) (File, error) {
+	return Call1[File](ctx, p.Delegate, "Open", name)
+}
+func (p svcProxy) Job(ctx context.Context, steps int, l Listener) (int, error) {
+	return Call1[int](ctx, p.Delegate, "Job", steps, l)
+}
+func (p svcProxy) Block(ctx context.Context) error { return Call0(ctx, p.Delegate, "Block") }
+func (p svcProxy) Forge(ctx context.Context, home string, id []byte) error {
+	return Call0(ctx, p.Delegate, "Forge", home, id)
+}
+func (p svcProxy) Echo(ctx context.Context, n int) (int, error) {
+	return Call1[int](ctx, p.Delegate, "Echo", n)
+}
+
+func init() {
+	Register(func(d *Delegate) Nester { return nesterProxy{d} })
+	Register(func(d *Delegate) Counter { return counterProxy{d} })
+	Register(func(d *Delegate) File { return fileProxy{d} })
+	Register(func(d *Delegate) Listener { return listenerProxy{d} })
+	Register(func(d *Delegate) Svc { return svcProxy{d} })
+}
+
+type nester struct{}
+
+func (n *nester) Nest(ctx context.Context, depth int, other Nester) (int, error) {
+	if depth == 0 {
+		return 0, nil
+	}
+	r, err := other.Nest(ctx, depth-1, n)
+	return r + 1, err
+}
+
+type counter struct{ n atomic.Int64 }
+
+func (c *counter) Add(ctx context.Context, n int) (int, error) { return int(c.n.Add(int64(n))), nil }
+
+type file struct{ name string }
+
+func (f *file) Next(ctx context.Context) (File, error) { return &file{name: f.name + "+"}, nil }
+func (f *file) Read(ctx context.Context) (string, error) {
+	return "contents of " + f.name, nil
+}
+
+type svc struct {
+	ep   *Endpoint
+	nest *nester
+	mu   sync.Mutex
+	kept []Counter
+}
+
+func (s *svc) Nester(ctx context.Context) (Nester, error) { return s.nest, nil }
+func (s *svc) Keep(ctx context.Context, c Counter) error {
+	if err := Retain(c); err != nil {
+		return err
+	}
+	if _, err := c.Add(ctx, 1); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.kept = append(s.kept, c)
+	s.mu.Unlock()
+	return nil
+}
+func (s *svc) Drop(ctx context.Context) error {
+	s.mu.Lock()
+	k := s.kept
+	s.kept = nil
+	s.mu.Unlock()
+	for _, c := range k {
+		Release(c)
+	}
+	return nil
+}
+func (s *svc) Make(ctx context.Context) (Counter, error) { return &counter{}, nil }
+func (s *svc) Exports(ctx context.Context) (int, error)  { return s.ep.Stats().Exports, nil }
+func (s *svc) Open(ctx context.Context, name string) (File, error) {
+	if name == "" {
+		return nil, errors.New("open: empty name")
+	}
+	return &file{name: name}, nil
+}
+func (s *svc) Job(ctx context.Context, steps int, l Listener) (int, error) {
+	for i := 1; i <= steps; i++ {
+		if err := l.Progress(ctx, i, steps); err != nil {
+			return i, err
+		}
+	}
+	return steps, nil
+}
+func (s *svc) Block(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
+func (s *svc) Forge(ctx context.Context, home string, id []byte) error {
+	p, err := s.ep.peer(home)
+	if err != nil {
+		return err
+	}
+	d := newDelegate(s.ep, p, lookupIface(typeOf[Counter]()), objID(id), true)
+	_, err = counterProxy{d}.Add(ctx, 1)
+	return err
+}
+func (s *svc) Echo(ctx context.Context, n int) (int, error) { return n, nil }
+
+func runChild(dir string, noShm bool) error {
+	ctx := context.Background()
+	node, err := loft.Open(ctx, loft.Options{Dir: dir, NoSharedMemory: noShm})
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	ep, err := Open(ctx, node, Options{})
+	if err != nil {
+		return err
+	}
+	defer ep.Close()
+	if err := Publish[Svc](ep, "svc", &svc{ep: ep, nest: &nester{}}); err != nil {
+		return err
+	}
+	fmt.Printf("ready %s\n", node.ID())
+	io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+// ---- helpers
+
+type child struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	id    string
+}
+
+func startChild(t testing.TB, dir string, noShm bool) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "RMI_CHILD=1", "RMI_DIR="+dir)
+	if noShm {
+		cmd.Env = append(cmd.Env, "RMI_NOSHM=1")
+	}
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &child{cmd: cmd, stdin: in}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("child: %v", err)
+	}
+	c.id = strings.TrimSpace(strings.TrimPrefix(line, "ready "))
+	t.Cleanup(func() {
+		in.Close()
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	return c
+}
+
+func (c *child) kill() {
+	c.cmd.Process.Kill()
+}
+
+type env struct {
+	dir  string
+	node *loft.Node
+	ep   *Endpoint
+}
+
+func newEnv(t testing.TB, noShm bool) *env {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "rt")
+	node, err := loft.Open(context.Background(), loft.Options{Dir: dir, NoSharedMemory: noShm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := Open(context.Background(), node, Options{})
+	if err != nil {
+		node.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ep.Close()
+		node.Close()
+	})
+	return &env{dir: dir, node: node, ep: ep}
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}

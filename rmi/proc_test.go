@@ -1,0 +1,258 @@
+package rmi
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/loft-ipc/loft"
+)
+
+func lookupSvc(t testing.TB, ctx context.Context, e *env, c *child) Svc {
+	t.Helper()
+	s, err := Lookup[Svc](ctx, e.ep, c.id, "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestProcNested: P calls Q.Nest(10, p); Q calls p.Nest(9, q), and so on,
+// alternating processes ten levels deep; 100 such chains at once.
+func TestProcNested(t *testing.T) {
+	ctx := testCtx(t)
+	e := newEnv(t, false)
+	c := startChild(t, e.dir, false)
+	s := lookupSvc(t, ctx, e, c)
+	qn, err := s.Nester(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine := &nester{}
+	if n, err := qn.Nest(ctx, 10, mine); err != nil || n != 10 {
+		t.Fatalf("one chain: %d, %v", n, err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for range 100 {
+		wg.Go(func() {
+			n, err := qn.Nest(ctx, 10, mine)
+			if err == nil && n != 10 {
+				err = errors.New("wrong depth")
+			}
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := e.ep.ExportsTo(c.id); n != 0 {
+		t.Fatalf("P still exports %d objects to Q after the chains", n)
+	}
+	if n, err := s.Exports(ctx); err != nil || n != 2 {
+		t.Fatalf("Q exports %d objects (want 2: svc and its nester): %v", n, err)
+	}
+	Release(qn)
+	Release(s)
+}
+
+// TestProcPassRelease: 10,000 cycles of passing an object that the callee
+// retains and later releases, and of receiving an object and releasing it.
+// Both export tables end empty (but for the published service).
+func TestProcPassRelease(t *testing.T) {
+	ctx := testCtx(t)
+	e := newEnv(t, false)
+	c := startChild(t, e.dir, false)
+	s := lookupSvc(t, ctx, e, c)
+	cycles := 10000
+	if testing.Short() {
+		cycles = 1000
+	}
+	for i := range cycles {
+		mine := &counter{}
+		if err := s.Keep(ctx, mine); err != nil {
+			t.Fatal(err)
+		}
+		if mine.n.Load() != 1 {
+			t.Fatal("Keep did not call back")
+		}
+		theirs, err := s.Make(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := theirs.Add(ctx, 2); err != nil {
+			t.Fatal(err)
+		}
+		Release(theirs)
+		if i%100 == 99 {
+			if err := s.Drop(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := s.Drop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.ep.ExportsTo(c.id); n != 0 {
+		t.Fatalf("P exports %d objects to Q after %d cycles", n, cycles)
+	}
+	if n, err := s.Exports(ctx); err != nil || n != 1 {
+		t.Fatalf("Q exports %d objects after %d cycles (want 1, the service): %v", n, cycles, err)
+	}
+	if st := e.ep.Stats(); st.Delegates != 1 {
+		t.Fatalf("P holds %d delegates, want 1 (the service)", st.Delegates)
+	}
+	Release(s)
+	if n, err := s.Exports(ctx); !errors.Is(err, ErrReleased) {
+		t.Fatalf("call on a released delegate: %d, %v", n, err)
+	}
+}
+
+// TestProcKill: Q holds 100 references to P's objects and has a call of P
+// in progress; Q is killed with SIGKILL. P's pending call fails with
+// ErrPeerGone, Watch on a delegate reports Down, P's export table for Q
+// is empty, and calls on Q's delegates fail at once.
+func TestProcKill(t *testing.T) {
+	ctx := testCtx(t)
+	e := newEnv(t, false)
+	c := startChild(t, e.dir, false)
+	s := lookupSvc(t, ctx, e, c)
+	for range 100 {
+		if err := s.Keep(ctx, &counter{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := e.ep.ExportsTo(c.id); n != 100 {
+		t.Fatalf("P exports %d objects to Q, want 100", n)
+	}
+	down, err := Watch(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocked := make(chan error, 1)
+	go func() { blocked <- s.Block(ctx) }()
+	// The Block call is in Q once Q answers a later call (one connection, in order).
+	if _, err := s.Echo(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	c.kill()
+	ev := <-down
+	if ev.Kind != loft.Down || ev.Node != c.id {
+		t.Fatalf("watch: %+v", ev)
+	}
+	if err := <-blocked; !errors.Is(err, ErrPeerGone) {
+		t.Fatalf("pending call: %v, want ErrPeerGone", err)
+	}
+	if n := e.ep.ExportsTo(c.id); n != 0 {
+		t.Fatalf("P still exports %d objects to the dead Q", n)
+	}
+	start := time.Now()
+	_, err = s.Echo(ctx, 2)
+	var ce *CallError
+	if !errors.Is(err, ErrPeerGone) || !errors.As(err, &ce) {
+		t.Fatalf("call on a dead peer's delegate: %v", err)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Fatalf("call on a dead peer's delegate took %v", d)
+	}
+}
+
+// TestProcForged: a random id and an id Q gave to another peer are both
+// refused by Q, with ErrNoSuchObject and ErrForeignRef.
+func TestProcForged(t *testing.T) {
+	ctx := testCtx(t)
+	e := newEnv(t, false)
+	q := startChild(t, e.dir, false)
+	r := startChild(t, e.dir, false)
+	sq := lookupSvc(t, ctx, e, q)
+	sr := lookupSvc(t, ctx, e, r)
+	// A reference Q gave to P, presented to Q by R: foreign.
+	cq, err := sq.Make(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := DelegateOf(cq).id
+	err = sr.Forge(ctx, q.id, id[:])
+	if !errors.Is(err, ErrForeignRef) {
+		t.Fatalf("foreign reference: %v, want ErrForeignRef", err)
+	}
+	t.Logf("foreign: %v", err)
+	// A random id presented by P: no such object.
+	var rnd [16]byte
+	rand.Read(rnd[:])
+	p, _ := e.ep.peer(q.id)
+	forged := counterProxy{newDelegate(e.ep, p, lookupIface(typeOf[Counter]()), objID(rnd), true)}
+	if _, err := forged.Add(ctx, 1); !errors.Is(err, ErrNoSuchObject) {
+		t.Fatalf("forged reference: %v, want ErrNoSuchObject", err)
+	} else {
+		t.Logf("forged: %v", err)
+	}
+	// The genuine one still works.
+	if n, err := cq.Add(ctx, 5); err != nil || n != 5 {
+		t.Fatalf("genuine: %d %v", n, err)
+	}
+}
+
+type progress struct {
+	mu   sync.Mutex
+	seen []int
+}
+
+func (p *progress) Progress(ctx context.Context, done, total int) error {
+	p.mu.Lock()
+	p.seen = append(p.seen, done)
+	p.mu.Unlock()
+	return nil
+}
+
+// TestProcCallbackAndPipeline: a listener passed to a job is called back
+// while the job runs; a pipelined chain returns the right value; an early
+// error reaches every later call of the chain.
+func TestProcCallbackAndPipeline(t *testing.T) {
+	ctx := testCtx(t)
+	e := newEnv(t, false)
+	c := startChild(t, e.dir, false)
+	s := lookupSvc(t, ctx, e, c)
+	l := &progress{}
+	n, err := s.Job(ctx, 5, l)
+	if err != nil || n != 5 || len(l.seen) != 5 {
+		t.Fatalf("job: %d %v %v", n, err, l.seen)
+	}
+	pctx := Pipeline(ctx)
+	f, _ := s.Open(pctx, "x")
+	f, _ = f.Next(pctx)
+	f, _ = f.Next(pctx)
+	f, _ = f.Next(pctx)
+	got, err := f.Read(ctx)
+	if err != nil || got != "contents of x+++" {
+		t.Fatalf("pipelined: %q %v", got, err)
+	}
+	Release(f)
+	bad, err := s.Open(pctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad2, err := bad.Next(pctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bad2.Read(ctx); err == nil || !containsStr(err.Error(), "open: empty name") {
+		t.Fatalf("error early in a chain: %v", err)
+	}
+	if err := DelegateOf(bad).Wait(ctx); err == nil {
+		t.Fatal("failed promise: Wait returned nil")
+	}
+	Release(bad)
+	Release(bad2)
+}
+
+func containsStr(s, sub string) bool {
+	return len(sub) == 0 || (len(s) >= len(sub) && (s[:len(sub)] == sub || containsStr(s[1:], sub)))
+}

@@ -1,0 +1,76 @@
+package rmi
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"sync"
+)
+
+// iface describes a registered remote interface.
+type iface struct {
+	t       reflect.Type
+	name    string // package path and name
+	methods map[string]*method
+	newFn   func(*Delegate) any // wraps a delegate in the typed proxy
+}
+
+type method struct {
+	name string
+	idx  int            // index in the interface's method set
+	in   []reflect.Type // parameters after the context
+	out  []reflect.Type // results before the error
+}
+
+var (
+	ctxType = reflect.TypeFor[context.Context]()
+	errType = reflect.TypeFor[error]()
+
+	regMu  sync.RWMutex
+	ifaces = map[reflect.Type]*iface{}
+)
+
+// Register declares the Go interface T remote. newProxy wraps a delegate
+// in a value implementing T whose methods call the delegate (rmigen
+// writes it; see doc.go). Every method of T must take a context.Context
+// first and return an error last; other parameters and results are
+// encoded with CBOR, except those whose type is a registered remote
+// interface, which travel by reference. Register in an init function, in
+// every process that uses T.
+func Register[T any](newProxy func(*Delegate) T) {
+	t := reflect.TypeFor[T]()
+	if t.Kind() != reflect.Interface {
+		panic(fmt.Sprintf("rmi.Register: %v is not an interface", t))
+	}
+	f := &iface{t: t, name: t.PkgPath() + "." + t.Name(), methods: map[string]*method{},
+		newFn: func(d *Delegate) any { return newProxy(d) }}
+	for i := range t.NumMethod() {
+		m := t.Method(i)
+		ft := m.Type
+		if ft.NumIn() < 1 || ft.In(0) != ctxType || ft.NumOut() < 1 || ft.Out(ft.NumOut()-1) != errType || ft.IsVariadic() {
+			panic(fmt.Sprintf("rmi.Register: %v.%s must be func(context.Context, ...) (..., error)", t, m.Name))
+		}
+		md := &method{name: m.Name, idx: i}
+		for j := 1; j < ft.NumIn(); j++ {
+			md.in = append(md.in, ft.In(j))
+		}
+		for j := 0; j < ft.NumOut()-1; j++ {
+			md.out = append(md.out, ft.Out(j))
+		}
+		f.methods[m.Name] = md
+	}
+	regMu.Lock()
+	ifaces[t] = f
+	regMu.Unlock()
+}
+
+func lookupIface(t reflect.Type) *iface {
+	if t.Kind() != reflect.Interface {
+		return nil
+	}
+	regMu.RLock()
+	defer regMu.RUnlock()
+	return ifaces[t]
+}
+
+func typeOf[T any]() reflect.Type { return reflect.TypeFor[T]() }

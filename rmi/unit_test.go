@@ -1,0 +1,96 @@
+package rmi
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"testing"
+
+	"github.com/loft-ipc/loft"
+)
+
+// pair opens two endpoints in this process (loft's in-process transport).
+func pair(t *testing.T) (a, b *Endpoint) {
+	e := newEnv(t, false)
+	n2, err := loft.Open(context.Background(), loft.Options{Dir: e.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep2, err := Open(context.Background(), n2, Options{})
+	if err != nil {
+		n2.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ep2.Close(); n2.Close() })
+	if err := Publish[Svc](ep2, "svc", &svc{ep: ep2, nest: &nester{}}); err != nil {
+		t.Fatal(err)
+	}
+	return e.ep, ep2
+}
+
+// TestFinalizerLeak: a delegate dropped without Release is released by
+// the garbage collector, counted as a leak, and the home's export goes.
+func TestFinalizerLeak(t *testing.T) {
+	ctx := testCtx(t)
+	a, b := pair(t)
+	s, err := Lookup[Svc](ctx, a, b.node.ID(), "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	func() {
+		c, err := s.Make(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Add(ctx, 1)
+	}()
+	if n := b.ExportsTo(a.node.ID()); n != 2 {
+		t.Fatalf("exports before GC: %d", n)
+	}
+	for a.Stats().Leaked == 0 {
+		runtime.GC()
+		if ctx.Err() != nil {
+			t.Fatal("the finalizer never ran")
+		}
+	}
+	// The release rides on the next message to b.
+	if n, err := s.Exports(ctx); err != nil || n != 1 {
+		t.Fatalf("exports after the leak was collected: %d %v", n, err)
+	}
+	if st := a.Stats(); st.Leaked != 1 || st.Delegates != 1 {
+		t.Fatalf("stats: %+v", st)
+	}
+}
+
+// TestBorrowEnds: an argument delegate not retained is dead after the call.
+func TestBorrowEnds(t *testing.T) {
+	ctx := testCtx(t)
+	a, b := pair(t)
+	s, err := Lookup[Svc](ctx, a, b.node.ID(), "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept Listener
+	l := &progressKeep{keep: &kept}
+	if _, err := s.Job(ctx, 1, l); err != nil {
+		t.Fatal(err)
+	}
+	_ = kept
+	if n := a.ExportsTo(b.node.ID()); n != 0 {
+		t.Fatalf("a borrowed argument is still exported: %d", n)
+	}
+	// Calling through a borrowed delegate after its call: ErrReleased.
+	p, _ := b.peer(a.node.ID())
+	d := newDelegate(b, p, lookupIface(typeOf[Counter]()), objID{1}, true)
+	d.endBorrow()
+	if _, err := (counterProxy{d}).Add(ctx, 1); !errors.Is(err, ErrReleased) {
+		t.Fatalf("after the loan: %v", err)
+	}
+	if err := d.Retain(); !errors.Is(err, ErrReleased) {
+		t.Fatalf("Retain after the call: %v", err)
+	}
+}
+
+type progressKeep struct{ keep *Listener }
+
+func (p *progressKeep) Progress(ctx context.Context, done, total int) error { return nil }

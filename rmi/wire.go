@@ -1,0 +1,125 @@
+package rmi
+
+import (
+	"fmt"
+
+	"github.com/fxamacker/cbor/v2"
+)
+
+// Message kinds. See SPEC.md.
+const (
+	kCall   = 1 // call a method on an object or on a promise
+	kReply  = 2 // result or error of a call
+	kLookup = 3 // ask for a published object by name
+	kCtl    = 4 // releases, finished answers, cancels
+)
+
+// Call flags.
+const (
+	fKeep = 1 // keep the answer: later calls may target it as a promise
+)
+
+// Reference kinds inside arguments and results.
+const (
+	refSender   = 1 // an object of the sender, exported to the receiver
+	refReceiver = 2 // an object of the receiver, given back to it
+)
+
+// wmsg is the one message shape of the protocol (a CBOR map with small
+// integer keys; absent fields are zero).
+type wmsg struct {
+	K   uint8             `cbor:"1,keyasint"`
+	ID  uint64            `cbor:"2,keyasint,omitempty"`
+	Obj []byte            `cbor:"3,keyasint,omitempty"`
+	P   uint64            `cbor:"4,keyasint,omitempty"`
+	M   string            `cbor:"5,keyasint,omitempty"`
+	A   []cbor.RawMessage `cbor:"6,keyasint,omitempty"`
+	F   uint8             `cbor:"7,keyasint,omitempty"`
+	E   *werr             `cbor:"8,keyasint,omitempty"`
+	Ret []uint32          `cbor:"9,keyasint,omitempty"`
+	Rel [][]byte          `cbor:"10,keyasint,omitempty"`
+	Fin []uint64          `cbor:"11,keyasint,omitempty"`
+	Can []uint64          `cbor:"12,keyasint,omitempty"`
+	TO  int64             `cbor:"13,keyasint,omitempty"`
+	I   string            `cbor:"14,keyasint,omitempty"`
+}
+
+type werr struct {
+	C string `cbor:"1,keyasint,omitempty"`
+	M string `cbor:"2,keyasint,omitempty"`
+}
+
+type wref struct {
+	K  uint8  `cbor:"1,keyasint"`
+	ID []byte `cbor:"2,keyasint"`
+}
+
+// Limits of the decoder: a peer cannot make us allocate without bound.
+const (
+	maxArgs     = 64
+	maxRefBatch = 4096
+)
+
+var (
+	encMode cbor.EncMode
+	decMode cbor.DecMode
+)
+
+func init() {
+	var err error
+	encMode, err = cbor.CoreDetEncOptions().EncMode()
+	if err != nil {
+		panic(err)
+	}
+	decMode, err = cbor.DecOptions{
+		MaxNestedLevels:  32,
+		MaxArrayElements: 1 << 16,
+		MaxMapPairs:      1 << 16,
+		IndefLength:      cbor.IndefLengthForbidden,
+		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
+	}.DecMode()
+	if err != nil {
+		panic(err)
+	}
+}
+
+// decodeMsg decodes and checks one message.
+func decodeMsg(b []byte) (*wmsg, error) {
+	var m wmsg
+	if err := decMode.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadMessage, err)
+	}
+	switch m.K {
+	case kCall:
+		if (len(m.Obj) == 0) == (m.P == 0) {
+			return nil, fmt.Errorf("%w: a call names an object or a promise, not both", ErrBadMessage)
+		}
+		if len(m.Obj) != 0 && len(m.Obj) != idLen {
+			return nil, fmt.Errorf("%w: object id of %d bytes", ErrBadMessage, len(m.Obj))
+		}
+		if m.ID == 0 || m.M == "" {
+			return nil, fmt.Errorf("%w: call without id or method", ErrBadMessage)
+		}
+	case kReply, kLookup:
+		if m.ID == 0 {
+			return nil, fmt.Errorf("%w: message without call id", ErrBadMessage)
+		}
+	case kCtl:
+	default:
+		return nil, fmt.Errorf("%w: kind %d", ErrBadMessage, m.K)
+	}
+	if len(m.A) > maxArgs {
+		return nil, fmt.Errorf("%w: %d arguments", ErrBadMessage, len(m.A))
+	}
+	if len(m.Rel)+len(m.Fin)+len(m.Can)+len(m.Ret) > maxRefBatch {
+		return nil, fmt.Errorf("%w: control batch too long", ErrBadMessage)
+	}
+	for _, id := range m.Rel {
+		if len(id) != idLen {
+			return nil, fmt.Errorf("%w: released id of %d bytes", ErrBadMessage, len(id))
+		}
+	}
+	return &m, nil
+}
+
+func encodeMsg(m *wmsg) ([]byte, error) { return encMode.Marshal(m) }
