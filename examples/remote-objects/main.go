@@ -1,0 +1,216 @@
+// Command remote-objects shows loft's remote objects between two processes:
+// a progress listener passed to a long job and called back while the job
+// runs, and a pipelined chain of calls that costs about one round trip.
+//
+// Run it with: go run ./examples/remote-objects
+// It starts itself a second time as the server process.
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/loft-ipc/loft"
+	"github.com/loft-ipc/loft/rmi"
+)
+
+// Listener hears about a job's progress. It lives in the client; the server
+// gets a delegate and its calls come back to the client.
+type Listener interface {
+	Progress(ctx context.Context, done, total int) error
+}
+
+// Jobs runs long jobs.
+type Jobs interface {
+	Run(ctx context.Context, steps int, l Listener) (int, error)
+}
+
+// Dir opens files; File reads them. Both live in the server.
+type Dir interface {
+	Open(ctx context.Context, name string) (File, error)
+}
+
+// File is an open file.
+type File interface {
+	Read(ctx context.Context) (string, error)
+}
+
+// Proxies: one line per method (a generator for them is planned).
+type listenerProxy struct{ *rmi.Delegate }
+
+func (p listenerProxy) Progress(ctx context.Context, done, total int) error {
+	return rmi.Call0(ctx, p.Delegate, "Progress", done, total)
+}
+
+type jobsProxy struct{ *rmi.Delegate }
+
+func (p jobsProxy) Run(ctx context.Context, steps int, l Listener) (int, error) {
+	return rmi.Call1[int](ctx, p.Delegate, "Run", steps, l)
+}
+
+type dirProxy struct{ *rmi.Delegate }
+
+func (p dirProxy) Open(ctx context.Context, name string) (File, error) {
+	return rmi.Call1[File](ctx, p.Delegate, "Open", name)
+}
+
+type fileProxy struct{ *rmi.Delegate }
+
+func (p fileProxy) Read(ctx context.Context) (string, error) {
+	return rmi.Call1[string](ctx, p.Delegate, "Read")
+}
+
+func init() {
+	rmi.Register(func(d *rmi.Delegate) Listener { return listenerProxy{d} })
+	rmi.Register(func(d *rmi.Delegate) Jobs { return jobsProxy{d} })
+	rmi.Register(func(d *rmi.Delegate) Dir { return dirProxy{d} })
+	rmi.Register(func(d *rmi.Delegate) File { return fileProxy{d} })
+}
+
+// Server-side implementations: ordinary Go.
+type jobs struct{}
+
+func (jobs) Run(ctx context.Context, steps int, l Listener) (int, error) {
+	for i := 1; i <= steps; i++ {
+		time.Sleep(10 * time.Millisecond) // the work
+		if err := l.Progress(ctx, i, steps); err != nil {
+			return i - 1, err
+		}
+	}
+	return steps, nil
+}
+
+type dir struct{}
+
+func (dir) Open(ctx context.Context, name string) (File, error) {
+	if name == "" {
+		return nil, fmt.Errorf("open: empty name")
+	}
+	return file{name}, nil
+}
+
+type file struct{ name string }
+
+func (f file) Read(ctx context.Context) (string, error) { return "contents of " + f.name, nil }
+
+// Client-side listener.
+type printer struct{}
+
+func (printer) Progress(ctx context.Context, done, total int) error {
+	fmt.Printf("  progress %d/%d (called back from the server process)\n", done, total)
+	return nil
+}
+
+func main() {
+	log.SetFlags(0)
+	ctx := context.Background()
+	if len(os.Args) > 1 && os.Args[1] == "server" {
+		if err := server(ctx); err != nil {
+			log.Fatal("server: ", err)
+		}
+		return
+	}
+	if err := client(ctx); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func server(ctx context.Context) error {
+	node, err := loft.Open(ctx, loft.Options{})
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	ep, err := rmi.Open(ctx, node, rmi.Options{})
+	if err != nil {
+		return err
+	}
+	defer ep.Close()
+	if err := rmi.Publish[Jobs](ep, "jobs", jobs{}); err != nil {
+		return err
+	}
+	if err := rmi.Publish[Dir](ep, "files", dir{}); err != nil {
+		return err
+	}
+	fmt.Println("ready", node.ID())
+	bufio.NewReader(os.Stdin).ReadString('\n') // until the client is done
+	return nil
+}
+
+func client(ctx context.Context) error {
+	// A private runtime directory shared with the server we start.
+	tmp, err := os.MkdirTemp("", "loft-rmi-example-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	dirPath := filepath.Join(tmp, "rt")
+	os.Setenv("LOFT_RUNTIME_DIR", dirPath)
+
+	self, _ := os.Executable()
+	cmd := exec.Command(self, "server")
+	cmd.Stderr = os.Stderr
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer func() { stdin.Close(); cmd.Wait() }()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("server did not start: %w", err)
+	}
+	serverID := strings.TrimSpace(strings.TrimPrefix(line, "ready "))
+
+	node, err := loft.Open(ctx, loft.Options{})
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	ep, err := rmi.Open(ctx, node, rmi.Options{})
+	if err != nil {
+		return err
+	}
+	defer ep.Close()
+
+	// 1. A callback: the listener stays here; the server calls it.
+	js, err := rmi.Lookup[Jobs](ctx, ep, serverID, "jobs")
+	if err != nil {
+		return err
+	}
+	fmt.Println("running a 5-step job in the server process:")
+	n, err := js.Run(ctx, 5, printer{})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("job done: %d steps\n", n)
+
+	// 2. Pipelining: Open returns at once a delegate for a result that
+	// does not exist yet; Read on it is sent right behind Open.
+	files, err := rmi.Lookup[Dir](ctx, ep, serverID, "files")
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	f, _ := files.Open(rmi.Pipeline(ctx), "readme")
+	text, err := f.Read(ctx)
+	if err != nil {
+		return err
+	}
+	rmi.Release(f)
+	fmt.Printf("pipelined Open(\"readme\").Read() = %q in %v (one round trip)\n", text, time.Since(start).Round(time.Microsecond))
+
+	// An error early in a chain reaches the calls after it.
+	bad, _ := files.Open(rmi.Pipeline(ctx), "")
+	if _, err := bad.Read(ctx); err != nil {
+		fmt.Println("pipelined Open(\"\").Read() failed as it should:", err)
+	}
+	return nil
+}
