@@ -284,7 +284,7 @@ func TestDemo(t *testing.T) {
 	if r.err != nil {
 		t.Fatalf("loft demo: %v\n%s", r.err, r.stderr)
 	}
-	if n := strings.Count(r.stdout, "✓"); n != 7 {
-		t.Fatalf("%d parts passed, want 7", n)
+	if n := strings.Count(r.stdout, "✓"); n != 8 {
+		t.Fatalf("%d parts passed, want 8", n)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/loft-ipc/loft"
+	"github.com/loft-ipc/loft/rmi/rmidemo"
 	"github.com/loft-ipc/loft/rpc/rpcdemo"
 )
 
@@ -40,11 +41,12 @@ const envDeadline = "LOFT_DEMO_DEADLINE"
 //	hold name=CH cap=C    receive on channel CH into the buffer, never taking
 //	echo                  answer every inbox message with "pong: DATA"
 //	rpc                   serve the demo's RPC service (rpc/rpcdemo)
+//	rmi                   publish the demo's remote objects (rmi/rmidemo)
 func RunChild(ctx context.Context, role string, args []string, stdin io.Reader, stdout io.Writer) error {
 	switch role {
-	case "produce", "recv", "subscribe", "hold", "echo", "rpc":
+	case "produce", "recv", "subscribe", "hold", "echo", "rpc", "rmi":
 	default:
-		return fmt.Errorf("demo child: unknown role %q (want produce, recv, subscribe, hold, echo or rpc)", role)
+		return fmt.Errorf("demo child: unknown role %q (want produce, recv, subscribe, hold, echo, rpc or rmi)", role)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -143,6 +145,9 @@ func RunChild(ctx context.Context, role string, args []string, stdin io.Reader, 
 
 	case "rpc":
 		return quiet(ctx, rpcdemo.Serve(ctx, node, func() { out.printf("ready %s", node.ID()) }))
+
+	case "rmi":
+		return quiet(ctx, rmidemo.Serve(ctx, node, func() { out.printf("ready %s", node.ID()) }))
 
 	case "echo":
 		out.printf("ready %s", node.ID())

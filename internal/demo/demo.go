@@ -77,6 +77,7 @@ func (cfg Config) Run(ctx context.Context, w io.Writer) error {
 		{"death", t.death},
 		{"at-least-once", t.atLeastOnce},
 		{"rpc", t.rpc},
+		{"remote objects", t.rmi},
 	}
 	fmt.Fprintf(w, "loft demo: %d parts, each between real processes (parent pid %d, runtime dir %s)\n", len(parts), os.Getpid(), t.rt)
 	var failed []string

@@ -42,8 +42,8 @@ func TestRun(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 	report := out.String()
-	if n := strings.Count(report, "✓"); n != 7 {
-		t.Errorf("%d parts passed, want 7", n)
+	if n := strings.Count(report, "✓"); n != 8 {
+		t.Errorf("%d parts passed, want 8", n)
 	}
 	if strings.Contains(report, "✗") {
 		t.Errorf("a part failed")
@@ -79,11 +79,11 @@ func TestRunChildrenFail(t *testing.T) {
 	if err == nil {
 		t.Fatal("Run succeeded with children that cannot run")
 	}
-	if !strings.Contains(err.Error(), "7 of 7 parts failed") {
-		t.Errorf("error %q, want it to say that all 7 parts failed", err)
+	if !strings.Contains(err.Error(), "8 of 8 parts failed") {
+		t.Errorf("error %q, want it to say that all 8 parts failed", err)
 	}
-	if n := strings.Count(out.String(), "✗"); n != 7 {
-		t.Errorf("%d parts marked failed, want 7", n)
+	if n := strings.Count(out.String(), "✗"); n != 8 {
+		t.Errorf("%d parts marked failed, want 8", n)
 	}
 	if !strings.Contains(out.String(), "I am not a demo child") {
 		t.Errorf("the report does not show the child's stderr")

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/loft-ipc/loft"
+	"github.com/loft-ipc/loft/rmi/rmidemo"
 	"github.com/loft-ipc/loft/rpc/rpcdemo"
 )
 
@@ -373,4 +374,13 @@ func (t *tour) rpc(ctx context.Context, fail context.CancelCauseFunc) (string, e
 		return "", err
 	}
 	return rpcdemo.Exercise(ctx, t.node)
+}
+
+// rmi: a callback and a pipelined chain with remote objects in another process.
+func (t *tour) rmi(ctx context.Context, fail context.CancelCauseFunc) (string, error) {
+	cs, err := t.spawnReady(ctx, fail, "rmi server", 1, "rmi")
+	if err != nil {
+		return "", err
+	}
+	return rmidemo.Exercise(ctx, t.node, cs[0].id)
 }
