@@ -21,6 +21,7 @@ type Listener interface {
 // Jobs runs jobs that report progress.
 type Jobs interface {
 	Run(ctx context.Context, steps int, l Listener) (int, error)
+	Ping(ctx context.Context, n int) (int, error)
 }
 
 // File is a chain of files: Next returns the following one.
@@ -44,6 +45,9 @@ type jobsProxy struct{ *rmi.Delegate }
 
 func (p jobsProxy) Run(ctx context.Context, steps int, l Listener) (int, error) {
 	return rmi.Call1[int](ctx, p.Delegate, "Run", steps, l)
+}
+func (p jobsProxy) Ping(ctx context.Context, n int) (int, error) {
+	return rmi.Call1[int](ctx, p.Delegate, "Ping", n)
 }
 
 type fileProxy struct{ *rmi.Delegate }
@@ -79,6 +83,8 @@ func (jobs) Run(ctx context.Context, steps int, l Listener) (int, error) {
 	return steps, nil
 }
 
+func (jobs) Ping(ctx context.Context, n int) (int, error) { return n + 1, nil }
+
 type file struct{ name string }
 
 func (f file) Next(ctx context.Context) (File, error)   { return file{f.name + "+"}, nil }
@@ -111,11 +117,31 @@ func Serve(ctx context.Context, node *loft.Node, ready func()) error {
 	return nil
 }
 
-type counter struct{ n int }
+// Counter is a Listener that counts the calls it gets.
+type Counter struct{ N int }
 
-func (c *counter) Progress(ctx context.Context, done, total int) error {
-	c.n++
+// Progress counts one call.
+func (c *Counter) Progress(ctx context.Context, done, total int) error {
+	c.N++
 	return nil
+}
+
+// Chain5 opens a file, follows Next three times and reads it: five calls,
+// pipelined when pctx comes from rmi.Pipeline.
+func Chain5(ctx, pctx context.Context, files Dir) error {
+	f, err := files.Open(pctx, "f")
+	for i := 0; i < 3 && err == nil; i++ {
+		f, err = f.Next(pctx)
+	}
+	if err != nil {
+		return err
+	}
+	s, err := f.Read(ctx)
+	rmi.Release(f)
+	if err == nil && s != "f+++" {
+		err = fmt.Errorf("chain read %q", s)
+	}
+	return err
 }
 
 // Exercise runs the demo against the server node and returns one line.
@@ -129,9 +155,9 @@ func Exercise(ctx context.Context, node *loft.Node, server string) (string, erro
 	if err != nil {
 		return "", err
 	}
-	l := &counter{}
-	if n, err := js.Run(ctx, 10, l); err != nil || n != 10 || l.n != 10 {
-		return "", fmt.Errorf("job with a callback: %d steps, %d callbacks, %v", n, l.n, err)
+	l := &Counter{}
+	if n, err := js.Run(ctx, 10, l); err != nil || n != 10 || l.N != 10 {
+		return "", fmt.Errorf("job with a callback: %d steps, %d callbacks, %v", n, l.N, err)
 	}
 	files, err := rmi.Lookup[Dir](ctx, ep, server, "files")
 	if err != nil {
@@ -139,18 +165,7 @@ func Exercise(ctx context.Context, node *loft.Node, server string) (string, erro
 	}
 	chain := func(pctx context.Context) (time.Duration, error) {
 		start := time.Now()
-		f, err := files.Open(pctx, "f")
-		for i := 0; i < 3 && err == nil; i++ {
-			f, err = f.Next(pctx)
-		}
-		if err != nil {
-			return 0, err
-		}
-		s, err := f.Read(ctx)
-		rmi.Release(f)
-		if err == nil && s != "f+++" {
-			err = fmt.Errorf("chain read %q", s)
-		}
+		err := Chain5(ctx, pctx, files)
 		return time.Since(start), err
 	}
 	best := func(pctx context.Context) (time.Duration, error) {
