@@ -236,7 +236,13 @@ func BenchmarkCases(b *testing.B) {
 			for b.Loop() {
 				r = runCase(context.Background(), c, 20*time.Millisecond, true)
 				if r.Err != "" {
-					b.Fatal(r.Err)
+					// One more try: on a loaded machine a case can time out
+					// once (seen: an rmi Lookup over a Unix socket, 2 runs in
+					// 309, not reproduced since); one that is broken fails twice.
+					b.Logf("first try failed, trying again: %s", r.Err)
+					if r = runCase(context.Background(), c, 20*time.Millisecond, true); r.Err != "" {
+						b.Fatal(r.Err)
+					}
 				}
 			}
 			b.ReportMetric(r.MsgsPerS, "msgs/s")
