@@ -355,3 +355,28 @@ func TestProcPassFile(t *testing.T) {
 		t.Fatalf("child read %q through the passed file", got)
 	}
 }
+
+func TestWatchNodeAlreadyGone(t *testing.T) {
+	dir := runtimeDir(t)
+	c := startChild(t, dir, "inbox")
+	id := c.expect("ready", 10*time.Second)
+	n := openNode(t, dir, Options{})
+	c.kill()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ev, err := n.Watch(ctx, "node:"+id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case e := <-ev:
+		if e.Kind != Down || e.Node != id || !errors.Is(e.Err, ErrPeerGone) {
+			t.Fatalf("event %+v, want down of %s", e, id)
+		}
+	case <-ctx.Done():
+		t.Fatal("no down event for a node killed before Watch started")
+	}
+	cancel()
+	for range ev {
+	}
+}

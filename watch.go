@@ -39,7 +39,8 @@ type Event struct {
 }
 
 // Watch reports the holders of a name as they come and go, like an Erlang
-// monitor. name is a channel name ("jobs"), "topic:NAME" for a topic's
+// monitor. For "node:ID", a node that is not running when Watch starts is
+// reported Down at once. name is a channel name ("jobs"), "topic:NAME" for a topic's
 // subscribers, or "node:ID" for a node. A holder that dies is reported as
 // soon as the kernel closes its connection (no polling): on one host within
 // milliseconds of SIGKILL; over TCP after the heartbeat timeout. The
@@ -78,6 +79,15 @@ func (n *Node) Watch(ctx context.Context, name string) (<-chan Event, error) {
 		}
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
+		if kind == kindInbox {
+			// A node is watched by id: if it is not alive now, say so at
+			// once rather than wait for an Up that will never come.
+			if hs, err := n.reg.Lookup(regName(kind, name)); err == nil && len(hs) == 0 {
+				if !emit(Event{Kind: Down, Name: name, Node: name, At: time.Now(), Err: fmt.Errorf("%w: node %s is not running", ErrPeerGone, name)}) {
+					return
+				}
+			}
+		}
 		for {
 			hs, err := n.reg.Lookup(regName(kind, name))
 			if err == nil {
