@@ -139,62 +139,75 @@ func capacityFor(size int) int {
 	return max(4, min(c, 65536))
 }
 
+// oneway runs a one-way case: a receiver child of role, a sender here that
+// calls send for about the budget (it returns how many it sent), then an
+// empty message to end, and the child's count and time.
+func oneway(ctx context.Context, env Env, role, transport string, send func(s *loft.Sender) (int64, error)) (Result, error) {
+	dir, cleanup, err := loftDir()
+	if err != nil {
+		return Result{}, err
+	}
+	defer cleanup()
+	ch, err := env.Spawn(ctx, role, dir, transport, strconv.Itoa(env.Size))
+	if err != nil {
+		return Result{}, err
+	}
+	f, err := ch.Expect(ctx, "ready")
+	if err != nil {
+		return Result{}, err
+	}
+	n, err := loftNode(ctx, dir, transport)
+	if err != nil {
+		return Result{}, err
+	}
+	defer n.Close()
+	addr := ""
+	if len(f) > 0 {
+		addr = f[0]
+	}
+	s, err := n.Sender(ctx, target(transport, addr, "bench"))
+	if err != nil {
+		return Result{}, err
+	}
+	if err := waitAttached(ctx, s); err != nil {
+		return Result{}, err
+	}
+	sent, err := send(s)
+	if err != nil {
+		return Result{}, err
+	}
+	if err := s.Send(ctx, nil); err != nil {
+		return Result{}, err
+	}
+	f, err = ch.Expect(ctx, "done")
+	if err != nil {
+		return Result{}, err
+	}
+	return receiverResult(f, sent)
+}
+
 func loftOneway(transport string) func(context.Context, Env) (Result, error) {
 	return func(ctx context.Context, env Env) (Result, error) {
-		dir, cleanup, err := loftDir()
-		if err != nil {
-			return Result{}, err
-		}
-		defer cleanup()
-		ch, err := env.Spawn(ctx, "loft-recv", dir, transport, strconv.Itoa(env.Size))
-		if err != nil {
-			return Result{}, err
-		}
-		f, err := ch.Expect(ctx, "ready")
-		if err != nil {
-			return Result{}, err
-		}
-		n, err := loftNode(ctx, dir, transport)
-		if err != nil {
-			return Result{}, err
-		}
-		defer n.Close()
-		addr := ""
-		if len(f) > 0 {
-			addr = f[0]
-		}
-		s, err := n.Sender(ctx, target(transport, addr, "bench"))
-		if err != nil {
-			return Result{}, err
-		}
-		if err := waitAttached(ctx, s); err != nil {
-			return Result{}, err
-		}
-		msg := make([]byte, env.Size)
-		for i := range msg {
-			msg[i] = byte(i)
-		}
-		var sent int64
-		start := time.Now()
-		for time.Since(start) < env.Budget {
-			for range 64 {
-				if env.Size >= 8 {
-					binary.LittleEndian.PutUint64(msg, uint64(sent))
-				}
-				if err := s.Send(ctx, msg); err != nil {
-					return Result{}, err
-				}
-				sent++
+		return oneway(ctx, env, "loft-recv", transport, func(s *loft.Sender) (int64, error) {
+			msg := make([]byte, env.Size)
+			for i := range msg {
+				msg[i] = byte(i)
 			}
-		}
-		if err := s.Send(ctx, nil); err != nil {
-			return Result{}, err
-		}
-		f, err = ch.Expect(ctx, "done")
-		if err != nil {
-			return Result{}, err
-		}
-		return receiverResult(f, sent)
+			var sent int64
+			start := time.Now()
+			for time.Since(start) < env.Budget {
+				for range 64 {
+					if env.Size >= 8 {
+						binary.LittleEndian.PutUint64(msg, uint64(sent))
+					}
+					if err := s.Send(ctx, msg); err != nil {
+						return sent, err
+					}
+					sent++
+				}
+			}
+			return sent, nil
+		})
 	}
 }
 
@@ -359,55 +372,26 @@ func foldWords(b []byte) uint64 {
 // message straight into shared memory, the receiver reads it in place.
 func loftLoanOneway(transport string) func(context.Context, Env) (Result, error) {
 	return func(ctx context.Context, env Env) (Result, error) {
-		dir, cleanup, err := loftDir()
-		if err != nil {
-			return Result{}, err
-		}
-		defer cleanup()
-		ch, err := env.Spawn(ctx, "loft-loan-recv", dir, transport, strconv.Itoa(env.Size))
-		if err != nil {
-			return Result{}, err
-		}
-		if _, err := ch.Expect(ctx, "ready"); err != nil {
-			return Result{}, err
-		}
-		n, err := loftNode(ctx, dir, transport)
-		if err != nil {
-			return Result{}, err
-		}
-		defer n.Close()
-		s, err := n.Sender(ctx, "bench")
-		if err != nil {
-			return Result{}, err
-		}
-		if err := waitAttached(ctx, s); err != nil {
-			return Result{}, err
-		}
-		msg := make([]byte, env.Size)
-		for i := range msg {
-			msg[i] = byte(i)
-		}
-		var sent int64
-		start := time.Now()
-		for time.Since(start) < env.Budget {
-			l, err := s.Loan(ctx, env.Size)
-			if err != nil {
-				return Result{}, err
+		return oneway(ctx, env, "loft-loan-recv", transport, func(s *loft.Sender) (int64, error) {
+			msg := make([]byte, env.Size)
+			for i := range msg {
+				msg[i] = byte(i)
 			}
-			binary.LittleEndian.PutUint64(msg, uint64(sent))
-			copy(l.Bytes(), msg)
-			if err := s.SendLoan(ctx, l); err != nil {
-				return Result{}, err
+			var sent int64
+			start := time.Now()
+			for time.Since(start) < env.Budget {
+				l, err := s.Loan(ctx, env.Size)
+				if err != nil {
+					return sent, err
+				}
+				binary.LittleEndian.PutUint64(msg, uint64(sent))
+				copy(l.Bytes(), msg)
+				if err := s.SendLoan(ctx, l); err != nil {
+					return sent, err
+				}
+				sent++
 			}
-			sent++
-		}
-		if err := s.Send(ctx, nil); err != nil {
-			return Result{}, err
-		}
-		f, err := ch.Expect(ctx, "done")
-		if err != nil {
-			return Result{}, err
-		}
-		return receiverResult(f, sent)
+			return sent, nil
+		})
 	}
 }
