@@ -93,9 +93,11 @@ func waitAttached(ctx context.Context, s *loft.Sender) error {
 	return nil
 }
 
-// loftRecvRole: args dir transport size. Receives on "bench" until an empty
-// message, copying every payload out and checking its sequence number.
-func loftRecvRole(ctx context.Context, args []string) error {
+// receiveRole is a one-way receiver child: args dir transport size. It
+// receives on "bench" until an empty message, calls take on each message
+// (count is its index), then reports the count and the time from the first
+// message to the last.
+func receiveRole(ctx context.Context, args []string, capacity func(size int) int, take func(m loft.Message, count int64) error) error {
 	dir, transport := args[0], args[1]
 	size, _ := strconv.Atoi(args[2])
 	n, err := loftNode(ctx, dir, transport)
@@ -103,14 +105,13 @@ func loftRecvRole(ctx context.Context, args []string) error {
 		return err
 	}
 	defer n.Close()
-	r, err := n.Receive(ctx, "bench", loft.ChannelOptions{Capacity: capacityFor(size)})
+	r, err := n.Receive(ctx, "bench", loft.ChannelOptions{Capacity: capacity(size)})
 	if err != nil {
 		return err
 	}
 	if err := ToParent("ready %s", tcpAddr(n)+" "); err != nil {
 		return err
 	}
-	buf := make([]byte, size)
 	var count int64
 	var first time.Time
 	for {
@@ -124,13 +125,24 @@ func loftRecvRole(ctx context.Context, args []string) error {
 		if count == 0 {
 			first = time.Now()
 		}
-		copy(buf, m.Data)
-		if size >= 8 && binary.LittleEndian.Uint64(buf) != uint64(count) {
-			return fmt.Errorf("message %d carries sequence %d", count, binary.LittleEndian.Uint64(buf))
+		if err := take(m, count); err != nil {
+			return err
 		}
 		count++
 	}
 	return ToParent("done %d %d", count, time.Since(first).Nanoseconds())
+}
+
+// loftRecvRole copies every payload out and checks its sequence number.
+func loftRecvRole(ctx context.Context, args []string) error {
+	var buf []byte
+	return receiveRole(ctx, args, capacityFor, func(m loft.Message, count int64) error {
+		buf = append(buf[:0], m.Data...)
+		if len(buf) >= 8 && binary.LittleEndian.Uint64(buf) != uint64(count) {
+			return fmt.Errorf("message %d carries sequence %d", count, binary.LittleEndian.Uint64(buf))
+		}
+		return nil
+	})
 }
 
 // capacityFor keeps about 4 MiB in flight per channel.
@@ -310,47 +322,19 @@ func loftPingPong(transport string) func(context.Context, Env) (Result, error) {
 	}
 }
 
-// loftLoanRecvRole: args dir transport size. Like loftRecvRole, for loaned
-// messages: read every byte in place, then release.
+// loftLoanRecvRole reads every byte of each loaned message in place, then
+// releases it.
 func loftLoanRecvRole(ctx context.Context, args []string) error {
-	dir, transport := args[0], args[1]
-	n, err := loftNode(ctx, dir, transport)
-	if err != nil {
-		return err
-	}
-	defer n.Close()
-	r, err := n.Receive(ctx, "bench", loft.ChannelOptions{Capacity: 64})
-	if err != nil {
-		return err
-	}
-	if err := ToParent("ready %s", tcpAddr(n)+" "); err != nil {
-		return err
-	}
 	var sum uint64
-	var count int64
-	var first time.Time
-	for {
-		m, err := r.Recv(ctx)
-		if err != nil {
-			return err
-		}
-		if len(m.Data) == 0 {
-			break
-		}
-		if count == 0 {
-			first = time.Now()
-		}
-		// Read every byte in place: that is what a loan is for.
-		sum = foldWords(m.Data)
+	return receiveRole(ctx, args, func(int) int { return 64 }, func(m loft.Message, count int64) error {
+		sum ^= foldWords(m.Data) // read every byte in place: that is what a loan is for
 		seq := binary.LittleEndian.Uint64(m.Data)
 		m.Release()
 		if seq != uint64(count) {
 			return fmt.Errorf("message %d carries sequence %d", count, seq)
 		}
-		count++
-	}
-	_ = sum
-	return ToParent("done %d %d", count, time.Since(first).Nanoseconds())
+		return nil
+	})
 }
 
 // foldWords reads every byte of b (8 at a time) and folds them into one
