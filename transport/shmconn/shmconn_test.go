@@ -39,7 +39,7 @@ func child() {
 	os.Exit(0)
 }
 
-func listen(t *testing.T, cfg *Config) (*Listener, string) {
+func listen(t testing.TB, cfg *Config) (*Listener, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "s.sock")
 	l, err := Listen(context.Background(), path, cfg)
@@ -50,7 +50,7 @@ func listen(t *testing.T, cfg *Config) (*Listener, string) {
 	return l, path
 }
 
-func pair(t *testing.T, cfg *Config) (net.Conn, net.Conn) {
+func pair(t testing.TB, cfg *Config) (net.Conn, net.Conn) {
 	t.Helper()
 	l, path := listen(t, cfg)
 	type res struct {
