@@ -21,6 +21,11 @@ import (
 	"github.com/loft-ipc/loft/rmi"
 )
 
+// The remote interfaces are ordinary Go interfaces; go generate writes
+// their typed proxies (and registers them) in main_rmi.go.
+//
+//go:generate go run github.com/loft-ipc/loft/cmd/loft-rmigen -type Listener,Jobs,Dir,File
+
 // Listener hears about a job's progress. It lives in the client; the server
 // gets a delegate and its calls come back to the client.
 type Listener interface {
@@ -40,38 +45,6 @@ type Dir interface {
 // File is an open file.
 type File interface {
 	Read(ctx context.Context) (string, error)
-}
-
-// Proxies: one line per method (a generator for them is planned).
-type listenerProxy struct{ *rmi.Delegate }
-
-func (p listenerProxy) Progress(ctx context.Context, done, total int) error {
-	return rmi.Call0(ctx, p.Delegate, "Progress", done, total)
-}
-
-type jobsProxy struct{ *rmi.Delegate }
-
-func (p jobsProxy) Run(ctx context.Context, steps int, l Listener) (int, error) {
-	return rmi.Call1[int](ctx, p.Delegate, "Run", steps, l)
-}
-
-type dirProxy struct{ *rmi.Delegate }
-
-func (p dirProxy) Open(ctx context.Context, name string) (File, error) {
-	return rmi.Call1[File](ctx, p.Delegate, "Open", name)
-}
-
-type fileProxy struct{ *rmi.Delegate }
-
-func (p fileProxy) Read(ctx context.Context) (string, error) {
-	return rmi.Call1[string](ctx, p.Delegate, "Read")
-}
-
-func init() {
-	rmi.Register(func(d *rmi.Delegate) Listener { return listenerProxy{d} })
-	rmi.Register(func(d *rmi.Delegate) Jobs { return jobsProxy{d} })
-	rmi.Register(func(d *rmi.Delegate) Dir { return dirProxy{d} })
-	rmi.Register(func(d *rmi.Delegate) File { return fileProxy{d} })
 }
 
 // Server-side implementations: ordinary Go.
