@@ -266,7 +266,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 			if uint64(k) < n {
 				copy(p[k:n], r.data[:n-uint64(k)])
 			}
-			r.head.Store(head + n)
+			// Publish, then look at the peer's parked word: a store then a
+			// load, which needs a full fence (see publish).
+			publish(r.head, head+n)
 			if r.prodPark.Load() != 0 && r.prodPark.CompareAndSwap(1, 0) {
 				c.wake(wakeSpace)
 			}
@@ -345,7 +347,11 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 		fails.Store(0)
 		spin.Store(max(int64(budget/2), int64(minSpin)))
 	}
-	park.Store(1)
+	// Announce the sleep, then look at the ring again: a store then a load,
+	// mirroring the peer's publish then load of this word. park.Swap is a
+	// full fence in every build (see publish); LAYOUT.md has the argument
+	// that one of the two sides always sees the other's store.
+	park.Swap(1)
 	if word.Load() != seen || c.isGone() {
 		park.Store(0)
 		return nil
@@ -386,6 +392,17 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 	park.Store(0)
 	return nil
 }
+
+// publish stores a ring index (tail or head) that the peer waits on. The
+// caller then loads the peer's parked word, and that store-then-load needs
+// a full fence. Go's atomic Store is sequentially consistent, but under the
+// race detector a Store to memory outside the Go heap, such as this
+// mapping, is a plain MOV on amd64 (the race runtime skips its own
+// bookkeeping and uses a release store): the load can then pass the store
+// in the store buffer, both sides miss each other and both sleep for good.
+// Swap is an XCHG (a full fence) in every build, and compiles to the same
+// instruction as Store without -race on amd64.
+func publish(word *atomic.Uint64, v uint64) { word.Swap(v) }
 
 var lostWakeups atomic.Int64
 
@@ -429,7 +446,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 			copy(r.data, p[k:n])
 		}
 		tail += n
-		r.tail.Store(tail)
+		publish(r.tail, tail) // then load the parked word: see publish
 		p = p[n:]
 		total += int(n)
 		if r.consPark.Load() != 0 && r.consPark.CompareAndSwap(1, 0) {
