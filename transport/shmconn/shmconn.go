@@ -275,6 +275,12 @@ func (c *Conn) Read(p []byte) (int, error) {
 			return int(n), nil
 		}
 		if c.isGone() {
+			// The peer stored its last tail before its socket closed, so a
+			// tail loaded now, after gone, is final; the one above may be
+			// older and miss bytes written just before the peer closed.
+			if r.tail.Load() != head {
+				continue
+			}
 			if c.goneErr != nil {
 				return 0, c.goneErr
 			}

@@ -107,6 +107,27 @@ func TestTransferAcrossWrap(t *testing.T) {
 	}
 }
 
+// TestCloseRightAfterWrite: bytes written just before Close are all read
+// before end of file, however the reader's checks interleave with the close.
+func TestCloseRightAfterWrite(t *testing.T) {
+	for i := 0; i < 200; i++ {
+		a, b := pair(t, &Config{RingSize: 4096, Spin: time.Nanosecond})
+		msg := []byte("last words")
+		go func() {
+			a.Write(msg)
+			a.Close()
+		}()
+		got, err := io.ReadAll(b)
+		b.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, msg) {
+			t.Fatalf("run %d: read %q, want %q", i, got, msg)
+		}
+	}
+}
+
 // TestNetConnContract runs the x/net conformance suite: deadlines,
 // concurrent use, Close unblocking pending calls, and more.
 func TestNetConnContract(t *testing.T) {
