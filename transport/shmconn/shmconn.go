@@ -362,27 +362,50 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 		park.Store(0)
 		return nil
 	}
+	// From here on only a successful compare-and-swap of park from 1 to 0
+	// by the peer, always followed by its eventfd write, or our own bound
+	// below ends the sleep. A count left by a wake-up that raced with an
+	// earlier recheck only makes a later sleep return early: the caller
+	// looks at the ring again and waits again, so that is harmless.
 	var buf [8]byte
-	// The sleep is bounded, from 10 ms doubling to 250 ms, as a safety net:
-	// a test that moves 3 MiB through a 4 KiB ring 200 times under the race
-	// detector saw both sides parked for good once (a wake-up lost, cause
-	// not found yet). A bound that passes with the ring moved is counted in
-	// LostWakeups (a waker descheduled between its compare-and-swap and its
-	// eventfd write for longer than the bound counts too). The user's
-	// deadline still applies.
-	for bound := 10 * time.Millisecond; ; bound = min(2*bound, 250*time.Millisecond) {
+	bound := sleepFirst
+	for {
+		// The sleep is bounded: a safety net, not part of the protocol
+		// (LAYOUT.md, "Safety net"). The user's deadline still applies.
+		at, hasDL := dl.at()
 		limit := time.Now().Add(bound)
-		if at, ok := dl.at(); ok && at.Before(limit) {
+		if hasDL && at.Before(limit) {
 			limit = at
 		}
 		ev.SetReadDeadline(limit)
-		_, err := ev.Read(buf[:])
-		if errors.Is(err, os.ErrDeadlineExceeded) && !dl.expired() && !c.isGone() && !c.isClosed() {
-			if word.Load() != seen {
-				lostWakeups.Add(1)
-				break
-			}
+		// SetReadDeadline (the user's) and sockLoop (the peer gone) record
+		// why before they set ev's deadline, which ours may just have
+		// replaced: look again now that ours is set. One that comes later
+		// replaces ours, and Read returns at once.
+		if at2, ok := dl.at(); ok != hasDL || !at2.Equal(at) {
 			continue
+		}
+		if c.isGone() {
+			park.Store(0)
+			return nil
+		}
+		_, err := ev.Read(buf[:])
+		expired := errors.Is(err, os.ErrDeadlineExceeded)
+		if expired && !c.isGone() && !c.isClosed() && !dl.expired() && !(hasDL && !time.Now().Before(at)) {
+			// The bound passed, not the user's deadline.
+			if word.Load() == seen {
+				bound = min(2*bound, sleepMax)
+				continue
+			}
+			// The ring moved and no wake-up came. If park is still 1,
+			// nobody claimed the wake-up: it was lost (or the peer sat for
+			// the whole bound between its publish and its look at park).
+			// If the peer cleared park, its eventfd write is on its way or
+			// came too late to beat the timer; that is not a loss.
+			if park.CompareAndSwap(1, 0) {
+				lostWakeups.Add(1)
+			}
+			return nil
 		}
 		park.Store(0)
 		switch {
@@ -390,14 +413,18 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 			return nil
 		case c.isClosed():
 			return net.ErrClosed
-		case errors.Is(err, os.ErrDeadlineExceeded):
+		case expired:
 			return os.ErrDeadlineExceeded
 		}
 		return err
 	}
-	park.Store(0)
-	return nil
 }
+
+// The safety-net bound on a parked sleep: 10 ms, doubling to 250 ms.
+const (
+	sleepFirst = 10 * time.Millisecond
+	sleepMax   = 250 * time.Millisecond
+)
 
 // publish stores a ring index (tail or head) that the peer waits on. The
 // caller then loads the peer's parked word, and that store-then-load needs
@@ -412,8 +439,10 @@ func publish(word *atomic.Uint64, v uint64) { word.Swap(v) }
 
 var lostWakeups atomic.Int64
 
-// LostWakeups reports how many times a parked side found the ring had moved
-// without having been woken (see wait). It should stay zero.
+// LostWakeups reports how many times a parked side found, when its bounded
+// sleep ran out, that the ring had moved while its parked word was still
+// set: a wake-up that nobody sent. It stays zero unless a peer breaks the
+// protocol in LAYOUT.md.
 func LostWakeups() int64 { return lostWakeups.Load() }
 
 // Write writes p into the ring the peer reads, waiting for room as needed.
