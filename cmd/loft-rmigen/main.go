@@ -51,6 +51,16 @@
 //	-check   write nothing; exit with status 1 if the file is missing or
 //	         differs from what would be written (for CI)
 //
+// The proxy of T is named tProxy (HTTPServer: httpServerProxy); a
+// declaration of that name in the package is an error (delete the
+// hand-written proxy it replaces). Methods keep the order and the
+// parameter names of the interface, except a name that would shadow what
+// the proxy's body uses (renamed argN). Two go:generate lines in one
+// package need -output for one of them; an interface one of them uses as
+// a parameter or result and the other registers must be generated first.
+// loft-rmigen runs the go command (go list) to find the package and the
+// export data of its imports.
+//
 // Every method must have the shape rmi carries:
 //
 //	Name(ctx context.Context, args...) (results..., error)
