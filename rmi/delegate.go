@@ -213,9 +213,11 @@ type pipeKey struct{}
 
 // Pipeline returns a context under which a call whose first result is a
 // remote interface does not wait: it returns at once a promise of that
-// result (with a nil error), and calls on the promise are sent at once too,
-// to be run by the peer when the first call returns. An error of the first
-// call is the error of every call made on the promise (and of Wait).
+// result (with a nil error), and calls on the promise do not wait for it
+// either: the peer runs them when the first call returns. Such calls leave
+// together with the next message to the peer (or from a background
+// goroutine if none follows). An error of the first call is the error of
+// every call made on the promise (and of Wait).
 func Pipeline(ctx context.Context) context.Context { return context.WithValue(ctx, pipeKey{}, true) }
 
 func pipelined(ctx context.Context) bool { b, _ := ctx.Value(pipeKey{}).(bool); return b }
@@ -386,15 +388,21 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 		undo()
 		return fail(err)
 	}
+	if pd.prom != nil {
+		if err := p.post(msg); err != nil {
+			ep.dropPending(p, msg.ID)
+			undo()
+			return fail(err)
+		}
+		ep.callsOut.Add(1)
+		return nil, pd.prom, nil
+	}
 	if err := p.send(ctx, msg); err != nil {
 		ep.dropPending(p, msg.ID)
 		undo()
 		return fail(err)
 	}
 	ep.callsOut.Add(1)
-	if pd.prom != nil {
-		return nil, pd.prom, nil
-	}
 	m, err := ep.wait(ctx, p, msg.ID, pd, method)
 	if err != nil {
 		return nil, nil, err

@@ -59,9 +59,9 @@
 //     rmi.Retain(x); then the callee owns it and the reply says so.
 //   - An object returned as a result is owned by the caller's delegate.
 //   - rmi.Release(x) (or Delegate.Release) gives a reference back; the
-//     release rides on the next message to that peer or is sent at once by
-//     a background loop. A delegate dropped without Release is released by
-//     its finalizer and counted in Stats().Leaked.
+//     release rides on the next message to that peer, or a background loop
+//     sends it about a millisecond later. A delegate dropped without
+//     Release is released by its finalizer and counted in Stats().Leaked.
 //   - The home counts references per peer and per object (the same object
 //     passed twice to one peer has one id and two references). When a peer
 //     goes (loft Watch "node:<id>" reports Down, also after SIGKILL, or a
@@ -85,9 +85,14 @@
 //
 // Under ctx2 := rmi.Pipeline(ctx), a call whose first result is a remote
 // interface returns at once a promise (a delegate whose target is "the
-// answer of call N"). Calls on it are sent at once; the home queues them
-// until N returns, then runs them on the same goroutine before replying,
-// so dir.Open(ctx2, "x") then f.Read(ctx) costs about one round trip. An
+// answer of call N"). Calls on it do not wait for N either. A pipelined
+// call is not written alone: it leaves with the next message to that peer
+// (typically the call at the end of the chain, which waits), or, if none
+// follows, from a background goroutine as soon as the calling goroutine
+// lets it run. The home queues calls on N until N returns, then runs them
+// on the same goroutine, and the replies of the chain travel back in one
+// loft message, the last call's first: dir.Open(ctx2, "x") then
+// f.Read(ctx) costs about one round trip, in one message each way. An
 // error of N fails every call queued on it, and every call made on the
 // promise afterwards (Delegate.Wait reports it too).
 //

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,7 +49,8 @@ type Endpoint struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	nextID atomic.Uint64
-	wake   chan struct{}
+	wake   chan struct{} // send the queued items now
+	lazy   *time.Timer   // send what no other message carried, ctlDelay after it was queued
 
 	leaked   atomic.Uint64
 	live     atomic.Int64
@@ -57,6 +59,8 @@ type Endpoint struct {
 
 	mu        sync.Mutex // leaf: no send, no user code, no other lock taken under it
 	closed    bool
+	ids       []byte // random bytes for object ids, from crypto/rand
+	armed     bool   // lazy is running
 	peers     map[string]*peer
 	owner     map[objID]string // export id to the peer it was given to
 	published map[string]reflect.Value
@@ -82,6 +86,14 @@ type peer struct {
 	rel      [][]byte
 	fin      []uint64
 	can      []uint64
+	held     []*wmsg    // replies of a pipelined chain, to ride on the next message
+	calls    []heldCall // pipelined calls, encoded, to go before the next message
+}
+
+// heldCall is a pipelined call waiting to be sent (peer.calls).
+type heldCall struct {
+	id uint64
+	b  []byte
 }
 
 type export struct {
@@ -125,7 +137,8 @@ func Open(ctx context.Context, node *loft.Node, opts Options) (*Endpoint, error)
 		return nil, err
 	}
 	ep := &Endpoint{node: node, opts: opts, log: opts.Logger, recv: r, wake: make(chan struct{}, 1),
-		peers: map[string]*peer{}, owner: map[objID]string{}, published: map[string]reflect.Value{}}
+		lazy: time.NewTimer(time.Hour), peers: map[string]*peer{}, owner: map[objID]string{}, published: map[string]reflect.Value{}}
+	ep.lazy.Stop()
 	ep.ctx, ep.cancel = context.WithCancel(context.Background())
 	ep.wg.Add(2)
 	go ep.readLoop()
@@ -322,7 +335,7 @@ func (ep *Endpoint) peerGone(p *peer, cause error) {
 	}
 	pend, run := p.pending, p.running
 	p.exports, p.byVal, p.answers, p.pending, p.running = nil, nil, nil, nil, nil
-	p.rel, p.fin, p.can = nil, nil, nil
+	p.rel, p.fin, p.can, p.held, p.calls = nil, nil, nil, nil, nil
 	dead := p.dead
 	ep.mu.Unlock()
 	close(p.gone)
@@ -357,10 +370,13 @@ func (p *peer) deadErr() error {
 	}
 }
 
-// send sends m to the peer, carrying the control items queued for it
-// (releases, finished answers, cancels). Sends to one peer are serialized
-// under p.smu, so an item queued before a message is built travels with it
-// or before it.
+// send sends m to the peer with what waits for the next message to it:
+// first the pipelined calls posted before (in order), then m carrying the
+// control items queued for the peer (releases, finished answers, cancels),
+// then the replies held for it; in one loft message when they fit. Sends
+// to one peer are serialized under p.smu, so an item or a call queued
+// before a message is built travels with it or before it. m may be an
+// empty control message: then only what waits is sent.
 func (p *peer) send(ctx context.Context, m *wmsg) error {
 	if err := p.deadErr(); err != nil {
 		return err
@@ -381,19 +397,40 @@ func (p *peer) send(ctx context.Context, m *wmsg) error {
 	m.Fin, p.fin = append(m.Fin, p.fin[:n]...), p.fin[n:]
 	n = min(len(p.can), maxRefBatch/3)
 	m.Can, p.can = append(m.Can, p.can[:n]...), p.can[n:]
+	calls, held := p.calls, p.held
+	p.calls, p.held = nil, nil
 	more := len(p.rel)+len(p.fin)+len(p.can) > 0
 	p.ep.mu.Unlock()
 	if more {
 		p.ep.kick()
 	}
-	if m.K == kCtl && len(m.Rel)+len(m.Fin)+len(m.Can) == 0 {
-		return nil
+	enc := make([][]byte, 0, len(calls)+1+len(held))
+	for _, c := range calls {
+		enc = append(enc, c.b)
 	}
-	b, err := encodeMsg(m)
-	if err != nil {
-		return err
+	var err error
+	if m.K != kCtl || len(m.Rel)+len(m.Fin)+len(m.Can) > 0 {
+		var b []byte
+		if b, err = encodeMsg(m); err == nil {
+			enc = append(enc, b)
+		}
 	}
-	err = p.snd.Send(ctx, b)
+	for _, r := range held {
+		if err != nil {
+			break
+		}
+		var b []byte
+		if b, err = encodeMsg(r); err == nil {
+			enc = append(enc, b)
+		}
+	}
+	sent := 0
+	if err == nil {
+		sent, err = p.sendAll(ctx, enc)
+	}
+	if err != nil && sent < len(calls) {
+		p.ep.failHeld(p, calls[sent:], err)
+	}
 	if err != nil && errors.Is(err, loft.ErrPeerGone) {
 		p.smu.Unlock()
 		p.ep.peerGone(p, err)
@@ -402,10 +439,84 @@ func (p *peer) send(ctx context.Context, m *wmsg) error {
 	return err
 }
 
+// sendAll sends the encoded messages enc in as few loft messages as the
+// limits allow (maxBatch messages, about batchBytes each), in order, and
+// returns how many were sent. Caller holds smu.
+func (p *peer) sendAll(ctx context.Context, enc [][]byte) (int, error) {
+	sent := 0
+	for sent < len(enc) {
+		n, size := 1, len(enc[sent])
+		for sent+n < len(enc) && n < maxBatch && size+len(enc[sent+n]) <= batchBytes {
+			size += len(enc[sent+n])
+			n++
+		}
+		if err := p.snd.Send(ctx, appendBatch(make([]byte, 0, size+3), enc[sent:sent+n])); err != nil {
+			return sent, err
+		}
+		sent += n
+	}
+	return sent, nil
+}
+
+// post queues pipelined call m to go before the next message to p, and
+// has the control loop send it if no other message does first: calls made
+// one after another on promises travel together.
+func (p *peer) post(m *wmsg) error {
+	b, err := encodeMsg(m)
+	if err != nil {
+		return err
+	}
+	p.ep.mu.Lock()
+	if p.dead != nil {
+		p.ep.mu.Unlock()
+		return p.dead
+	}
+	p.calls = append(p.calls, heldCall{id: m.ID, b: b})
+	p.ep.mu.Unlock()
+	p.ep.kick()
+	return nil
+}
+
+// failHeld fails the pipelined calls whose sending failed.
+func (ep *Endpoint) failHeld(p *peer, calls []heldCall, err error) {
+	for _, c := range calls {
+		ep.mu.Lock()
+		pd := p.pending[c.id]
+		if pd != nil {
+			delete(p.pending, c.id)
+			ep.returnBorrowedLocked(p, pd.borrowed, nil)
+		}
+		ep.mu.Unlock()
+		if pd == nil {
+			continue
+		}
+		pd.err = err
+		if pd.prom != nil {
+			pd.prom.resolve(objID{}, err)
+		}
+		pd.ch <- nil
+	}
+}
+
+// kick makes the control loop send the queued items now.
 func (ep *Endpoint) kick() {
 	select {
 	case ep.wake <- struct{}{}:
 	default:
+	}
+}
+
+// ctlDelay is how long a queued item (a release, a finished answer, a held
+// reply) may wait for another message to ride on before the control loop
+// sends it alone.
+const ctlDelay = time.Millisecond
+
+// laterLocked makes the control loop send the queued items within ctlDelay, if
+// no other message carried them by then. Caller holds ep.mu.
+func (ep *Endpoint) laterLocked() {
+	if !ep.armed && !ep.closed {
+		ep.armed = true
+		ep.lazy.Reset(ctlDelay)
 	}
 }
 
@@ -416,7 +527,7 @@ func (ep *Endpoint) readLoop() {
 		if err != nil {
 			return
 		}
-		msg, err := decodeMsg(m.Data)
+		bt, err := openBatch(m.Data)
 		if err != nil {
 			ep.log.Debug("rmi: bad message", "from", m.From, "err", err)
 			continue
@@ -425,12 +536,27 @@ func (ep *Endpoint) readLoop() {
 		if err != nil {
 			return
 		}
-		ep.handle(p, msg)
+		for {
+			msg, err := bt.next()
+			if err != nil {
+				ep.log.Debug("rmi: bad message", "from", m.From, "err", err)
+			}
+			if msg == nil {
+				break
+			}
+			if ep.handle(p, msg) && bt.n > 0 {
+				// A caller waits for this reply: let it run before the
+				// rest of the batch (replies of a chain that only resolve
+				// promises), which would otherwise delay it on this P.
+				runtime.Gosched()
+			}
+		}
 	}
 }
 
 // handle runs on the reader: it only updates tables and starts goroutines.
-func (ep *Endpoint) handle(p *peer, m *wmsg) {
+// It reports whether it handed a reply to a goroutine waiting for it.
+func (ep *Endpoint) handle(p *peer, m *wmsg) bool {
 	if len(m.Rel)+len(m.Fin)+len(m.Can) > 0 {
 		ep.control(p, m)
 	}
@@ -444,18 +570,20 @@ func (ep *Endpoint) handle(p *peer, m *wmsg) {
 		}
 		ep.mu.Unlock()
 		if pd == nil {
-			return
+			return false
 		}
 		if pd.prom != nil {
 			pd.prom.resolveFromReply(p, m)
 		}
 		pd.ch <- m
+		return pd.prom == nil
 	case kLookup:
 		ep.wg.Add(1)
 		go ep.serveLookup(p, m)
 	case kCall:
 		ep.admit(p, m)
 	}
+	return false
 }
 
 // control applies the releases, finished answers and cancels of m.
@@ -517,18 +645,55 @@ func contains(s []uint32, v uint32) bool {
 	return false
 }
 
+// A step serves (or fails) one admitted call and returns its reply, and
+// the call queued behind its answer that the same goroutine runs next
+// (nil if none).
+type step func() (reply *wmsg, next step)
+
 // admit finds the target of an incoming call and starts serving it on its
 // own goroutine, or queues it behind the answer it targets. Runs on the
 // reader.
 func (ep *Endpoint) admit(p *peer, m *wmsg) {
 	if run := ep.admitRun(p, m); run != nil {
-		go run()
+		go ep.runChain(p, run)
 	}
 }
 
-// admitRun returns the function that serves m (or fails it), or nil when
-// m was queued or dropped.
-func (ep *Endpoint) admitRun(p *peer, m *wmsg) func() {
+// runChain runs a call and then, on the same goroutine, the calls that
+// were pipelined on its answer, one after another. The replies but the
+// last are held: they ride on the next message to the peer (the last
+// reply, which the caller waits for, or a callback a step makes), so a
+// chain answers in one loft message; if a step takes long, the control
+// loop sends them after ctlDelay. Every admitted call counts once in
+// ep.wg until its reply is sent or held.
+func (ep *Endpoint) runChain(p *peer, run step) {
+	for {
+		r, next := run()
+		if next == nil {
+			ep.reply(p, r)
+			ep.wg.Done()
+			return
+		}
+		ep.hold(p, r)
+		ep.wg.Done()
+		run = next
+	}
+}
+
+// hold queues reply r to ride on the next message to p.
+func (ep *Endpoint) hold(p *peer, r *wmsg) {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if p.dead != nil {
+		return
+	}
+	p.held = append(p.held, r)
+	ep.laterLocked()
+}
+
+// admitRun returns the step that serves m (or fails it), or nil when m was
+// queued or dropped.
+func (ep *Endpoint) admitRun(p *peer, m *wmsg) step {
 	ep.mu.Lock()
 	if p.dead != nil {
 		ep.mu.Unlock()
@@ -551,9 +716,9 @@ func (ep *Endpoint) admitRun(p *peer, m *wmsg) func() {
 	ep.wg.Add(1)
 	ep.mu.Unlock()
 	if err != nil {
-		return func() { ep.failCall(p, m, err) }
+		return func() (*wmsg, step) { return ep.failCall(p, m, err) }
 	}
-	return func() { ep.serve(p, m, ex) }
+	return func() (*wmsg, step) { return ep.serve(p, m, ex) }
 }
 
 // targetLocked resolves the target of a call: (export, nil), (nil, error),
@@ -586,12 +751,8 @@ func (ep *Endpoint) targetLocked(p *peer, m *wmsg) (*export, error) {
 	return a.exp, nil
 }
 
-func (ep *Endpoint) failCall(p *peer, m *wmsg, err error) {
-	defer ep.wg.Done()
-	if next := ep.settle(p, m, nil, err); next != nil {
-		next()
-	}
-	ep.reply(p, &wmsg{K: kReply, ID: m.ID, E: toWire(err)})
+func (ep *Endpoint) failCall(p *peer, m *wmsg, err error) (*wmsg, step) {
+	return &wmsg{K: kReply, ID: m.ID, E: toWire(err)}, ep.settle(p, m, nil, err)
 }
 
 func toWire(err error) *werr {
@@ -604,9 +765,9 @@ func toWire(err error) *werr {
 
 // settle records the answer of call m (if kept) and admits the calls
 // queued behind it: all but one start on their own goroutines; the one
-// returned is for the caller to run (a pipelined chain then runs on one
-// goroutine, and its last reply leaves first).
-func (ep *Endpoint) settle(p *peer, m *wmsg, ex *export, err error) func() {
+// returned is for the caller to run next (a pipelined chain then runs on
+// one goroutine).
+func (ep *Endpoint) settle(p *peer, m *wmsg, ex *export, err error) step {
 	if m.F&fKeep == 0 {
 		return nil
 	}
@@ -623,14 +784,14 @@ func (ep *Endpoint) settle(p *peer, m *wmsg, ex *export, err error) func() {
 	q := a.queue
 	a.queue = nil
 	ep.mu.Unlock()
-	var next func()
+	var next step
 	for _, c := range q {
 		run := ep.admitRun(p, c)
 		if run == nil {
 			continue
 		}
 		if next != nil {
-			go next()
+			go ep.runChain(p, next)
 		}
 		next = run
 	}
@@ -666,9 +827,8 @@ func (ep *Endpoint) serveLookup(p *peer, m *wmsg) {
 	ep.reply(p, &wmsg{K: kReply, ID: m.ID, A: []cbor.RawMessage{raw}})
 }
 
-// serve runs one incoming call on its own goroutine.
-func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) {
-	defer ep.wg.Done()
+// serve runs one incoming call (a step of runChain).
+func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
 	ep.callsIn.Add(1)
 	var lent []*Delegate
 	var resExp *export
@@ -754,15 +914,12 @@ func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) {
 	ep.mu.Lock()
 	p.inflight--
 	ep.mu.Unlock()
-	if next := ep.settle(p, m, resExp, err); next != nil {
-		next() // the calls pipelined on this one's result, before its reply
-	}
 	r := &wmsg{K: kReply, ID: m.ID, A: out, Ret: kept}
 	if err != nil {
 		r.A = nil
 		r.E = toWire(err)
 	}
-	ep.reply(p, r)
+	return r, ep.settle(p, m, resExp, err)
 }
 
 // call calls fn, turning a panic into an error.
@@ -812,7 +969,7 @@ func (ep *Endpoint) encodeRef(ctx context.Context, p *peer, v reflect.Value) (cb
 	}
 	if e == nil {
 		e = &export{v: iv, f: lookupIface(iv.Type()), key: key}
-		rand.Read(e.id[:])
+		ep.newIDLocked(&e.id)
 		p.exports[e.id] = e
 		if key != nil {
 			p.byVal[key] = e
@@ -823,6 +980,18 @@ func (ep *Endpoint) encodeRef(ctx context.Context, p *peer, v reflect.Value) (cb
 	ep.mu.Unlock()
 	b, _ := encMode.Marshal(wref{K: refSender, ID: e.id[:]})
 	return b, e, nil
+}
+
+// newIDLocked fills id with random bytes from crypto/rand, read 4 KiB at a
+// time. Caller holds ep.mu.
+func (ep *Endpoint) newIDLocked(id *objID) {
+	if len(ep.ids) < idLen {
+		ep.ids = make([]byte, 4096)
+		rand.Read(ep.ids)
+	}
+	copy(id[:], ep.ids)
+	clear(ep.ids[:idLen])
+	ep.ids = ep.ids[idLen:]
 }
 
 // decodeRef turns a reference sent by p into a value of interface f: a
@@ -863,7 +1032,9 @@ func (ep *Endpoint) decodeRef(p *peer, raw cbor.RawMessage, f *iface, borrowed b
 	return v, nil, fmt.Errorf("%w: reference kind %d", ErrBadMessage, r.K)
 }
 
-// queueCtl adds control items for p and wakes the control loop.
+// queueCtl adds control items for p. A cancel is sent at once; releases
+// and finished answers ride on the next message to p, or are sent by the
+// control loop within ctlDelay.
 func (ep *Endpoint) queueCtl(p *peer, rel []byte, fin, can uint64) {
 	ep.mu.Lock()
 	if p.dead != nil {
@@ -879,23 +1050,35 @@ func (ep *Endpoint) queueCtl(p *peer, rel []byte, fin, can uint64) {
 	if can != 0 {
 		p.can = append(p.can, can)
 	}
+	now := can != 0 || len(p.rel)+len(p.fin) >= maxRefBatch/3
+	if !now {
+		ep.laterLocked()
+	}
 	ep.mu.Unlock()
-	ep.kick()
+	if now {
+		ep.kick()
+	}
 }
 
-// ctlLoop sends control items that no other message carried.
+// ctlLoop sends the control items and held replies that no other message
+// carried.
 func (ep *Endpoint) ctlLoop() {
 	defer ep.wg.Done()
 	for {
 		select {
 		case <-ep.ctx.Done():
+			ep.lazy.Stop()
 			return
 		case <-ep.wake:
+		case <-ep.lazy.C:
+			ep.mu.Lock()
+			ep.armed = false
+			ep.mu.Unlock()
 		}
 		var ps []*peer
 		ep.mu.Lock()
 		for _, p := range ep.peers {
-			if p.dead == nil && len(p.rel)+len(p.fin)+len(p.can) > 0 {
+			if p.dead == nil && len(p.rel)+len(p.fin)+len(p.can)+len(p.held)+len(p.calls) > 0 {
 				ps = append(ps, p)
 			}
 		}

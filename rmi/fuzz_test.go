@@ -50,6 +50,75 @@ func TestWireRoundTrip(t *testing.T) {
 	}
 }
 
+// decodeBatch decodes all the messages of one loft message.
+func decodeBatch(b []byte) ([]*wmsg, error) {
+	bt, err := openBatch(b)
+	if err != nil {
+		return nil, err
+	}
+	var ms []*wmsg
+	for {
+		m, err := bt.next()
+		if err != nil {
+			return nil, err
+		}
+		if m == nil {
+			return ms, nil
+		}
+		ms = append(ms, m)
+	}
+}
+
+func TestWireBatch(t *testing.T) {
+	id := make([]byte, idLen)
+	var enc [][]byte
+	var want []*wmsg
+	for i := range 30 {
+		m := &wmsg{K: kReply, ID: uint64(i + 1), A: []cbor.RawMessage{{0x01}}}
+		if i%3 == 0 {
+			m = &wmsg{K: kCall, ID: uint64(i + 1), P: 1, M: "Next", F: fKeep, Rel: [][]byte{id}}
+		}
+		b, err := encodeMsg(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		enc = append(enc, b)
+		want = append(want, m)
+	}
+	for _, n := range []int{1, 2, 23, 24, 30} {
+		b := appendBatch(nil, enc[:n])
+		got, err := decodeBatch(b)
+		if err != nil || len(got) != n {
+			t.Fatalf("batch of %d: %d messages, %v", n, len(got), err)
+		}
+		for i, m := range got {
+			b1, _ := encodeMsg(m)
+			if !bytes.Equal(b1, enc[i]) {
+				t.Fatalf("batch of %d: message %d changed: %+v, want %+v", n, i, m, want[i])
+			}
+		}
+		if n > 1 {
+			if _, err := decodeBatch(append(b, 0xf6)); err == nil {
+				t.Fatalf("batch of %d with trailing bytes accepted", n)
+			}
+			if _, err := decodeBatch(b[:len(b)-1]); err == nil {
+				t.Fatalf("truncated batch of %d accepted", n)
+			}
+		}
+	}
+	for _, bad := range [][]byte{
+		{0x81, 0xa0},       // a batch of one
+		{0x80},             // an empty batch
+		{0x99, 0x01, 0x01}, // 257 messages
+		{0x9f, 0xa0, 0xff}, // indefinite length
+		{0x82, 0xa1, 0x01, 0x63, 0xa1, 0x01, 0x02}, // bad kind in the first
+	} {
+		if _, err := decodeBatch(bad); err == nil {
+			t.Fatalf("accepted % x", bad)
+		}
+	}
+}
+
 // FuzzDecode: decodeMsg never panics, and what it accepts re-encodes to
 // something it accepts again, unchanged.
 func FuzzDecode(f *testing.F) {
@@ -65,7 +134,16 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Add([]byte{0xa0})
 	f.Add([]byte{0xff, 0x00})
+	b1, _ := encodeMsg(&wmsg{K: kReply, ID: 2})
+	f.Add(appendBatch(nil, [][]byte{b1, b1, b1}))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if ms, err := decodeBatch(b); err == nil {
+			for _, m := range ms {
+				if _, err := checkMsg(m); err != nil {
+					t.Fatalf("batch gave a bad message: %v", err)
+				}
+			}
+		}
 		m, err := decodeMsg(b)
 		if err != nil {
 			return

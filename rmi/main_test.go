@@ -47,6 +47,7 @@ type Counter interface {
 type File interface {
 	Next(ctx context.Context) (File, error)
 	Read(ctx context.Context) (string, error)
+	Visit(ctx context.Context, l Listener) error
 }
 
 type Listener interface {
@@ -85,6 +86,9 @@ func (p fileProxy) Next(ctx context.Context) (File, error) {
 }
 func (p fileProxy) Read(ctx context.Context) (string, error) {
 	return Call1[string](ctx, p.Delegate, "Read")
+}
+func (p fileProxy) Visit(ctx context.Context, l Listener) error {
+	return Call0(ctx, p.Delegate, "Visit", l)
 }
 
 type listenerProxy struct{ *Delegate }
@@ -150,6 +154,9 @@ func (f *file) Next(ctx context.Context) (File, error) { return &file{name: f.na
 func (f *file) Read(ctx context.Context) (string, error) {
 	return "contents of " + f.name, nil
 }
+
+// Visit calls l back once.
+func (f *file) Visit(ctx context.Context, l Listener) error { return l.Progress(ctx, 1, 1) }
 
 type svc struct {
 	ep   *Endpoint

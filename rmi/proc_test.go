@@ -256,3 +256,39 @@ func TestProcCallbackAndPipeline(t *testing.T) {
 func containsStr(s, sub string) bool {
 	return len(sub) == 0 || (len(s) >= len(sub) && (s[:len(sub)] == sub || containsStr(s[1:], sub)))
 }
+
+// waitPromise is a Listener whose callback waits for a promise.
+type waitPromise struct{ f File }
+
+func (w *waitPromise) Progress(ctx context.Context, done, total int) error {
+	return DelegateOf(w.f).Wait(ctx)
+}
+
+// TestProcPipelineCallbackWaits: a call queued on a promise runs in the
+// home right after the call that resolves it, and calls back into the
+// caller, whose callback waits for that promise. The reply that resolves
+// the promise must not be held behind the chain (it rides on the
+// callback), so this neither deadlocks nor waits for a timer.
+func TestProcPipelineCallbackWaits(t *testing.T) {
+	ctx := testCtx(t)
+	e := newEnv(t, false)
+	c := startChild(t, e.dir, false)
+	s := lookupSvc(t, ctx, e, c)
+	for i := range 50 {
+		f, err := s.Open(Pipeline(ctx), "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		start := time.Now()
+		err = f.Visit(cctx, &waitPromise{f: f})
+		cancel()
+		if err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("round %d took %v", i, d)
+		}
+		Release(f)
+	}
+}

@@ -58,7 +58,12 @@ type wref struct {
 const (
 	maxArgs     = 64
 	maxRefBatch = 4096
+	maxBatch    = 256 // messages in one loft message
 )
+
+// batchBytes is the size beyond which a sender starts a new loft message
+// instead of adding to a batch.
+const batchBytes = 64 << 10
 
 var (
 	encMode cbor.EncMode
@@ -89,6 +94,11 @@ func decodeMsg(b []byte) (*wmsg, error) {
 	if err := decMode.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadMessage, err)
 	}
+	return checkMsg(&m)
+}
+
+// checkMsg checks a decoded message.
+func checkMsg(m *wmsg) (*wmsg, error) {
 	switch m.K {
 	case kCall:
 		if (len(m.Obj) == 0) == (m.P == 0) {
@@ -119,7 +129,83 @@ func decodeMsg(b []byte) (*wmsg, error) {
 			return nil, fmt.Errorf("%w: released id of %d bytes", ErrBadMessage, len(id))
 		}
 	}
-	return &m, nil
+	return m, nil
 }
 
 func encodeMsg(m *wmsg) ([]byte, error) { return encMode.Marshal(m) }
+
+// batch reads the messages of one loft message: a single message (a CBOR
+// map) or a batch (a CBOR array of 2 to maxBatch maps). Messages are
+// decoded one at a time, so the first can be handled before the others
+// are decoded; a bad message ends the batch.
+type batch struct {
+	rest   []byte
+	n      int  // messages left
+	single bool // rest is one message, not an array
+}
+
+func openBatch(b []byte) (batch, error) {
+	if len(b) == 0 || b[0]>>5 != 4 {
+		return batch{rest: b, n: 1, single: true}, nil
+	}
+	var n, h int
+	switch ai := b[0] & 0x1f; {
+	case ai < 24:
+		n, h = int(ai), 1
+	case ai == 24 && len(b) >= 2:
+		n, h = int(b[1]), 2
+	case ai == 25 && len(b) >= 3:
+		n, h = int(b[1])<<8|int(b[2]), 3
+	default:
+		return batch{}, fmt.Errorf("%w: batch header", ErrBadMessage)
+	}
+	if n < 2 || n > maxBatch {
+		return batch{}, fmt.Errorf("%w: batch of %d messages", ErrBadMessage, n)
+	}
+	return batch{rest: b[h:], n: n}, nil
+}
+
+// next decodes the next message; nil, nil at the end.
+func (bt *batch) next() (*wmsg, error) {
+	if bt.n == 0 {
+		return nil, nil
+	}
+	bt.n--
+	if bt.single {
+		return decodeMsg(bt.rest)
+	}
+	var m wmsg
+	rest, err := decMode.UnmarshalFirst(bt.rest, &m)
+	if err == nil && bt.n == 0 && len(rest) > 0 {
+		err = fmt.Errorf("%d bytes after the batch", len(rest))
+	}
+	if err != nil {
+		bt.n = 0
+		return nil, fmt.Errorf("%w: %v", ErrBadMessage, err)
+	}
+	bt.rest = rest
+	if _, err := checkMsg(&m); err != nil {
+		bt.n = 0
+		return nil, err
+	}
+	return &m, nil
+}
+
+// appendBatch appends to buf the loft message carrying the encoded
+// messages enc: the message itself if there is one, else a CBOR array.
+func appendBatch(buf []byte, enc [][]byte) []byte {
+	switch n := len(enc); {
+	case n == 1:
+		return append(buf, enc[0]...)
+	case n < 24:
+		buf = append(buf, 0x80|byte(n))
+	case n < 256:
+		buf = append(buf, 0x98, byte(n))
+	default:
+		buf = append(buf, 0x99, byte(n>>8), byte(n))
+	}
+	for _, e := range enc {
+		buf = append(buf, e...)
+	}
+	return buf
+}
