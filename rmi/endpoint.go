@@ -946,7 +946,7 @@ func (ep *Endpoint) encodeRef(ctx context.Context, p *peer, v reflect.Value) (cb
 			if err != nil {
 				return nil, nil, err
 			}
-			b, _ := encMode.Marshal(wref{K: refReceiver, ID: id[:]})
+			b := appendRef(make([]byte, 0, 4+idLen), refReceiver, id[:])
 			return b, nil, nil
 		}
 	}
@@ -978,7 +978,7 @@ func (ep *Endpoint) encodeRef(ctx context.Context, p *peer, v reflect.Value) (cb
 	}
 	e.refs++
 	ep.mu.Unlock()
-	b, _ := encMode.Marshal(wref{K: refSender, ID: e.id[:]})
+	b := appendRef(make([]byte, 0, 4+idLen), refSender, e.id[:])
 	return b, e, nil
 }
 

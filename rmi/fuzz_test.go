@@ -2,6 +2,7 @@ package rmi
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/fxamacker/cbor/v2"
@@ -21,6 +22,7 @@ func TestWireRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		sameAsCBOR(t, m, b)
 		got, err := decodeMsg(b)
 		if err != nil {
 			t.Fatalf("%+v: %v", m, err)
@@ -66,6 +68,47 @@ func decodeBatch(b []byte) ([]*wmsg, error) {
 			return ms, nil
 		}
 		ms = append(ms, m)
+	}
+}
+
+// sameAsCBOR checks the hand-written encoder against the cbor package.
+func sameAsCBOR(t *testing.T, m *wmsg, b []byte) {
+	t.Helper()
+	want, err := encMode.Marshal(m)
+	if err != nil {
+		t.Fatalf("cbor package: %v", err)
+	}
+	if !bytes.Equal(b, want) {
+		t.Fatalf("encodeMsg(%+v) = % x, the cbor package gives % x", m, b, want)
+	}
+}
+
+func TestWireEncoder(t *testing.T) {
+	id := make([]byte, idLen)
+	long := strings.Repeat("x", 300)
+	for _, m := range []*wmsg{
+		{},
+		{K: kCall, ID: 23, Obj: id, M: "A", F: fKeep, TO: 24},
+		{K: kCall, ID: 255, P: 256, M: long, TO: -1},
+		{K: kCall, ID: 65535, P: 65536, TO: -25, I: "i"},
+		{K: kReply, ID: 1<<32 - 1, A: []cbor.RawMessage{{0x01}, nil, {0x82, 0x01, 0x02}}, Ret: []uint32{0, 23, 24, 1<<32 - 1}},
+		{K: kReply, ID: 1 << 32, E: &werr{}},
+		{K: kReply, ID: 1<<64 - 1, E: &werr{C: "c"}},
+		{K: kReply, ID: 2, E: &werr{M: long}},
+		{K: kCtl, Rel: [][]byte{id, nil, {}}, Fin: []uint64{0, 1 << 40}, Can: []uint64{7}, TO: -1 << 63},
+		{K: kCtl, Obj: []byte{}, A: []cbor.RawMessage{}, Rel: [][]byte{}, Fin: []uint64{}},
+	} {
+		b, err := encodeMsg(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameAsCBOR(t, m, b)
+	}
+	for _, k := range []uint8{refSender, refReceiver} {
+		want, _ := encMode.Marshal(wref{K: k, ID: id})
+		if got := appendRef(nil, k, id); !bytes.Equal(got, want) {
+			t.Fatalf("appendRef = % x, want % x", got, want)
+		}
 	}
 }
 
@@ -152,6 +195,7 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-encoding %+v: %v", m, err)
 		}
+		sameAsCBOR(t, m, b2)
 		m2, err := decodeMsg(b2)
 		if err != nil {
 			t.Fatalf("re-encoded message refused: %v", err)

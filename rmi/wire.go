@@ -132,7 +132,148 @@ func checkMsg(m *wmsg) (*wmsg, error) {
 	return m, nil
 }
 
-func encodeMsg(m *wmsg) ([]byte, error) { return encMode.Marshal(m) }
+// encodeMsg encodes m as encMode (core deterministic CBOR) would, without
+// reflection: a map of the non-zero fields in key order.
+func encodeMsg(m *wmsg) ([]byte, error) {
+	return appendMsg(make([]byte, 0, 64+len(m.M)+len(m.I)+rawLen(m.A)+len(m.Rel)*(idLen+1)), m), nil
+}
+
+func rawLen(a []cbor.RawMessage) int {
+	n := 0
+	for _, r := range a {
+		n += len(r)
+	}
+	return n
+}
+
+// CBOR major types.
+const (
+	cbUint  = 0
+	cbNeg   = 1
+	cbBytes = 2
+	cbText  = 3
+	cbArray = 4
+	cbMap   = 5
+)
+
+func appendHead(b []byte, major byte, n uint64) []byte {
+	major <<= 5
+	switch {
+	case n < 24:
+		return append(b, major|byte(n))
+	case n <= 0xff:
+		return append(b, major|24, byte(n))
+	case n <= 0xffff:
+		return append(b, major|25, byte(n>>8), byte(n))
+	case n <= 0xffffffff:
+		return append(b, major|26, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	return append(b, major|27, byte(n>>56), byte(n>>48), byte(n>>40), byte(n>>32), byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+}
+
+func appendBytes(b []byte, v []byte) []byte {
+	if v == nil {
+		return append(b, 0xf6) // as encMode: a nil slice is null
+	}
+	return append(appendHead(b, cbBytes, uint64(len(v))), v...)
+}
+
+func appendText(b []byte, v string) []byte {
+	return append(appendHead(b, cbText, uint64(len(v))), v...)
+}
+
+func appendMsg(b []byte, m *wmsg) []byte {
+	n := uint64(1)
+	for _, present := range [...]bool{m.ID != 0, len(m.Obj) > 0, m.P != 0, m.M != "", len(m.A) > 0, m.F != 0, m.E != nil,
+		len(m.Ret) > 0, len(m.Rel) > 0, len(m.Fin) > 0, len(m.Can) > 0, m.TO != 0, m.I != ""} {
+		if present {
+			n++
+		}
+	}
+	b = appendHead(b, cbMap, n)
+	b = appendHead(append(b, 1), cbUint, uint64(m.K))
+	if m.ID != 0 {
+		b = appendHead(append(b, 2), cbUint, m.ID)
+	}
+	if len(m.Obj) > 0 {
+		b = appendBytes(append(b, 3), m.Obj)
+	}
+	if m.P != 0 {
+		b = appendHead(append(b, 4), cbUint, m.P)
+	}
+	if m.M != "" {
+		b = appendText(append(b, 5), m.M)
+	}
+	if len(m.A) > 0 {
+		b = appendHead(append(b, 6), cbArray, uint64(len(m.A)))
+		for _, r := range m.A {
+			if len(r) == 0 {
+				b = append(b, 0xf6)
+			} else {
+				b = append(b, r...)
+			}
+		}
+	}
+	if m.F != 0 {
+		b = appendHead(append(b, 7), cbUint, uint64(m.F))
+	}
+	if m.E != nil {
+		b = append(b, 8)
+		b = appendHead(b, cbMap, uint64(btoi(m.E.C != "")+btoi(m.E.M != "")))
+		if m.E.C != "" {
+			b = appendText(append(b, 1), m.E.C)
+		}
+		if m.E.M != "" {
+			b = appendText(append(b, 2), m.E.M)
+		}
+	}
+	if len(m.Ret) > 0 {
+		b = appendHead(append(b, 9), cbArray, uint64(len(m.Ret)))
+		for _, v := range m.Ret {
+			b = appendHead(b, cbUint, uint64(v))
+		}
+	}
+	if len(m.Rel) > 0 {
+		b = appendHead(append(b, 10), cbArray, uint64(len(m.Rel)))
+		for _, v := range m.Rel {
+			b = appendBytes(b, v)
+		}
+	}
+	for _, f := range [...]struct {
+		key byte
+		v   []uint64
+	}{{11, m.Fin}, {12, m.Can}} {
+		if len(f.v) > 0 {
+			b = appendHead(append(b, f.key), cbArray, uint64(len(f.v)))
+			for _, v := range f.v {
+				b = appendHead(b, cbUint, v)
+			}
+		}
+	}
+	if m.TO > 0 {
+		b = appendHead(append(b, 13), cbUint, uint64(m.TO))
+	} else if m.TO < 0 {
+		b = appendHead(append(b, 13), cbNeg, uint64(-1-m.TO))
+	}
+	if m.I != "" {
+		b = appendText(append(b, 14), m.I)
+	}
+	return b
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// appendRef appends a reference {1: kind, 2: id} as encMode would.
+func appendRef(b []byte, kind uint8, id []byte) []byte {
+	b = append(b, 0xa2, 1)
+	b = appendHead(b, cbUint, uint64(kind))
+	return appendBytes(append(b, 2), id)
+}
 
 // batch reads the messages of one loft message: a single message (a CBOR
 // map) or a batch (a CBOR array of 2 to maxBatch maps). Messages are
