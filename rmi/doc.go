@@ -65,11 +65,13 @@
 //   - The home counts references per peer and per object (the same object
 //     passed twice to one peer has one id and two references). When a peer
 //     goes (loft Watch "node:<id>" reports Down, also after SIGKILL, or a
-//     send fails with loft.ErrPeerGone) all its exports and kept answers
-//     are dropped, its calls being served are cancelled, and calls pending
-//     to it fail with an error matching ErrPeerGone (= loft.ErrPeerGone).
-//     Later calls on its delegates fail at once. rmi.Watch(ctx, x) reports
-//     Down once that cleanup is done.
+//     send fails with loft.ErrPeerGone, and a fresh Watch confirms it: a
+//     connection between two live nodes can close, and a send that failed
+//     so is made again) all its exports and kept answers are dropped, its
+//     calls being served are cancelled, and calls pending to it fail with
+//     an error matching ErrPeerGone (= loft.ErrPeerGone). Later calls on
+//     its delegates fail at once. rmi.Watch(ctx, x) reports Down once that
+//     cleanup is done.
 //
 // # Capabilities
 //

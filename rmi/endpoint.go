@@ -285,17 +285,61 @@ func (ep *Endpoint) peer(id string) (*peer, error) {
 	ep.mu.Unlock()
 	go func() {
 		defer ep.wg.Done()
-		ev, err := ep.node.Watch(wctx, "node:"+id)
-		if err != nil {
-			return
-		}
-		for e := range ev {
-			if e.Kind == loft.Down {
-				ep.peerGone(p, e.Err)
-			}
-		}
+		ep.watchPeer(wctx, p)
 	}()
 	return p, nil
+}
+
+// watchPeer follows loft's Watch of node p.id until it reports Down and a
+// fresh Watch confirms that the node is gone (see gone); then the peer is
+// given up. It returns when ctx ends.
+func (ep *Endpoint) watchPeer(ctx context.Context, p *peer) {
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithCancel(ctx)
+		ev, err := ep.node.Watch(wctx, "node:"+p.id)
+		if err != nil {
+			cancel()
+			return
+		}
+		var down error
+		for e := range ev {
+			if e.Kind == loft.Down {
+				down = e.Err
+				break
+			}
+		}
+		cancel() // (ends that Watch)
+		if down == nil {
+			return // ctx ended
+		}
+		if ep.gone(ctx, p.id) {
+			ep.peerGone(p, down)
+			return
+		}
+	}
+}
+
+// confirmWait bounds how long gone waits for a fresh Watch to answer.
+const confirmWait = 2 * time.Second
+
+// gone reports whether node id is gone, asking a fresh Watch. loft reports
+// a node Down when a connection to it closes, and a connection may close
+// while both nodes live (when two nodes dial each other at once, a node
+// may close the spare connection after its peer began to use it). A fresh
+// Watch reports Down at once for a node that is no longer registered
+// (dead, SIGKILL included, or closed) and Up once it reached the node. No
+// answer within confirmWait counts as gone.
+func (ep *Endpoint) gone(ctx context.Context, id string) bool {
+	ctx, cancel := context.WithTimeout(ctx, confirmWait)
+	defer cancel()
+	ev, err := ep.node.Watch(ctx, "node:"+id)
+	if err != nil {
+		return true
+	}
+	for e := range ev {
+		return e.Kind != loft.Up
+	}
+	return true
 }
 
 func (ep *Endpoint) addPending(p *peer, id uint64, pd *pending) error {
@@ -427,6 +471,12 @@ func (p *peer) send(ctx context.Context, m *wmsg) error {
 	sent := 0
 	if err == nil {
 		sent, err = p.sendAll(ctx, enc)
+		if err != nil && errors.Is(err, loft.ErrPeerGone) && p.reattached(ctx) {
+			// The connection closed under a live peer: send the rest again.
+			var n int
+			n, err = p.sendAll(ctx, enc[sent:])
+			sent += n
+		}
 	}
 	if err != nil && sent < len(calls) {
 		p.ep.failHeld(p, calls[sent:], err)
@@ -437,6 +487,18 @@ func (p *peer) send(ctx context.Context, m *wmsg) error {
 		p.smu.Lock()
 	}
 	return err
+}
+
+// reattached reports, after a send failed with loft.ErrPeerGone, whether
+// the peer still runs (see Endpoint.gone) and the sender is attached to it
+// again. Caller holds smu.
+func (p *peer) reattached(ctx context.Context) bool {
+	if p.ep.gone(ctx, p.id) {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, confirmWait)
+	defer cancel()
+	return p.snd.WaitReceivers(ctx, 1) == nil
 }
 
 // sendAll sends the encoded messages enc in as few loft messages as the
