@@ -48,6 +48,7 @@ type conn struct {
 	dirty         []*inAtt
 	ackTimer      *time.Timer
 	ackArmed      bool
+	lazyAcks      atomic.Bool // lazy ACKs wait in dirty
 	flushing      bool
 	kick          chan struct{}
 	lastWrite     atomic.Int64
@@ -64,6 +65,25 @@ type conn struct {
 	inPools map[uint64]*inPool // loans the peer sends
 
 	fdq []int // files received and not yet claimed by a frame (reader only)
+
+	// Reading. One goroutine at a time holds the read baton and reads and
+	// handles frames: the conn's background reader, or a goroutine in
+	// Receiver.Recv reading for itself so that no hand-off between
+	// goroutines sits between the socket and the application (see
+	// readFrames and ARCHITECTURE.md).
+	rmu       sync.Mutex
+	rholder   int8         // readFree, readBG or readDirect; guarded by rmu
+	rd        *wire.Reader // baton holder only
+	rkick     chan struct{}
+	rtimer    *time.Timer  // hands reading back to the background reader
+	rarmed    atomic.Bool  // rtimer is set
+	stealer   *Receiver    // a Recv that asked the background reader for the baton; guarded by rmu
+	handBacks atomic.Int64 // times rtimer called the background reader (for tests)
+	rlast     atomic.Int64 // when the baton was last released by a Recv (unix ns)
+	slow      atomic.Int32 // goroutines waiting for what this conn brings that cannot read it themselves
+	parked    atomic.Int32 // Recv calls that could read this conn themselves but wait for a holder to deliver
+	direct    bool         // Recv may read this conn itself: reads end on a deadline, hang-ups are signalled
+	yield     bool         // baton holder only: the last frame woke a Recv that can read for itself
 
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -114,17 +134,26 @@ func newConn(n *Node, nc net.Conn, dialed bool) *conn {
 		dialed:  dialed,
 		openOff: -1,
 		kick:    make(chan struct{}, 1),
+		rkick:   make(chan struct{}, 1),
 		drained: make(chan struct{}),
 		links:   map[uint32]*link{},
 		waits:   map[uint32]chan attachReply{},
 		inAtts:  map[uint32]*inAtt{},
 		closed:  make(chan struct{}),
 	}
+	// The background reader owns the baton from the start: it is set up
+	// here, before the conn is shared, and readLoop finds it kicked.
+	c.rholder = readBG
+	c.rkick <- struct{}{}
+	c.rtimer = time.AfterFunc(time.Hour, c.handBack)
+	c.rtimer.Stop()
 	switch x := nc.(type) {
 	case *net.UnixConn:
 		c.uc = x
+		c.direct = true
 	case fileConn:
 		c.fc = x
+		c.direct = true
 	default:
 		c.hb = true // TCP and anything else without a kernel hang-up signal
 	}
@@ -144,6 +173,7 @@ func (c *conn) handshake(ctx context.Context) error {
 		c.nc.SetDeadline(time.Time{})
 	}()
 	r := wire.NewReader(c.nc, 4096)
+	c.rd = r // what the peer sent right after its HELLO stays buffered for readFrames
 	hello := func(t wire.Type) error {
 		p := wire.AppendUvarint(nil, wire.Version)
 		p = wire.AppendString(p, c.node.id)
@@ -187,6 +217,17 @@ func (c *conn) handshake(ctx context.Context) error {
 
 func (c *conn) start() {
 	c.lastWrite.Store(time.Now().UnixNano())
+	var src io.Reader = c.nc
+	if c.uc != nil {
+		src = newFDReader(c)
+	} else if c.hb {
+		src = hbReader{c: c}
+	}
+	if c.rd == nil {
+		c.rd = wire.NewReader(src, c.node.maxFrame)
+	} else {
+		c.rd.Reset(src, c.node.maxFrame)
+	}
 	go c.readLoop()
 	go c.writeLoop()
 }
@@ -314,6 +355,7 @@ func (c *conn) closeOpenLocked() {
 
 // appendAcksLocked turns the scheduled ACKs into frames. Caller holds wmu.
 func (c *conn) appendAcksLocked() {
+	c.lazyAcks.Store(false)
 	for _, a := range c.dirty {
 		a.dirty = false
 		a.ackQueued.Store(false)
@@ -420,8 +462,8 @@ func (c *conn) waitDrain(ctx context.Context) error {
 }
 
 // markAck schedules an ACK for a. An urgent ACK is written now; a lazy one
-// rides with the next write, or goes after ackDelay if nothing else is
-// written (like TCP's delayed acknowledgement).
+// rides with the next write, or goes when this conn's reader finds nothing
+// more to read (see sendLazyAcks), or after ackDelay at the latest.
 func (c *conn) markAck(a *inAtt, urgent bool) {
 	c.wmu.Lock()
 	if !a.dirty {
@@ -429,6 +471,7 @@ func (c *conn) markAck(a *inAtt, urgent bool) {
 		c.dirty = append(c.dirty, a)
 	}
 	if !urgent {
+		c.lazyAcks.Store(true)
 		if !c.ackArmed {
 			c.ackArmed = true
 			if c.ackTimer == nil {
@@ -447,8 +490,26 @@ func (c *conn) markAck(a *inAtt, urgent bool) {
 	}
 }
 
-// ackDelay bounds how long a lazy ACK waits for a write to ride on.
-const ackDelay = time.Millisecond
+// ackDelay bounds how long a lazy ACK waits for a write to ride on, when
+// the receiver keeps a message and reads nothing more. Arming the timer
+// costs a wake-up of the netpoller's thread, so it is set once per ackDelay
+// at most, not per message.
+const ackDelay = 10 * time.Millisecond
+
+// sendLazyAcks hands the lazy ACKs waiting to the writer. The reader calls
+// it before it reads more from the socket: the application has taken what
+// arrived and has not written since, so nothing will carry them soon.
+func (c *conn) sendLazyAcks() {
+	if !c.lazyAcks.Load() {
+		return
+	}
+	c.wmu.Lock()
+	w := len(c.dirty) > 0 && c.wakeLocked()
+	c.wmu.Unlock()
+	if w {
+		c.signal()
+	}
+}
 
 func (c *conn) ackDue() {
 	c.wmu.Lock()
@@ -750,39 +811,242 @@ func (r hbReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Holders of the read baton.
+const (
+	readFree int8 = iota
+	readBG
+	readDirect
+)
+
+// readHandBack is how long reading may pause after a Recv that read for
+// itself returned, before the background reader takes over again: long
+// enough for a request-reply loop to come back to Recv, short enough that
+// frames nobody waits for (ACKs, a hang-up) are still read promptly.
+// Goroutines that wait for this conn and cannot read it themselves do not
+// wait for it (see waitingOn).
+const readHandBack = 2 * time.Millisecond
+
+// takeRead takes the read baton if it is free.
+func (c *conn) takeRead(who int8) bool {
+	c.rmu.Lock()
+	ok := c.rholder == readFree
+	if ok {
+		c.rholder = who
+	}
+	c.rmu.Unlock()
+	return ok
+}
+
+// releaseRead gives the baton back. The background reader is called at
+// once if someone waits for this conn without being able to read it, or a
+// frame is half read; otherwise after readHandBack, unless a Recv takes the
+// baton first.
+func (c *conn) releaseRead(who int8) {
+	c.rmu.Lock()
+	c.rholder = readFree
+	now := who == readDirect && (c.slow.Load() > 0 || c.parked.Load() > 0) || c.rd.Buffered() > 0
+	st := c.stealer
+	c.stealer = nil
+	c.rmu.Unlock()
+	if st != nil {
+		st.wake()
+	}
+	if now || c.isClosed() {
+		c.kickReader()
+		return
+	}
+	// The timer is set once per readHandBack at most, not per release:
+	// resetting a timer can cost a wake-up of the netpoller's thread.
+	c.rlast.Store(time.Now().UnixNano())
+	if c.rarmed.CompareAndSwap(false, true) {
+		c.rtimer.Reset(readHandBack)
+	}
+}
+
+// handBack runs readHandBack after a Recv released the baton: if nobody
+// took it since, the background reader does.
+func (c *conn) handBack() {
+	c.rarmed.Store(false)
+	c.rmu.Lock()
+	free := c.rholder == readFree
+	c.rmu.Unlock()
+	if !free {
+		return // the holder's release sets the timer again
+	}
+	if left := time.Duration(c.rlast.Load() + int64(readHandBack) - time.Now().UnixNano()); left > 0 {
+		if c.rarmed.CompareAndSwap(false, true) {
+			c.rtimer.Reset(left)
+		}
+		return
+	}
+	c.handBacks.Add(1)
+	c.kickReader()
+}
+
+func (c *conn) kickReader() {
+	select {
+	case c.rkick <- struct{}{}:
+	default:
+	}
+}
+
+// askRead is called by a Recv that could read c itself but found the baton
+// taken. If the background reader holds it, blocked in a read with nothing
+// to deliver, it is interrupted and gives the baton up, and r is woken to
+// take it. It reports false if the baton is free after all.
+func (c *conn) askRead(r *Receiver) bool {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	switch {
+	case c.rholder == readFree:
+		return false
+	case c.rholder == readBG && c.stealer == nil:
+		c.stealer = r
+		c.nc.SetReadDeadline(time.Now())
+	}
+	return true
+}
+
+// waitingOn registers a goroutine about to wait for something this conn
+// brings (credit, an ACK, an answer, a message): if nobody is reading,
+// the background reader starts now. parked is true for a Recv that reads
+// for itself once woken. Each call is matched by doneWaiting.
+func (c *conn) waitingOn(parked bool) {
+	if parked {
+		c.parked.Add(1)
+	} else {
+		c.slow.Add(1)
+	}
+	c.rmu.Lock()
+	free := c.rholder == readFree
+	c.rmu.Unlock()
+	if free {
+		c.kickReader()
+	}
+}
+
+func (c *conn) doneWaiting(parked bool) {
+	if parked {
+		c.parked.Add(-1)
+	} else {
+		c.slow.Add(-1)
+	}
+}
+
+// readLoop is the background reader: it reads whenever no Recv does.
 func (c *conn) readLoop() {
 	defer c.node.wg.Done()
-	var src io.Reader = c.nc
-	if c.uc != nil {
-		src = newFDReader(c)
-	} else if c.hb {
-		src = hbReader{c: c}
-	}
-	r := wire.NewReader(src, c.node.maxFrame)
+	defer c.rtimer.Stop()
 	for {
-		f, err := r.Next()
-		if err != nil {
-			if err == io.EOF {
-				err = fmt.Errorf("%w: %s hung up", ErrPeerGone, c.remoteID)
-			}
-			if errors.Is(err, wire.ErrChecksum) || errors.Is(err, wire.ErrTooLarge) || errors.Is(err, wire.ErrVersion) {
-				c.node.log.Warn("closing connection after a bad frame", "peer", c.remoteID, "err", err)
-				err = fmt.Errorf("%w: %w", ErrProtocol, err)
-			}
-			c.close(err)
+		select {
+		case <-c.rkick:
+		case <-c.closed:
 			return
+		}
+		c.rmu.Lock()
+		mine := c.rholder == readBG // the baton is handed over at start
+		if c.rholder == readFree {
+			c.rholder, mine = readBG, true
+		}
+		c.rmu.Unlock()
+		if !mine {
+			continue
+		}
+		if !c.readFrames(nil, nil) {
+			return
+		}
+		c.releaseRead(readBG)
+	}
+}
+
+// readFrames reads and handles frames; the caller holds the baton. For the
+// background reader (r nil) it stops when a frame woke a Recv that can read
+// for itself and nobody else needs the conn read: that Recv then reads on,
+// without a hand-off per message. For a Recv reading for itself (r and
+// ctx set) it stops as soon as r has a message, is closed or interrupted,
+// or ctx ends. Either way it stops only at a frame boundary with nothing
+// buffered, if it can. It returns false once the conn is closed.
+func (c *conn) readFrames(r *Receiver, ctx context.Context) bool {
+	for {
+		if r != nil && r.directDone(ctx) {
+			return c.handleBuffered()
+		}
+		if !c.rd.Ready() {
+			c.sendLazyAcks()
+		}
+		f, err := c.rd.Next()
+		if err != nil {
+			if c.direct && errors.Is(err, os.ErrDeadlineExceeded) && !c.isClosed() {
+				// A Recv was interrupted (see Receiver.interruptLocked),
+				// or asks the background reader for the baton (askRead);
+				// a deadline meant for another holder is ignored.
+				c.nc.SetReadDeadline(time.Time{})
+				if r == nil {
+					c.rmu.Lock()
+					asked := c.stealer != nil
+					c.rmu.Unlock()
+					if asked {
+						return c.handleBuffered()
+					}
+				}
+				continue
+			}
+			c.readFailed(err)
+			return false
+		}
+		c.yield = false
+		if err := c.handle(f); err != nil {
+			c.handleFailed(err)
+			return false
+		}
+		if r == nil && c.yield && c.slow.Load() == 0 {
+			if !c.handleBuffered() {
+				return false
+			}
+			if c.rd.Buffered() == 0 {
+				return true
+			}
+		}
+	}
+}
+
+// handleBuffered handles the whole frames already buffered.
+func (c *conn) handleBuffered() bool {
+	for c.rd.Ready() {
+		f, err := c.rd.Next()
+		if err != nil {
+			c.readFailed(err)
+			return false
 		}
 		if err := c.handle(f); err != nil {
-			if errors.Is(err, ErrPeerGone) {
-				c.close(err) // the peer said goodbye
-				return
-			}
-			c.node.log.Warn("closing connection after a protocol error", "peer", c.remoteID, "err", err)
-			c.sendClose(err)
-			c.close(err)
-			return
+			c.handleFailed(err)
+			return false
 		}
 	}
+	return true
+}
+
+// readFailed closes the conn after a read error.
+func (c *conn) readFailed(err error) {
+	if err == io.EOF {
+		err = fmt.Errorf("%w: %s hung up", ErrPeerGone, c.remoteID)
+	}
+	if errors.Is(err, wire.ErrChecksum) || errors.Is(err, wire.ErrTooLarge) || errors.Is(err, wire.ErrVersion) {
+		c.node.log.Warn("closing connection after a bad frame", "peer", c.remoteID, "err", err)
+		err = fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	c.close(err)
+}
+
+// handleFailed closes the conn after a frame it could not handle.
+func (c *conn) handleFailed(err error) {
+	if errors.Is(err, ErrPeerGone) {
+		c.close(err) // the peer said goodbye
+		return
+	}
+	c.node.log.Warn("closing connection after a protocol error", "peer", c.remoteID, "err", err)
+	c.sendClose(err)
+	c.close(err)
 }
 
 func (c *conn) sendClose(err error) {
@@ -968,6 +1232,8 @@ func (c *conn) attach(ctx context.Context, l *link, kind, name string, stream ui
 	p = wire.AppendString(p, name)
 	p = binary.AppendUvarint(p, stream)
 	c.sendFrame(wire.TAttach, p)
+	c.waitingOn(false)
+	defer c.doneWaiting(false)
 	select {
 	case rep := <-w:
 		if rep.err != nil {

@@ -103,7 +103,7 @@ func newOutPool(size int) (*outPool, int, error) {
 }
 
 // alloc reserves n bytes, waiting for releases while the pool is full.
-func (p *outPool) alloc(ctx context.Context, n int) (int, error) {
+func (p *outPool) alloc(ctx context.Context, n int, c *conn) (int, error) {
 	blocks := (n + loanBlock - 1) / loanBlock
 	if blocks == 0 {
 		blocks = 1
@@ -137,10 +137,14 @@ func (p *outPool) alloc(ctx context.Context, n int) (int, error) {
 		}
 		ch := p.freed
 		p.mu.Unlock()
+		c.waitingOn(false) // RELEASE frames come on c
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return 0, ctx.Err()
+		}
+		c.doneWaiting(false)
+		if err := ctx.Err(); err != nil {
+			return 0, err
 		}
 	}
 }
@@ -255,7 +259,7 @@ func (s *Sender) Loan(ctx context.Context, size int) (*Loan, error) {
 		if err != nil {
 			return nil, &OpError{Op: "loan", Name: s.name, Err: err}
 		}
-		off, err := p.alloc(ctx, size)
+		off, err := p.alloc(ctx, size, l.c)
 		if err != nil {
 			return nil, &OpError{Op: "loan", Name: s.name, Err: err}
 		}

@@ -31,6 +31,14 @@ type Receiver struct {
 	signal  chan struct{}
 	done    chan struct{}
 
+	// Reading for itself (see conn.readFrames). Guarded by mu.
+	dconn    *conn           // the one conn every attachment is on, if Recv may read it
+	dreading *conn           // the conn a Recv is reading now, if any
+	dctx     context.Context // that Recv's context
+	dint     bool            // that Recv must stop reading and look again
+	actx     context.Context // the context with an interrupt registered
+	astop    func() bool     // unregisters it
+
 	// Counters, guarded by mu.
 	received   uint64
 	taken      uint64
@@ -195,7 +203,66 @@ func (r *Receiver) attach(a *inAtt) (uint64, bool) {
 	}
 	r.creditLocked(a)
 	a.ackLimit.Store(a.limit)
+	r.redirectLocked()
 	return a.limit, true
+}
+
+// redirectLocked works out whether Recv may read for itself: when every
+// attachment is on one conn that allows it. A Recv reading another conn is
+// told to look again.
+func (r *Receiver) redirectLocked() {
+	var dc *conn
+	for a := range r.atts {
+		if dc == nil {
+			dc = a.c
+		} else if a.c != dc {
+			dc = nil
+			break
+		}
+	}
+	if dc != nil && !dc.direct {
+		dc = nil
+	}
+	r.dconn = dc
+	if r.dreading != nil && r.dreading != dc {
+		r.interruptLocked()
+	}
+}
+
+// interruptLocked stops a Recv reading for itself.
+func (r *Receiver) interruptLocked() {
+	if r.dreading != nil && !r.dint {
+		r.dint = true
+		r.dreading.nc.SetReadDeadline(time.Now())
+	}
+}
+
+// directDone reports whether a Recv reading for itself should stop.
+func (r *Receiver) directDone(ctx context.Context) bool {
+	r.mu.Lock()
+	done := r.q.len() > 0 || r.closed || r.dint
+	r.mu.Unlock()
+	return done || ctx.Err() != nil
+}
+
+// watchCtxLocked makes sure that ctx ending interrupts a Recv reading for
+// itself under it. The registration is kept for the next Recv with the
+// same context, so a loop of Recv calls registers once.
+func (r *Receiver) watchCtxLocked(ctx context.Context) {
+	if ctx.Done() == nil || ctx == r.actx {
+		return
+	}
+	if r.astop != nil {
+		r.astop()
+	}
+	r.actx = ctx
+	r.astop = context.AfterFunc(ctx, func() {
+		r.mu.Lock()
+		if r.dctx == ctx {
+			r.interruptLocked()
+		}
+		r.mu.Unlock()
+	})
 }
 
 // detach removes a sender whose connection or attachment ended. Its
@@ -205,6 +272,7 @@ func (r *Receiver) detach(a *inAtt) {
 	a.gone = true
 	delete(r.atts, a)
 	r.rewindowLocked()
+	r.redirectLocked()
 	r.mu.Unlock()
 }
 
@@ -227,7 +295,7 @@ func (r *Receiver) deliver(a *inAtt, floor uint64, d *wire.Decoder, _ []int) err
 		}
 		n++
 	}
-	wake := r.waiting > 0
+	wake := r.wakeupLocked(a)
 	r.mu.Unlock()
 	if wake && n > 0 {
 		r.wake()
@@ -235,11 +303,25 @@ func (r *Receiver) deliver(a *inAtt, floor uint64, d *wire.Decoder, _ []int) err
 	return nil
 }
 
+// wakeupLocked reports whether a waiting Recv must be woken for a message
+// that came on a: not the one reading for itself, which sees it anyway.
+// Waking one that can read for itself tells the reader to let it.
+func (r *Receiver) wakeupLocked(a *inAtt) bool {
+	w := r.waiting
+	if r.dreading != nil {
+		w--
+	}
+	if w > 0 && r.dconn == a.c {
+		a.c.yield = true
+	}
+	return w > 0
+}
+
 // deliverOne queues one message (a loaned one).
 func (r *Receiver) deliverOne(a *inAtt, floor uint64, m Message) error {
 	r.mu.Lock()
 	err := r.enqueueLocked(a, floor, m)
-	wake := r.waiting > 0
+	wake := r.wakeupLocked(a)
 	r.mu.Unlock()
 	if wake {
 		r.wake()
@@ -277,7 +359,7 @@ func (r *Receiver) deliverFiles(a *inAtt, floor uint64, d *wire.Decoder, c *conn
 	}
 	r.mu.Lock()
 	err := r.enqueueLocked(a, floor, Message{Data: data, From: a.remote, ID: id, Files: files})
-	wake := r.waiting > 0
+	wake := r.wakeupLocked(a)
 	r.mu.Unlock()
 	if wake {
 		r.wake()
@@ -382,9 +464,13 @@ func (r *Receiver) finishLocked(a *inAtt, idx uint64, grew bool) {
 	if a.gone {
 		return
 	}
+	// Urgent when the sender waits (a synchronous channel) or is about to
+	// run out of credit; otherwise lazy: the ACK rides on the next write
+	// (a reply, typically) or goes after ackDelay, and costs no write of
+	// its own.
 	w := r.windowLocked()
 	switch {
-	case r.opts.Capacity == 0 || a.acked-a.lastAck >= (w+3)/4 || grew && a.ackLimit.Load()-a.received < (w+1)/2:
+	case r.opts.Capacity == 0 || grew && a.ackLimit.Load()-a.received < (w+1)/2:
 		r.scheduleAckLocked(a, true)
 	case a.acked > a.lastAck:
 		r.scheduleAckLocked(a, false)
@@ -490,17 +576,45 @@ func (r *Receiver) recv(ctx context.Context, later bool) (Message, *inAtt, uint6
 			r.mu.Unlock()
 			return Message{}, nil, 0, &OpError{Op: "recv", Name: r.name, Err: ErrClosed}
 		}
+		if err := ctx.Err(); err != nil {
+			r.mu.Unlock()
+			return Message{}, nil, 0, err
+		}
 		r.waiting++
 		if r.opts.Capacity == 0 {
 			r.grantSyncLocked()
 		}
+		if c := r.dconn; c != nil && r.dreading == nil && (c.takeRead(readDirect) || !c.askRead(r) && c.takeRead(readDirect)) {
+			// Read the conn here: the message reaches this goroutine
+			// without a hand-off.
+			r.dreading, r.dctx, r.dint = c, ctx, false
+			r.watchCtxLocked(ctx)
+			r.mu.Unlock()
+			c.readFrames(r, ctx)
+			r.mu.Lock()
+			r.dreading, r.dctx = nil, nil
+			r.waiting--
+			r.mu.Unlock()
+			c.releaseRead(readDirect)
+			continue
+		}
+		// Wait for a reader to deliver. Register with the conns so that
+		// somebody reads them.
+		var buf [4]*conn
+		conns, parked := r.waitConnsLocked(buf[:0])
 		r.mu.Unlock()
+		for _, c := range conns {
+			c.waitingOn(parked)
+		}
 		var err error
 		select {
 		case <-r.signal:
 		case <-r.done:
 		case <-ctx.Done():
 			err = ctx.Err()
+		}
+		for _, c := range conns {
+			c.doneWaiting(parked)
 		}
 		r.mu.Lock()
 		r.waiting--
@@ -509,6 +623,24 @@ func (r *Receiver) recv(ctx context.Context, later bool) (Message, *inAtt, uint6
 			return Message{}, nil, 0, err
 		}
 	}
+}
+
+// waitConnsLocked appends the conns a waiting Recv depends on, and whether
+// it will read for itself once woken (one conn that allows it).
+func (r *Receiver) waitConnsLocked(conns []*conn) ([]*conn, bool) {
+	if r.dconn != nil {
+		return append(conns, r.dconn), true
+	}
+	for a := range r.atts {
+		dup := false
+		for _, c := range conns {
+			dup = dup || c == a.c
+		}
+		if !dup {
+			conns = append(conns, a.c)
+		}
+	}
+	return conns, false
 }
 
 // Messages returns an iterator over received messages. It ends when ctx
@@ -583,6 +715,10 @@ func (r *Receiver) Close() error {
 	}
 	r.atts = map[*inAtt]struct{}{}
 	close(r.done)
+	r.interruptLocked()
+	if r.astop != nil {
+		r.astop()
+	}
 	r.mu.Unlock()
 	r.node.removeReceiver(r)
 	for _, a := range atts {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -140,15 +141,28 @@ func (s *Sender) Stats() SenderStats {
 func (s *Sender) waitLocked(ctx context.Context, discover bool) error {
 	ch := s.changed
 	s.waiters++
+	var buf [4]*conn
+	conns := buf[:0]
+	for _, l := range s.links {
+		if !slices.Contains(conns, l.c) {
+			conns = append(conns, l.c)
+		}
+	}
 	s.mu.Unlock()
 	if discover {
 		s.node.kickDiscovery()
+	}
+	for _, c := range conns {
+		c.waitingOn(false)
 	}
 	var err error
 	select {
 	case <-ch:
 	case <-ctx.Done():
 		err = ctx.Err()
+	}
+	for _, c := range conns {
+		c.doneWaiting(false)
 	}
 	s.mu.Lock()
 	s.waiters--
@@ -489,6 +503,8 @@ func (s *Sender) waitTakenLocked(ctx context.Context, l *link, id uint64) error 
 	ch := make(chan struct{})
 	s.syncs[id] = ch
 	s.mu.Unlock()
+	l.c.waitingOn(false)
+	defer l.c.doneWaiting(false)
 	select {
 	case <-ch:
 		s.mu.Lock()

@@ -159,8 +159,31 @@ func NewReader(r io.Reader, maxPayload int) *Reader {
 // returned in a frame.
 func (r *Reader) Buffered() int { return r.end - r.start }
 
+// Ready reports whether a whole frame is buffered, so that Next returns it
+// (or its error) without reading from the stream.
+func (r *Reader) Ready() bool {
+	if r.end-r.start < HeaderSize {
+		return false
+	}
+	n := binary.LittleEndian.Uint32(r.buf[r.start+4:])
+	return uint64(n) > uint64(r.max) || r.end-r.start-HeaderSize >= int(n)
+}
+
+// Reset makes r read from src with a new payload limit, keeping the bytes
+// already buffered: a stream read first by one Reader (a handshake, say)
+// goes on in this one without losing what was read ahead.
+func (r *Reader) Reset(src io.Reader, maxPayload int) {
+	if maxPayload <= 0 {
+		maxPayload = DefaultMaxFrame
+	}
+	r.r, r.max = src, maxPayload
+}
+
 // Next reads the next frame. A returned error other than io.EOF means the
-// stream is corrupt or broken and must be closed.
+// stream is corrupt or broken and must be closed. An error from the
+// underlying stream that leaves it usable (a read deadline, say) leaves r
+// usable too: the bytes read so far stay buffered and Next may be called
+// again.
 func (r *Reader) Next() (Frame, error) {
 	if err := r.fill(HeaderSize); err != nil {
 		return Frame{}, err

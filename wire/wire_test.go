@@ -171,3 +171,76 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 	c.b = c.b[n:]
 	return n, nil
 }
+
+// flakyReader returns errTemporary every other call, like a read deadline
+// interrupting a stream that goes on afterwards.
+type flakyReader struct {
+	r    io.Reader
+	fail bool
+}
+
+var errTemporary = errors.New("interrupted")
+
+func (f *flakyReader) Read(p []byte) (int, error) {
+	f.fail = !f.fail
+	if f.fail {
+		return 0, errTemporary
+	}
+	return f.r.Read(p)
+}
+
+// TestResumeAndReady: an interrupted read loses nothing (Next can be called
+// again), Ready says whether Next needs the stream, and Reset keeps what is
+// buffered.
+func TestResumeAndReady(t *testing.T) {
+	var b []byte
+	for i := 0; i < 50; i++ {
+		b = AppendFrame(b, TData, 0, bytes.Repeat([]byte{byte(i)}, i*37))
+	}
+	r := NewReader(&flakyReader{r: iotest.HalfReader(bytes.NewReader(b[:len(b)/2]))}, 0)
+	got := 0
+	readAll := func() {
+		for {
+			f, err := r.Next()
+			if errors.Is(err, errTemporary) {
+				continue
+			}
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(f.Payload) != got*37 || (got > 0 && f.Payload[0] != byte(got)) {
+				t.Fatalf("frame %d: %d bytes", got, len(f.Payload))
+			}
+			got++
+		}
+	}
+	readAll()
+	if r.Ready() {
+		t.Fatal("Ready with a partial frame buffered")
+	}
+	partial := r.Buffered()
+	// The rest of the stream comes from another source: Reset keeps the
+	// partial frame.
+	r.Reset(bytes.NewReader(b[len(b)/2:]), 0)
+	if r.Buffered() != partial {
+		t.Fatalf("Reset dropped buffered bytes: %d, had %d", r.Buffered(), partial)
+	}
+	readAll()
+	if got != 50 {
+		t.Fatalf("read %d frames, want 50", got)
+	}
+	// Ready reports a whole buffered frame without reading.
+	r = NewReader(bytes.NewReader(AppendFrame(AppendFrame(nil, TPing, 0, nil), TPong, 0, nil)), 0)
+	if r.Ready() {
+		t.Fatal("Ready before anything was read")
+	}
+	if f, err := r.Next(); err != nil || f.Type != TPing {
+		t.Fatal(f.Type, err)
+	}
+	if !r.Ready() {
+		t.Fatal("not Ready with a whole frame buffered")
+	}
+}

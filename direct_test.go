@@ -1,0 +1,230 @@
+package loft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Tests of Recv reading its connection itself (conn.readFrames with a
+// receiver): it must stop for its context, for Close, and for a sender on
+// another connection, and nobody waiting on the same connection may starve
+// while it holds the read baton or after it let go.
+
+// waitDirect waits until a Recv on r reads its connection itself.
+func waitDirect(t *testing.T, r *Receiver) *conn {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		r.mu.Lock()
+		c := r.dreading
+		r.mu.Unlock()
+		if c != nil {
+			return c
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatal("no Recv started reading its connection itself")
+	return nil
+}
+
+// pair returns a receiver on ns[0] with one message already taken from a
+// sender on ns[1], so that the next Recv reads the connection itself.
+func directPair(t *testing.T, ctx context.Context, ns []*Node, name string, capacity int) (*Receiver, *Sender) {
+	t.Helper()
+	r, err := ns[0].Receive(ctx, name, ChannelOptions{Capacity: capacity})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ns[1].Sender(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WaitReceivers(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	// The first message goes to a Recv already waiting: the background
+	// reader then leaves the reading to Recv.
+	got := make(chan error, 1)
+	go func() {
+		m, err := r.Recv(ctx)
+		if err == nil && string(m.Data) != "first" {
+			err = fmt.Errorf("got %q", m.Data)
+		}
+		got <- err
+	}()
+	for {
+		r.mu.Lock()
+		w := r.waiting
+		r.mu.Unlock()
+		if w > 0 || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := s.Send(ctx, []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("first message: %v", err)
+	}
+	return r, s
+}
+
+func TestDirectRecvContext(t *testing.T) {
+	ns := testNodes(t, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r, s := directPair(t, ctx, ns, "ctx", 4)
+	for i := 0; i < 3; i++ {
+		rctx, rcancel := context.WithCancel(ctx)
+		errc := make(chan error, 1)
+		go func() {
+			_, err := r.Recv(rctx)
+			errc <- err
+		}()
+		waitDirect(t, r)
+		rcancel()
+		select {
+		case err := <-errc:
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("Recv after cancel: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Recv reading its connection did not end when its context was cancelled")
+		}
+		// The connection is still good: the interrupted read lost nothing.
+		if err := s.Send(ctx, []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+		m, err := r.Recv(ctx)
+		if err != nil || string(m.Data) != fmt.Sprint(i) {
+			t.Fatalf("after an interrupted Recv: %q, %v", m.Data, err)
+		}
+	}
+}
+
+func TestDirectRecvClose(t *testing.T) {
+	ns := testNodes(t, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r, _ := directPair(t, ctx, ns, "close", 4)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := r.Recv(ctx)
+		errc <- err
+	}()
+	waitDirect(t, r)
+	r.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("Recv after Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Recv reading its connection did not end on Close")
+	}
+}
+
+// TestDirectRecvNewSender: a Recv reading one connection must see a message
+// from a sender that attaches on another.
+func TestDirectRecvNewSender(t *testing.T) {
+	ns := testNodes(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r, _ := directPair(t, ctx, ns, "more", 4)
+	got := make(chan string, 1)
+	go func() {
+		m, err := r.Recv(ctx)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- string(m.Data)
+	}()
+	waitDirect(t, r)
+	s2, err := ns[2].Sender(ctx, "more")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Send(ctx, []byte("from the third node")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-got:
+		if m != "from the third node" {
+			t.Fatalf("got %q", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a Recv reading one connection missed a message on another")
+	}
+}
+
+// TestDirectSharedConn: two receivers fed through one connection, each
+// with its own goroutine, plus a sender on the same connection in the other
+// direction that needs ACKs: all complete, and waiting parties do not rely
+// on the hand-back timer.
+func TestDirectSharedConn(t *testing.T) {
+	ns := testNodes(t, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rx, _ := ns[0].Receive(ctx, "x", ChannelOptions{Capacity: 2})
+	ry, _ := ns[0].Receive(ctx, "y", ChannelOptions{Capacity: 2})
+	rb, _ := ns[1].Receive(ctx, "back", ChannelOptions{Capacity: 2})
+	sx, _ := ns[1].Sender(ctx, "x")
+	sy, _ := ns[1].Sender(ctx, "y")
+	sb, _ := ns[0].Sender(ctx, "back")
+	const N = 3000
+	var wg sync.WaitGroup
+	recv := func(r *Receiver, pause int) {
+		defer wg.Done()
+		for i := 0; i < N; i++ {
+			m, err := r.Recv(ctx)
+			if err != nil {
+				t.Errorf("%s: %v", r.Name(), err)
+				return
+			}
+			if string(m.Data) != fmt.Sprint(i) {
+				t.Errorf("%s: got %q want %d", r.Name(), m.Data, i)
+				return
+			}
+			if pause > 0 && i%pause == 0 {
+				time.Sleep(100 * time.Microsecond) // a slow consumer now and then
+			}
+		}
+	}
+	send := func(s *Sender) {
+		defer wg.Done()
+		for i := 0; i < N; i++ {
+			if err := s.Send(ctx, []byte(fmt.Sprint(i))); err != nil {
+				t.Errorf("send %s: %v", s.Name(), err)
+				return
+			}
+		}
+	}
+	wg.Add(6)
+	go recv(rx, 0)
+	go recv(ry, 7)
+	go recv(rb, 13)
+	go send(sx)
+	go send(sy)
+	go send(sb)
+	wg.Wait()
+	var handBacks int64
+	for _, n := range ns {
+		n.mu.Lock()
+		for c := range n.conns {
+			handBacks += c.handBacks.Load()
+		}
+		n.mu.Unlock()
+	}
+	// Every wait above is registered (waitingOn), so the background reader
+	// is called at once; the timer is only a safety net. A few firings are
+	// fine (a consumer pausing with nobody waiting); one per message is not.
+	if handBacks > N/10 {
+		t.Fatalf("the background reader was called by the hand-back timer %d times for %d messages", handBacks, 3*N)
+	}
+}
