@@ -319,25 +319,40 @@ func (ep *Endpoint) watchPeer(ctx context.Context, p *peer) {
 	}
 }
 
-// confirmWait bounds how long gone waits for a fresh Watch to answer.
-const confirmWait = 2 * time.Second
+// confirmWait bounds how long gone waits for a fresh Watch to answer; each
+// try lasts confirmTry.
+const (
+	confirmWait = 2 * time.Second
+	confirmTry  = 250 * time.Millisecond
+)
 
 // gone reports whether node id is gone, asking a fresh Watch. loft reports
 // a node Down when a connection to it closes, and a connection may close
 // while both nodes live (when two nodes dial each other at once, a node
 // may close the spare connection after its peer began to use it). A fresh
 // Watch reports Down at once for a node that is no longer registered
-// (dead, SIGKILL included, or closed) and Up once it reached the node. No
-// answer within confirmWait counts as gone.
+// (dead, SIGKILL included, or closed) and Up once it reached the node; one
+// that does neither (a node dying, not yet unregistered) is replaced by
+// another after confirmTry. No answer within confirmWait counts as gone.
 func (ep *Endpoint) gone(ctx context.Context, id string) bool {
-	ctx, cancel := context.WithTimeout(ctx, confirmWait)
-	defer cancel()
-	ev, err := ep.node.Watch(ctx, "node:"+id)
-	if err != nil {
-		return true
-	}
-	for e := range ev {
-		return e.Kind != loft.Up
+	for start := time.Now(); time.Since(start) < confirmWait; {
+		tctx, cancel := context.WithTimeout(ctx, confirmTry)
+		ev, err := ep.node.Watch(tctx, "node:"+id)
+		if err != nil {
+			cancel()
+			return true
+		}
+		var e loft.Event
+		for e = range ev {
+			break
+		}
+		cancel()
+		switch {
+		case e.Kind == loft.Up:
+			return false
+		case e.Kind == loft.Down || ctx.Err() != nil:
+			return true
+		}
 	}
 	return true
 }
