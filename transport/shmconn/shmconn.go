@@ -295,9 +295,11 @@ func (c *Conn) Read(p []byte) (int, error) {
 // wait waits until the ring changes from what the caller saw: for a reader,
 // until tail moves past seen; for a writer, until head moves past seen.
 func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
-	word, park, ev, dl := r.tail, r.consPark, c.evData, &c.rdl
+	// peer is the other side's parked word on this same ring (see wait's
+	// safety net).
+	word, park, peer, ev, dl := r.tail, r.consPark, r.prodPark, c.evData, &c.rdl
 	if !reader {
-		word, park, ev, dl = r.head, r.prodPark, c.evSpace, &c.wdl
+		word, park, peer, ev, dl = r.head, r.prodPark, r.consPark, c.evSpace, &c.wdl
 	}
 	if dl.expired() {
 		return os.ErrDeadlineExceeded
@@ -369,6 +371,8 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 	// looks at the ring again and waits again, so that is harmless.
 	var buf [8]byte
 	bound := sleepFirst
+	var suspect bool // the ring moved with no wake-up at the last bound
+	var moved uint64 // the word then
 	for {
 		// The sleep is bounded: a safety net, not part of the protocol
 		// (LAYOUT.md, "Safety net"). The user's deadline still applies.
@@ -393,16 +397,26 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 		expired := errors.Is(err, os.ErrDeadlineExceeded)
 		if expired && !c.isGone() && !c.isClosed() && !dl.expired() && !(hasDL && !time.Now().Before(at)) {
 			// The bound passed, not the user's deadline.
-			if word.Load() == seen {
+			now := word.Load()
+			if now == seen {
 				bound = min(2*bound, sleepMax)
 				continue
 			}
-			// The ring moved and no wake-up came. If park is still 1,
-			// nobody claimed the wake-up: it was lost (or the peer sat for
-			// the whole bound between its publish and its look at park).
-			// If the peer cleared park, its eventfd write is on its way or
-			// came too late to beat the timer; that is not a loss.
-			if park.CompareAndSwap(1, 0) {
+			// The ring moved and no wake-up came. If park is 0, the peer
+			// claimed the wake-up and its eventfd write is on its way or
+			// lost the race with our timer (a thread the kernel did not
+			// run for a while delivers both at once). If park is still 1,
+			// the peer may have missed it, or may not have looked at park
+			// yet (it was stopped between its publish and that look).
+			// Count it as lost only when the second is ruled out: the peer
+			// sleeps on this ring, or it published again, so it looked at
+			// park and could not have missed the 1 under the protocol.
+			// Otherwise wait one more bound, keeping park set, first.
+			if park.Load() != 0 && !suspect && peer.Load() == 0 {
+				suspect, moved = true, now
+				continue
+			}
+			if park.CompareAndSwap(1, 0) && (peer.Load() != 0 || word.Load() != moved) {
 				lostWakeups.Add(1)
 			}
 			return nil
@@ -439,10 +453,11 @@ func publish(word *atomic.Uint64, v uint64) { word.Swap(v) }
 
 var lostWakeups atomic.Int64
 
-// LostWakeups reports how many times a parked side found, when its bounded
-// sleep ran out, that the ring had moved while its parked word was still
-// set: a wake-up that nobody sent. It stays zero unless a peer breaks the
-// protocol in LAYOUT.md.
+// LostWakeups reports how many times a parked side, when its bounded sleep
+// ran out, found a wake-up that the peer should have sent and did not: the
+// ring had moved, its parked word was still set, and the peer had since
+// parked on the same ring or published again. It stays zero unless a peer
+// breaks the protocol in LAYOUT.md.
 func LostWakeups() int64 { return lostWakeups.Load() }
 
 // Write writes p into the ring the peer reads, waiting for room as needed.

@@ -161,6 +161,46 @@ func TestParkedPingPong(t *testing.T) {
 	}
 }
 
+// TestSafetyNet: a peer that publishes without waking the parked reader
+// (breaking the protocol) costs the bounded sleep, not a hang. The miss is
+// counted when it is provably one (here the producer looks parked on the
+// same ring), and not when it cannot be told from a slow publisher.
+func TestSafetyNet(t *testing.T) {
+	a, b := pair(t, &Config{RingSize: 4096, Spin: time.Nanosecond})
+	defer a.Close()
+	defer b.Close()
+	w := &a.(*Conn).tx
+	for _, tc := range []struct {
+		peerParked bool
+		lost       int64
+	}{{true, 1}, {false, 0}} {
+		lost := LostWakeups()
+		go func() {
+			for w.consPark.Load() == 0 { // until the reader is parked
+				time.Sleep(100 * time.Microsecond)
+			}
+			if tc.peerParked {
+				w.prodPark.Store(1)
+			}
+			tail := w.tail.Load()
+			w.data[tail%w.size] = 'x'
+			publish(w.tail, tail+1) // and no wake-up
+		}()
+		start := time.Now()
+		buf := make([]byte, 1)
+		if _, err := b.Read(buf); err != nil || buf[0] != 'x' {
+			t.Fatalf("read %q, %v", buf, err)
+		}
+		w.prodPark.Store(0)
+		if d := time.Since(start); d < sleepFirst {
+			t.Errorf("read after %v, before the first bound", d)
+		}
+		if n := LostWakeups() - lost; n != tc.lost {
+			t.Errorf("peer parked %v: %d lost wake-ups counted, want %d", tc.peerParked, n, tc.lost)
+		}
+	}
+}
+
 // TestCloseRightAfterWrite: bytes written just before Close are all read
 // before end of file, however the reader's checks interleave with the close.
 func TestCloseRightAfterWrite(t *testing.T) {
