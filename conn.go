@@ -49,6 +49,7 @@ type conn struct {
 	ackTimer      *time.Timer
 	ackArmed      bool
 	lazyAcks      atomic.Bool // lazy ACKs wait in dirty
+	answering     atomic.Bool // a message from this conn was taken since the last write
 	flushing      bool
 	kick          chan struct{}
 	lastWrite     atomic.Int64
@@ -565,7 +566,10 @@ const idleGap = 5 * time.Microsecond
 // once itself; otherwise, or if more was queued meanwhile, the writer
 // goroutine takes over.
 func (c *conn) flushNow() {
-	if time.Now().UnixNano()-c.lastWrite.Load() < int64(idleGap) {
+	// A message sent right after one was taken from this conn is an
+	// answer, not part of a burst: it goes at once even on a connection
+	// that wrote a moment ago (a fast ping-pong).
+	if !c.answering.Load() && time.Now().UnixNano()-c.lastWrite.Load() < int64(idleGap) {
 		c.signal()
 		return
 	}
@@ -599,6 +603,7 @@ func (c *conn) flushOnce() (bool, error) {
 		c.wmu.Unlock()
 		return false, nil
 	}
+	c.answering.Store(false)
 	buf, unsealed, marks, segs := c.out, c.unsealed, c.marks, c.segs
 	c.out, c.spare = c.spare[:0], nil
 	c.unsealed, c.marks, c.segs, c.segBytes = c.unsealedSpare[:0], nil, nil, 0

@@ -542,6 +542,9 @@ func (r *Receiver) takeLaterLocked(later bool) (Message, *inAtt, uint64, bool) {
 	}
 	it := r.q.pop()
 	r.taken++
+	if !it.att.c.answering.Load() {
+		it.att.c.answering.Store(true)
+	}
 	idx := r.doneLocked(it.att, later)
 	if r.q.len() > 0 && r.waiting > 0 {
 		r.wake()
