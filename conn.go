@@ -48,7 +48,7 @@ type conn struct {
 	dirty         []*inAtt
 	ackTimer      *time.Timer
 	ackArmed      bool
-	lazyAcks      atomic.Bool // lazy ACKs wait in dirty
+	ackNow        atomic.Int64 // until then (unix ns) ACKs are urgent: a peer's Flush waits
 	answering     atomic.Bool // a message from this conn was taken since the last write
 	flushing      bool
 	kick          chan struct{}
@@ -356,7 +356,6 @@ func (c *conn) closeOpenLocked() {
 
 // appendAcksLocked turns the scheduled ACKs into frames. Caller holds wmu.
 func (c *conn) appendAcksLocked() {
-	c.lazyAcks.Store(false)
 	for _, a := range c.dirty {
 		a.dirty = false
 		a.ackQueued.Store(false)
@@ -463,8 +462,8 @@ func (c *conn) waitDrain(ctx context.Context) error {
 }
 
 // markAck schedules an ACK for a. An urgent ACK is written now; a lazy one
-// rides with the next write, or goes when this conn's reader finds nothing
-// more to read (see sendLazyAcks), or after ackDelay at the latest.
+// rides with the next write, or goes after ackDelay at the latest. A
+// sender that waits for ACKs (Flush) asks for them (PING with ACKNOW).
 func (c *conn) markAck(a *inAtt, urgent bool) {
 	c.wmu.Lock()
 	if !a.dirty {
@@ -472,7 +471,6 @@ func (c *conn) markAck(a *inAtt, urgent bool) {
 		c.dirty = append(c.dirty, a)
 	}
 	if !urgent {
-		c.lazyAcks.Store(true)
 		if !c.ackArmed {
 			c.ackArmed = true
 			if c.ackTimer == nil {
@@ -498,20 +496,6 @@ func (c *conn) markAck(a *inAtt, urgent bool) {
 // readHandBack.
 const ackDelay = 20 * time.Millisecond
 
-// sendLazyAcks hands the lazy ACKs waiting to the writer. The reader calls
-// it before it reads more from the socket: the application has taken what
-// arrived and has not written since, so nothing will carry them soon.
-func (c *conn) sendLazyAcks() {
-	if !c.lazyAcks.Load() {
-		return
-	}
-	c.wmu.Lock()
-	w := len(c.dirty) > 0 && c.wakeLocked()
-	c.wmu.Unlock()
-	if w {
-		c.signal()
-	}
-}
 
 func (c *conn) ackDue() {
 	c.wmu.Lock()
@@ -824,6 +808,28 @@ const (
 	readDirect
 )
 
+// ackNowFor is how long ACKs stay urgent after a PING with ACKNOW.
+const ackNowFor = 50 * time.Millisecond
+
+// ackingNow reports whether a peer asked for ACKs at once (see ackNowFor).
+func (c *conn) ackingNow() bool {
+	until := c.ackNow.Load()
+	return until != 0 && time.Now().UnixNano() < until
+}
+
+// askAcks asks the peer for the ACKs it owes and for ACKs at once for a
+// while: a PING with ACKNOW.
+func (c *conn) askAcks() {
+	c.wmu.Lock()
+	c.closeOpenLocked()
+	c.out = wire.AppendFrame(c.out, wire.TPing, wire.FlagAckNow, nil)
+	w := c.wakeLocked()
+	c.wmu.Unlock()
+	if w {
+		c.signal()
+	}
+}
+
 // readHandBack is how long reading may pause after a Recv that read for
 // itself returned, before the background reader takes over again: long
 // enough for a request-reply loop, or a consumer doing some work per
@@ -850,11 +856,13 @@ func (c *conn) takeRead(who int8) bool {
 // releaseRead gives the baton back. The background reader is called at
 // once if someone waits for this conn without being able to read it, or a
 // frame is half read; otherwise after readHandBack, unless a Recv takes the
-// baton first.
-func (c *conn) releaseRead(who int8) {
+// baton first. handOff says the releasing Recv woke another Recv of its
+// receiver to read on: Recv calls parked on c need not call the background
+// reader then.
+func (c *conn) releaseRead(who int8, handOff bool) {
 	c.rmu.Lock()
 	c.rholder = readFree
-	now := who == readDirect && (c.slow.Load() > 0 || c.parked.Load() > 0) || c.rd.Buffered() > 0
+	now := who == readDirect && (c.slow.Load() > 0 || !handOff && c.parked.Load() > 0) || c.rd.Buffered() > 0
 	st := c.stealer
 	c.stealer = nil
 	c.rmu.Unlock()
@@ -965,7 +973,7 @@ func (c *conn) readLoop() {
 		if !c.readFrames(nil, nil) {
 			return
 		}
-		c.releaseRead(readBG)
+		c.releaseRead(readBG, false)
 	}
 }
 
@@ -980,9 +988,6 @@ func (c *conn) readFrames(r *Receiver, ctx context.Context) bool {
 	for {
 		if r != nil && r.directDone(ctx) {
 			return c.handleBuffered()
-		}
-		if !c.rd.Ready() {
-			c.sendLazyAcks()
 		}
 		f, err := c.rd.Next()
 		if err != nil {
@@ -1165,7 +1170,10 @@ func (c *conn) handle(f wire.Frame) error {
 	case wire.TRelease:
 		return c.handleRelease(d)
 	case wire.TPing:
-		c.sendFrame(wire.TPong, nil)
+		if f.Flags&wire.FlagAckNow != 0 {
+			c.ackNow.Store(time.Now().Add(ackNowFor).UnixNano())
+		}
+		c.sendFrame(wire.TPong, nil) // after the ACKs owed
 		return nil
 	case wire.TPong:
 		return nil

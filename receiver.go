@@ -464,13 +464,13 @@ func (r *Receiver) finishLocked(a *inAtt, idx uint64, grew bool) {
 	if a.gone {
 		return
 	}
-	// Urgent when the sender waits (a synchronous channel) or is about to
-	// run out of credit; otherwise lazy: the ACK rides on the next write
+	// Urgent when the sender waits (a synchronous channel, or Flush) or is
+	// about to run out of credit; otherwise lazy: the ACK rides on the next write
 	// (a reply, typically) or goes after ackDelay, and costs no write of
 	// its own.
 	w := r.windowLocked()
 	switch {
-	case r.opts.Capacity == 0 || grew && a.ackLimit.Load()-a.received < (w+1)/2:
+	case r.opts.Capacity == 0 || grew && a.ackLimit.Load()-a.received < (w+1)/2 || a.c.ackingNow():
 		r.scheduleAckLocked(a, true)
 	case a.acked > a.lastAck:
 		r.scheduleAckLocked(a, false)
@@ -597,8 +597,14 @@ func (r *Receiver) recv(ctx context.Context, later bool) (Message, *inAtt, uint6
 			r.mu.Lock()
 			r.dreading, r.dctx = nil, nil
 			r.waiting--
+			// Another Recv of this receiver waiting takes the baton over
+			// (one wake-up, as from a background reader).
+			handOff := r.waiting > 0
 			r.mu.Unlock()
-			c.releaseRead(readDirect)
+			c.releaseRead(readDirect, handOff)
+			if handOff {
+				r.wake()
+			}
 			continue
 		}
 		// Wait for a reader to deliver. Register with the conns so that

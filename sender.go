@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/loft-ipc/loft/wire"
 	"golang.org/x/sys/unix"
@@ -596,6 +597,7 @@ func (s *Sender) WaitReceivers(ctx context.Context, n int) error {
 // Flush waits until every message sent so far was acknowledged by a
 // receiver (for AtMostOnce: taken or lost), or ctx ends.
 func (s *Sender) Flush(ctx context.Context) error {
+	var asked time.Time
 	s.mu.Lock()
 	for {
 		pending := s.orphans.len()
@@ -613,9 +615,22 @@ func (s *Sender) Flush(ctx context.Context) error {
 			s.mu.Unlock()
 			return &OpError{Op: "flush", Name: s.name, Err: ErrClosed}
 		}
-		if err := s.waitLocked(ctx, false); err != nil {
+		// Ask the receivers for their ACKs now rather than lazily, and
+		// again while the wait goes on.
+		if time.Since(asked) > ackNowFor/2 {
+			asked = time.Now()
+			for _, l := range s.links {
+				if l.sent > l.taken {
+					l.c.askAcks()
+				}
+			}
+		}
+		wctx, cancel := context.WithTimeout(ctx, ackNowFor/2)
+		err := s.waitLocked(wctx, false)
+		cancel()
+		if err != nil && ctx.Err() != nil {
 			s.mu.Unlock()
-			return &OpError{Op: "flush", Name: s.name, Err: err}
+			return &OpError{Op: "flush", Name: s.name, Err: ctx.Err()}
 		}
 	}
 }

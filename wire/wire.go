@@ -78,6 +78,10 @@ const (
 	// FlagFiles marks a DATA frame whose one message carries open files
 	// passed alongside the frame (SCM_RIGHTS on Unix sockets).
 	FlagFiles uint16 = 1 << 0
+	// FlagAckNow marks a PING from a sender waiting for acknowledgements
+	// (Flush): the receiving side acknowledges what was taken at once, with
+	// its PONG and for a short while after, instead of lazily.
+	FlagAckNow uint16 = 1 << 1
 )
 
 // Errors returned by a Reader. Each is wrapped with detail; match with errors.Is.
