@@ -49,7 +49,7 @@ type conn struct {
 	ackTimer      *time.Timer
 	ackArmed      bool
 	ackNow        atomic.Int64 // until then (unix ns) ACKs are urgent: a peer's Flush waits
-	answering     atomic.Bool // a message from this conn was taken since the last write
+	answering     atomic.Bool  // a message from this conn was taken since the last write
 	flushing      bool
 	kick          chan struct{}
 	lastWrite     atomic.Int64
@@ -79,6 +79,7 @@ type conn struct {
 	rtimer    *time.Timer  // hands reading back to the background reader
 	rarmed    atomic.Bool  // rtimer is set
 	stealer   *Receiver    // a Recv that asked the background reader for the baton; guarded by rmu
+	bgLast    atomic.Int64 // when the background reader last handled a frame (unix ns)
 	handBacks atomic.Int64 // times rtimer called the background reader (for tests)
 	rlast     atomic.Int64 // when the baton was last released by a Recv (unix ns)
 	slow      atomic.Int32 // goroutines waiting for what this conn brings that cannot read it themselves
@@ -360,6 +361,7 @@ func (c *conn) appendAcksLocked() {
 		a.dirty = false
 		a.ackQueued.Store(false)
 		taken, limit := a.ackTaken.Load(), a.ackLimit.Load()
+		a.told.Store(limit)
 		c.closeOpenLocked()
 		off := len(c.out)
 		c.out = wire.AppendHeader(c.out, wire.TAck, 0)
@@ -495,7 +497,6 @@ func (c *conn) markAck(a *inAtt, urgent bool) {
 // netpoller's thread), and not more often for the reason given at
 // readHandBack.
 const ackDelay = 20 * time.Millisecond
-
 
 func (c *conn) ackDue() {
 	c.wmu.Lock()
@@ -858,11 +859,12 @@ func (c *conn) takeRead(who int8) bool {
 // frame is half read; otherwise after readHandBack, unless a Recv takes the
 // baton first. handOff says the releasing Recv woke another Recv of its
 // receiver to read on: Recv calls parked on c need not call the background
-// reader then.
-func (c *conn) releaseRead(who int8, handOff bool) {
+// reader then. busy says messages are coming faster than they are taken:
+// the background reader reads ahead in parallel with the application.
+func (c *conn) releaseRead(who int8, handOff, busy bool) {
 	c.rmu.Lock()
 	c.rholder = readFree
-	now := who == readDirect && (c.slow.Load() > 0 || !handOff && c.parked.Load() > 0) || c.rd.Buffered() > 0
+	now := busy || who == readDirect && (c.slow.Load() > 0 || !handOff && c.parked.Load() > 0) || c.rd.Buffered() > 0
 	st := c.stealer
 	c.stealer = nil
 	c.rmu.Unlock()
@@ -908,6 +910,11 @@ func (c *conn) kickReader() {
 	}
 }
 
+// bgActive is how recently the background reader must have handled a
+// frame for a Recv not to take the baton from it: while messages stream in,
+// it reads ahead in parallel with the application.
+const bgActive = 100 * time.Microsecond
+
 // askRead is called by a Recv that could read c itself but found the baton
 // taken. If the background reader holds it, blocked in a read with nothing
 // to deliver, it is interrupted and gives the baton up, and r is woken to
@@ -919,6 +926,9 @@ func (c *conn) askRead(r *Receiver) bool {
 	case c.rholder == readFree:
 		return false
 	case c.rholder == readBG && c.stealer == nil:
+		if time.Now().UnixNano()-c.bgLast.Load() < int64(bgActive) {
+			return true // it is busy delivering: wait for it
+		}
 		c.stealer = r
 		c.nc.SetReadDeadline(time.Now())
 	}
@@ -973,7 +983,7 @@ func (c *conn) readLoop() {
 		if !c.readFrames(nil, nil) {
 			return
 		}
-		c.releaseRead(readBG, false)
+		c.releaseRead(readBG, false, false)
 	}
 }
 
@@ -1013,6 +1023,9 @@ func (c *conn) readFrames(r *Receiver, ctx context.Context) bool {
 		if err := c.handle(f); err != nil {
 			c.handleFailed(err)
 			return false
+		}
+		if r == nil {
+			c.bgLast.Store(time.Now().UnixNano())
 		}
 		if r == nil && c.yield && c.slow.Load() == 0 {
 			if !c.handleBuffered() {

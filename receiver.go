@@ -88,19 +88,21 @@ type inAtt struct {
 	remote string
 
 	// Guarded by r.mu.
-	received uint64              // messages arrived on this attachment
-	done     uint64              // messages that left the queue: taken, dropped or discarded
-	acked    uint64              // messages finished: every one of index < acked (see finishLocked)
-	finished map[uint64]struct{} // indices >= acked finished out of order
-	limit    uint64              // credit: the sender may send while received < limit
-	lastAck  uint64              // acked as of the last urgent ACK
-	gone     bool
+	received  uint64              // messages arrived on this attachment
+	done      uint64              // messages that left the queue: taken, dropped or discarded
+	acked     uint64              // messages finished: every one of index < acked (see finishLocked)
+	finished  map[uint64]struct{} // indices >= acked finished out of order
+	limit     uint64              // credit: the sender may send while received < limit
+	lastAck   uint64              // acked as of the last urgent ACK
+	toldLimit uint64              // the credit limit the sender surely knows: as of the last urgent ACK
+	gone      bool
 
 	// Read by the conn's writer when it builds an ACK.
 	ackTaken  atomic.Uint64
 	ackLimit  atomic.Uint64
-	ackQueued atomic.Bool // an ACK is queued and not yet built
-	dirty     bool        // guarded by c.wmu
+	ackQueued atomic.Bool   // an ACK is queued and not yet built
+	told      atomic.Uint64 // the credit limit in the last ACK built: what the sender knows, or soon will
+	dirty     bool          // guarded by c.wmu
 }
 
 type dedupState struct {
@@ -203,6 +205,7 @@ func (r *Receiver) attach(a *inAtt) (uint64, bool) {
 	}
 	r.creditLocked(a)
 	a.ackLimit.Store(a.limit)
+	a.told.Store(a.limit)
 	r.redirectLocked()
 	return a.limit, true
 }
@@ -305,13 +308,17 @@ func (r *Receiver) deliver(a *inAtt, floor uint64, d *wire.Decoder, _ []int) err
 
 // wakeupLocked reports whether a waiting Recv must be woken for a message
 // that came on a: not the one reading for itself, which sees it anyway.
-// Waking one that can read for itself tells the reader to let it.
+// Waking one that can read for itself for a lone message tells the reader
+// to let it read from now on.
 func (r *Receiver) wakeupLocked(a *inAtt) bool {
 	w := r.waiting
 	if r.dreading != nil {
 		w--
 	}
-	if w > 0 && r.dconn == a.c {
+	if w > 0 && r.dconn == a.c && r.q.len() == 1 {
+		// One message for a waiting Recv: a request and its reply,
+		// likely, not a stream (which the background reader keeps reading
+		// in parallel with the application).
 		a.c.yield = true
 	}
 	return w > 0
@@ -397,7 +404,7 @@ func (r *Receiver) enqueueLocked(a *inAtt, floor uint64, m Message) error {
 	r.q.push(it)
 	if r.opts.OnFull == DropOldest && r.creditLocked(a) {
 		w := r.windowLocked()
-		r.scheduleAckLocked(a, a.ackLimit.Load()-a.received < (w+1)/2)
+		r.scheduleAckLocked(a, a.creditLowLocked(w))
 	}
 	return nil
 }
@@ -437,7 +444,7 @@ func (r *Receiver) doneLocked(a *inAtt, later bool) uint64 {
 	if !later {
 		r.finishLocked(a, idx, grew)
 	} else if grew {
-		r.scheduleAckLocked(a, a.ackLimit.Load()-a.received < (r.windowLocked()+1)/2)
+		r.scheduleAckLocked(a, a.creditLowLocked(r.windowLocked()))
 	}
 	return idx
 }
@@ -465,16 +472,24 @@ func (r *Receiver) finishLocked(a *inAtt, idx uint64, grew bool) {
 		return
 	}
 	// Urgent when the sender waits (a synchronous channel, or Flush) or is
-	// about to run out of credit; otherwise lazy: the ACK rides on the next write
+	// about to run out of credit, and every quarter of a large window (a
+	// stream keeps flowing, retained copies are freed); otherwise lazy: the ACK rides on the next write
 	// (a reply, typically) or goes after ackDelay, and costs no write of
 	// its own.
 	w := r.windowLocked()
 	switch {
-	case r.opts.Capacity == 0 || grew && a.ackLimit.Load()-a.received < (w+1)/2 || a.c.ackingNow():
+	case r.opts.Capacity == 0 || grew && a.creditLowLocked(w) || a.c.ackingNow() ||
+		w >= 64 && a.acked-a.lastAck >= (w+3)/4:
 		r.scheduleAckLocked(a, true)
 	case a.acked > a.lastAck:
 		r.scheduleAckLocked(a, false)
 	}
+}
+
+// creditLowLocked reports whether a's sender is down to less than half a
+// window of the credit it knows of (or out of it).
+func (a *inAtt) creditLowLocked(w uint64) bool {
+	return a.received+(w+1)/2 > a.told.Load()
 }
 
 // scheduleAckLocked publishes a's counters for the writer and queues an
@@ -600,8 +615,11 @@ func (r *Receiver) recv(ctx context.Context, later bool) (Message, *inAtt, uint6
 			// Another Recv of this receiver waiting takes the baton over
 			// (one wake-up, as from a background reader).
 			handOff := r.waiting > 0
+			// More queued than this Recv takes: a stream, not a
+			// request-reply; the background reader reads ahead.
+			busy := r.q.len() > 1
 			r.mu.Unlock()
-			c.releaseRead(readDirect, handOff)
+			c.releaseRead(readDirect, handOff, busy)
 			if handOff {
 				r.wake()
 			}
