@@ -201,9 +201,12 @@ func (n *Node) acceptLoop(l net.Listener) {
 				return
 			}
 			c.start()
-			// Reuse the connection for traffic towards the dialler too.
+			// Reuse the connection for traffic towards the dialler too,
+			// unless we have one of our own (both ends dialled at once):
+			// then the conn dialled by the smaller node id wins at both
+			// ends (see connect).
 			n.mu.Lock()
-			if old := n.dialed[c.remoteID]; old == nil || old.isClosed() {
+			if old := n.dialed[c.remoteID]; old == nil || old.isClosed() || old.dialed && c.remoteID < n.id {
 				n.dialed[c.remoteID] = c
 			}
 			n.mu.Unlock()
@@ -256,22 +259,29 @@ func (n *Node) connect(ctx context.Context, key string, addr *url.URL) (*conn, e
 		return nil, &OpError{Op: "dial", Name: addr.String(), Err: err}
 	}
 	n.mu.Lock()
-	if old := n.dialed[key]; old != nil && !old.isClosed() {
-		n.mu.Unlock()
-		nc.Close()
-		return old, nil
-	}
 	if n.closed {
 		n.mu.Unlock()
 		nc.Close()
 		return nil, ErrClosed
 	}
-	n.dialed[key] = c
+	// Another conn to the same node may have appeared meanwhile: the peer
+	// dialled us at the same time, or another goroutine of ours did. This
+	// one is kept all the same, not closed: the peer may already use it
+	// for its own traffic, and a hang-up would look to it like our death.
+	// Both ends prefer the conn dialled by the node with the smaller id for
+	// new attachments (see also acceptLoop), so they converge on one.
+	use := c
+	if old := n.dialed[key]; old != nil && !old.isClosed() {
+		if old.dialed || old.remoteID != c.remoteID || c.remoteID < n.id {
+			use = old
+		}
+	}
+	n.dialed[key] = use
 	n.conns[c] = struct{}{}
 	n.wg.Add(2)
 	n.mu.Unlock()
 	c.start()
-	return c, nil
+	return use, nil
 }
 
 // sweepSockets removes the socket files of nodes that died without closing

@@ -1,0 +1,64 @@
+package loft
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestSimultaneousDial: two nodes that dial each other at the same moment
+// end up with two connections; neither may be closed under the other (a
+// hang-up would look like the peer's death: Watch would report it Down and
+// links on it would fail), and traffic flows both ways.
+func TestSimultaneousDial(t *testing.T) {
+	for round := 0; round < 20; round++ {
+		ns := testNodes(t, 2)
+		a, b := ns[0], ns[1]
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		wctx, wcancel := context.WithCancel(ctx)
+		events, err := a.Watch(wctx, "node:"+b.ID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ra, _ := a.Receive(ctx, "to-a", ChannelOptions{Capacity: 4})
+		rb, _ := b.Receive(ctx, "to-b", ChannelOptions{Capacity: 4})
+		var wg sync.WaitGroup
+		send := func(n *Node, name string) {
+			defer wg.Done()
+			s, err := n.Sender(ctx, name)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for i := 0; i < 3; i++ {
+				if err := s.Send(ctx, []byte(fmt.Sprint(i))); err != nil {
+					t.Errorf("round %d: send to %s: %v", round, name, err)
+					return
+				}
+			}
+		}
+		wg.Add(2)
+		go send(a, "to-b")
+		go send(b, "to-a")
+		for i := 0; i < 3; i++ {
+			for _, r := range []*Receiver{ra, rb} {
+				m, err := r.Recv(ctx)
+				if err != nil || string(m.Data) != fmt.Sprint(i) {
+					t.Fatalf("round %d: %s got %q, %v", round, r.Name(), m.Data, err)
+				}
+			}
+		}
+		wg.Wait()
+		wcancel()
+		for ev := range events {
+			if ev.Kind == Down {
+				t.Fatalf("round %d: %s reported down while alive: %v", round, ev.Node, ev.Err)
+			}
+		}
+		cancel()
+		a.Close()
+		b.Close()
+	}
+}
