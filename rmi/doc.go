@@ -25,8 +25,11 @@
 //	func (p fileProxy) Next(ctx context.Context) (File, error)   { return rmi.Call1[File](ctx, p.Delegate, "Next") }
 //	func init() { rmi.Register(func(d *rmi.Delegate) File { return fileProxy{d} }) }
 //
-// The proxy is mechanical (one line per method); a go generate tool that
-// writes it (rmigen) is planned but NOT written yet: write proxies by hand.
+// The proxy is mechanical (one line per method): cmd/loft-rmigen writes it,
+// with the Register call, from a go:generate line next to the interfaces:
+//
+//	//go:generate go run github.com/loft-ipc/loft/cmd/loft-rmigen -type File,Dir
+//
 // The server side needs nothing: an ordinary implementation is dispatched
 // by reflection (method sets read once, at Register), and only the methods
 // of the interface the object was passed as can be called.
@@ -105,8 +108,6 @@
 //   - A delegate passed to a third node is forwarded (the middle node
 //     exports its delegate), not handed off; a pipelined result that is the
 //     caller's own object fails.
-//   - No rmigen generator yet; no examples/ directory or loft demo part
-//     (outside this package).
 //
 // The wire format is in SPEC.md next to this file.
 package rmi

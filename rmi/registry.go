@@ -31,8 +31,8 @@ var (
 )
 
 // Register declares the Go interface T remote. newProxy wraps a delegate
-// in a value implementing T whose methods call the delegate (rmigen
-// writes it; see doc.go). Every method of T must take a context.Context
+// in a value implementing T whose methods call the delegate
+// (cmd/loft-rmigen writes it and this call; see doc.go). Every method of T must take a context.Context
 // first and return an error last; other parameters and results are
 // encoded with CBOR, except those whose type is a registered remote
 // interface, which travel by reference. Register in an init function, in
