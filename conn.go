@@ -552,9 +552,10 @@ const idleGap = 5 * time.Microsecond
 // once itself; otherwise, or if more was queued meanwhile, the writer
 // goroutine takes over.
 func (c *conn) flushNow() {
-	// A message sent right after one was taken from this conn is an
-	// answer, not part of a burst: it goes at once even on a connection
-	// that wrote a moment ago (a fast ping-pong).
+	// A message sent right after a lone message was taken from this conn
+	// is an answer, not part of a burst: it goes at once even on a
+	// connection that wrote a moment ago (a fast ping-pong). With several
+	// requests queued, answers are bundled like any burst.
 	if !c.answering.Load() && time.Now().UnixNano()-c.lastWrite.Load() < int64(idleGap) {
 		c.signal()
 		return

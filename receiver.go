@@ -557,7 +557,7 @@ func (r *Receiver) takeLaterLocked(later bool) (Message, *inAtt, uint64, bool) {
 	}
 	it := r.q.pop()
 	r.taken++
-	if !it.att.c.answering.Load() {
+	if r.q.len() == 0 && !it.att.c.answering.Load() {
 		it.att.c.answering.Store(true)
 	}
 	idx := r.doneLocked(it.att, later)
