@@ -760,7 +760,8 @@ func closeFiles(fs []*os.File) {
 	}
 }
 
-// ring is a growable FIFO queue.
+// ring is a growable FIFO queue. Its length is a power of two, so that
+// indices wrap with a mask.
 type ring[T any] struct {
 	buf  []T
 	head int
@@ -773,11 +774,11 @@ func (q *ring[T]) push(v T) {
 	if q.n == len(q.buf) {
 		nb := make([]T, max(16, 2*len(q.buf)))
 		for i := 0; i < q.n; i++ {
-			nb[i] = q.buf[(q.head+i)%len(q.buf)]
+			nb[i] = q.buf[(q.head+i)&(len(q.buf)-1)]
 		}
 		q.buf, q.head = nb, 0
 	}
-	q.buf[(q.head+q.n)%len(q.buf)] = v
+	q.buf[(q.head+q.n)&(len(q.buf)-1)] = v
 	q.n++
 }
 
@@ -785,9 +786,20 @@ func (q *ring[T]) pop() T {
 	var zero T
 	v := q.buf[q.head]
 	q.buf[q.head] = zero
-	q.head = (q.head + 1) % len(q.buf)
+	q.head = (q.head + 1) & (len(q.buf) - 1)
 	q.n--
 	return v
+}
+
+// drop removes the first n items (n <= len).
+func (q *ring[T]) drop(n int) {
+	for n > 0 {
+		k := min(n, len(q.buf)-q.head)
+		clear(q.buf[q.head : q.head+k])
+		q.head = (q.head + k) & (len(q.buf) - 1)
+		q.n -= k
+		n -= k
+	}
 }
 
 func (q *ring[T]) peek() T { return q.buf[q.head] }

@@ -259,11 +259,15 @@ func (s *Sender) ack(l *link, taken, limit uint64) error {
 		n := taken - l.taken
 		s.acked.Add(n)
 		l.taken = taken
-		for i := uint64(0); i < n && l.unack.len() > 0; i++ {
-			r := l.unack.pop()
-			if ch, ok := s.syncs[r.id]; ok {
-				close(ch)
-				delete(s.syncs, r.id)
+		if len(s.syncs) == 0 {
+			l.unack.drop(int(min(n, uint64(l.unack.len()))))
+		} else {
+			for i := uint64(0); i < n && l.unack.len() > 0; i++ {
+				r := l.unack.pop()
+				if ch, ok := s.syncs[r.id]; ok {
+					close(ch)
+					delete(s.syncs, r.id)
+				}
 			}
 		}
 	}
