@@ -48,11 +48,11 @@ type conn struct {
 	dirty         []*inAtt
 	ackTimer      *time.Timer
 	ackArmed      bool
-	ackNow        atomic.Int64 // until then (unix ns) ACKs are urgent: a peer's Flush waits
+	ackNow        atomic.Int64 // until then (monoNow) ACKs are urgent: a peer's Flush waits
 	answering     atomic.Bool  // a message from this conn was taken since the last write
 	flushing      bool
 	kick          chan struct{}
-	lastWrite     atomic.Int64
+	lastWrite     atomic.Int64  // monoNow of the last write
 	backlog       atomic.Int64  // bytes queued in out
 	drained       chan struct{} // closed and replaced after each write; guarded by wmu
 	drainWaiters  int
@@ -79,9 +79,9 @@ type conn struct {
 	rtimer    *time.Timer  // hands reading back to the background reader
 	rarmed    atomic.Bool  // rtimer is set
 	stealer   *Receiver    // a Recv that asked the background reader for the baton; guarded by rmu
-	bgLast    atomic.Int64 // when the background reader last handled a frame (unix ns)
+	bgLast    atomic.Int64 // when the background reader last handled a frame (monoNow)
 	handBacks atomic.Int64 // times rtimer called the background reader (for tests)
-	rlast     atomic.Int64 // when the baton was last released by a Recv (unix ns)
+	rlast     atomic.Int64 // when the baton was last released by a Recv (monoNow)
 	slow      atomic.Int32 // goroutines waiting for what this conn brings that cannot read it themselves
 	parked    atomic.Int32 // Recv calls that could read this conn themselves but wait for a holder to deliver
 	direct    bool         // Recv may read this conn itself: reads end on a deadline, hang-ups are signalled
@@ -218,7 +218,7 @@ func (c *conn) handshake(ctx context.Context) error {
 }
 
 func (c *conn) start() {
-	c.lastWrite.Store(time.Now().UnixNano())
+	c.lastWrite.Store(monoNow())
 	var src io.Reader = c.nc
 	if c.uc != nil {
 		src = newFDReader(c)
@@ -523,7 +523,7 @@ func (c *conn) writeLoop() {
 		case <-c.closed:
 			return
 		case <-tick:
-			if time.Since(time.Unix(0, c.lastWrite.Load())) >= c.node.hbInterval/2 {
+			if time.Duration(monoNow()-c.lastWrite.Load()) >= c.node.hbInterval/2 {
 				c.sendFrame(wire.TPing, nil)
 			}
 			continue
@@ -556,7 +556,7 @@ func (c *conn) flushNow() {
 	// is an answer, not part of a burst: it goes at once even on a
 	// connection that wrote a moment ago (a fast ping-pong). With several
 	// requests queued, answers are bundled like any burst.
-	if !c.answering.Load() && time.Now().UnixNano()-c.lastWrite.Load() < int64(idleGap) {
+	if !c.answering.Load() && monoNow()-c.lastWrite.Load() < int64(idleGap) {
 		c.signal()
 		return
 	}
@@ -606,7 +606,7 @@ func (c *conn) flushOnce() (bool, error) {
 	if err == nil {
 		err = c.write(buf, marks)
 	}
-	c.lastWrite.Store(time.Now().UnixNano())
+	c.lastWrite.Store(monoNow())
 	c.wmu.Lock()
 	if cap(buf) <= 4*highWater {
 		c.spare = buf[:0]
@@ -803,6 +803,13 @@ func (r hbReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// monoStart anchors monoNow.
+var monoStart = time.Now()
+
+// monoNow is a monotonic clock in nanoseconds: one clock read, where
+// time.Now costs two (wall and monotonic). It is used on the hot path.
+func monoNow() int64 { return int64(time.Since(monoStart)) }
+
 // Holders of the read baton.
 const (
 	readFree int8 = iota
@@ -816,7 +823,7 @@ const ackNowFor = 50 * time.Millisecond
 // ackingNow reports whether a peer asked for ACKs at once (see ackNowFor).
 func (c *conn) ackingNow() bool {
 	until := c.ackNow.Load()
-	return until != 0 && time.Now().UnixNano() < until
+	return until != 0 && monoNow() < until
 }
 
 // askAcks asks the peer for the ACKs it owes and for ACKs at once for a
@@ -878,7 +885,7 @@ func (c *conn) releaseRead(who int8, handOff, busy bool) {
 	}
 	// The timer is set once per readHandBack at most, not per release:
 	// resetting a timer can cost a wake-up of the netpoller's thread.
-	c.rlast.Store(time.Now().UnixNano())
+	c.rlast.Store(monoNow())
 	if c.rarmed.CompareAndSwap(false, true) {
 		c.rtimer.Reset(readHandBack)
 	}
@@ -894,7 +901,7 @@ func (c *conn) handBack() {
 	if !free {
 		return // the holder's release sets the timer again
 	}
-	if left := time.Duration(c.rlast.Load() + int64(readHandBack) - time.Now().UnixNano()); left > 0 {
+	if left := time.Duration(c.rlast.Load() + int64(readHandBack) - monoNow()); left > 0 {
 		if c.rarmed.CompareAndSwap(false, true) {
 			c.rtimer.Reset(left)
 		}
@@ -927,7 +934,7 @@ func (c *conn) askRead(r *Receiver) bool {
 	case c.rholder == readFree:
 		return false
 	case c.rholder == readBG && c.stealer == nil:
-		if time.Now().UnixNano()-c.bgLast.Load() < int64(bgActive) {
+		if monoNow()-c.bgLast.Load() < int64(bgActive) {
 			return true // it is busy delivering: wait for it
 		}
 		c.stealer = r
@@ -1026,7 +1033,7 @@ func (c *conn) readFrames(r *Receiver, ctx context.Context) bool {
 			return false
 		}
 		if r == nil {
-			c.bgLast.Store(time.Now().UnixNano())
+			c.bgLast.Store(monoNow())
 		}
 		if r == nil && c.yield && c.slow.Load() == 0 {
 			if !c.handleBuffered() {
@@ -1185,7 +1192,7 @@ func (c *conn) handle(f wire.Frame) error {
 		return c.handleRelease(d)
 	case wire.TPing:
 		if f.Flags&wire.FlagAckNow != 0 {
-			c.ackNow.Store(time.Now().Add(ackNowFor).UnixNano())
+			c.ackNow.Store(monoNow() + int64(ackNowFor))
 		}
 		c.sendFrame(wire.TPong, nil) // after the ACKs owed
 		return nil
