@@ -324,7 +324,10 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 			}
 			return nil
 		}
-		if i&63 == 63 {
+		// The checks below cost as much as dozens of loads of the word;
+		// busy-polling, which has no time budget, does them rarely so that
+		// a change of the word is seen sooner.
+		if i&63 == 63 && (!c.poll || i&1023 == 1023) {
 			if c.isClosed() {
 				return net.ErrClosed
 			}
