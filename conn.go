@@ -76,16 +76,18 @@ type conn struct {
 	rholder   int8         // readFree, readBG or readDirect; guarded by rmu
 	rd        *wire.Reader // baton holder only
 	rkick     chan struct{}
-	rtimer    *time.Timer  // hands reading back to the background reader
-	rarmed    atomic.Bool  // rtimer is set
-	stealer   *Receiver    // a Recv that asked the background reader for the baton; guarded by rmu
-	bgLast    atomic.Int64 // when the background reader last handled a frame (monoNow)
-	handBacks atomic.Int64 // times rtimer called the background reader (for tests)
-	rlast     atomic.Int64 // when the baton was last released by a Recv (monoNow)
-	slow      atomic.Int32 // goroutines waiting for what this conn brings that cannot read it themselves
-	parked    atomic.Int32 // Recv calls that could read this conn themselves but wait for a holder to deliver
-	direct    bool         // Recv may read this conn itself: reads end on a deadline, hang-ups are signalled
-	yield     bool         // baton holder only: the last frame woke a Recv that can read for itself
+	rtimer    *time.Timer   // hands reading back to the background reader
+	rarmed    atomic.Bool   // rtimer is set
+	stealer   *Receiver     // a Recv that asked the background reader for the baton; guarded by rmu
+	bgLast    atomic.Int64  // when the background reader last handled a frame (monoNow)
+	handBacks atomic.Int64  // times rtimer called the background reader (for tests)
+	rlast     atomic.Int64  // when the baton was last released by a Recv (monoNow)
+	slow      atomic.Int32  // goroutines waiting for what this conn brings that cannot read it themselves
+	parked    atomic.Int32  // Recv calls that could read this conn themselves but wait for a holder to deliver
+	direct    bool          // Recv may read this conn itself (reads end on a deadline)
+	rintr     atomic.Uint64 // read interruptions asked for (see interruptRead)
+	rseen     uint64        // baton holder only: interruptions already seen
+	yield     bool          // baton holder only: the last frame woke a Recv that can read for itself
 
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -158,6 +160,7 @@ func newConn(n *Node, nc net.Conn, dialed bool) *conn {
 		c.direct = true
 	default:
 		c.hb = true // TCP and anything else without a kernel hang-up signal
+		c.direct = true
 	}
 	return c
 }
@@ -795,10 +798,21 @@ type hbReader struct {
 }
 
 func (r hbReader) Read(p []byte) (int, error) {
-	r.c.nc.SetReadDeadline(time.Now().Add(r.c.node.hbTimeout))
-	n, err := r.c.nc.Read(p)
+	c := r.c
+	c.nc.SetReadDeadline(time.Now().Add(c.node.hbTimeout))
+	// An interruption (interruptRead) whose deadline the line above just
+	// replaced still counts.
+	if i := c.rintr.Load(); i != c.rseen {
+		c.rseen = i
+		return 0, os.ErrDeadlineExceeded
+	}
+	n, err := c.nc.Read(p)
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-		err = fmt.Errorf("%w: no heartbeat from %s for %v", ErrPeerGone, r.c.remoteID, r.c.node.hbTimeout)
+		if i := c.rintr.Load(); i != c.rseen {
+			c.rseen = i
+			return n, err // interrupted, not silent
+		}
+		err = fmt.Errorf("%w: no heartbeat from %s for %v", ErrPeerGone, c.remoteID, c.node.hbTimeout)
 	}
 	return n, err
 }
@@ -938,9 +952,17 @@ func (c *conn) askRead(r *Receiver) bool {
 			return true // it is busy delivering: wait for it
 		}
 		c.stealer = r
-		c.nc.SetReadDeadline(time.Now())
+		c.interruptRead()
 	}
 	return true
+}
+
+// interruptRead makes the read in progress, or the next one, end with
+// os.ErrDeadlineExceeded. The count lets hbReader, which sets its own
+// deadline before each read, see an interruption that came just before.
+func (c *conn) interruptRead() {
+	c.rintr.Add(1)
+	c.nc.SetReadDeadline(time.Now())
 }
 
 // waitingOn registers a goroutine about to wait for something this conn

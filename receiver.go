@@ -236,7 +236,7 @@ func (r *Receiver) redirectLocked() {
 func (r *Receiver) interruptLocked() {
 	if r.dreading != nil && !r.dint {
 		r.dint = true
-		r.dreading.nc.SetReadDeadline(time.Now())
+		r.dreading.interruptRead()
 	}
 }
 
