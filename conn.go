@@ -65,7 +65,8 @@ type conn struct {
 	pool    *outPool           // loans we send, created on first use
 	inPools map[uint64]*inPool // loans the peer sends
 
-	fdq []int // files received and not yet claimed by a frame (reader only)
+	fdq  []int    // files received and not yet claimed by a frame (reader only)
+	recs []record // the records of a DATA frame being delivered (reader only)
 
 	// Reading. One goroutine at a time holds the read baton and reads and
 	// handles frames: the conn's background reader, or a goroutine in

@@ -66,6 +66,12 @@ type qitem struct {
 	extra *qextra
 }
 
+// record is one message of a DATA frame, decoded.
+type record struct {
+	id   uint64
+	data []byte
+}
+
 type qextra struct {
 	files []*os.File
 	loan  *loanRef
@@ -282,25 +288,32 @@ func (r *Receiver) detach(a *inAtt) {
 // deliver queues the messages of one DATA frame. It runs on the conn's
 // reader goroutine.
 func (r *Receiver) deliver(a *inAtt, floor uint64, d *wire.Decoder, _ []int) error {
+	// Decode the records first, then queue them under one short hold of
+	// the lock: a Recv taking messages meanwhile waits less.
 	max := r.opts.MaxMessageSize
-	r.mu.Lock()
-	n := 0
+	recs := a.c.recs[:0]
 	for d.Len() > 0 {
 		id := d.Uvarint()
 		data := d.Bytes(max)
 		if err := d.Err(); err != nil {
-			r.mu.Unlock()
 			return fmt.Errorf("%w (a message larger than the %d-byte limit of %q, or a truncated frame)", err, max, r.name)
 		}
-		if err := r.enqueueLocked(a, floor, Message{Data: data, From: a.remote, ID: id}); err != nil {
+		recs = append(recs, record{id: id, data: data})
+	}
+	a.c.recs = recs
+	if len(recs) == 0 {
+		return nil
+	}
+	r.mu.Lock()
+	for _, x := range recs {
+		if err := r.enqueueLocked(a, floor, Message{Data: x.data, From: a.remote, ID: x.id}); err != nil {
 			r.mu.Unlock()
 			return err
 		}
-		n++
 	}
 	wake := r.wakeupLocked(a)
 	r.mu.Unlock()
-	if wake && n > 0 {
+	if wake {
 		r.wake()
 	}
 	return nil
