@@ -270,3 +270,45 @@ func TestRunCancel(t *testing.T) {
 	}
 	checkNoChildren(t)
 }
+
+// TestMarkdown: rows are compared with their baselines (raw transport,
+// gRPC and net/rpc, one plain remote call), and JSON lines read back give
+// the same table.
+func TestMarkdown(t *testing.T) {
+	rs := []Result{
+		{System: "raw", Transport: "unix", Pattern: "pingpong", Size: 64, Mode: "blocking", Msgs: 1, MsgsPerS: 100, P50ns: 20000, Round: 1},
+		{System: "loft", Transport: "shm", Pattern: "pingpong", Size: 64, Mode: "blocking", Msgs: 1, MsgsPerS: 400, P50ns: 5000, Round: 1},
+		{System: "grpc", Transport: "unix", Pattern: "call", Size: 64, Mode: "blocking", Inflight: 64, Msgs: 1, MsgsPerS: 1000, P50ns: 8000, Round: 1},
+		{System: "net/rpc", Transport: "unix", Pattern: "call", Size: 64, Mode: "blocking", Inflight: 64, Msgs: 1, MsgsPerS: 2000, P50ns: 4000, Round: 1},
+		{System: "loft-rpc", Transport: "unix", Pattern: "call", Size: 64, Mode: "blocking", Inflight: 64, Msgs: 1, MsgsPerS: 3000, P50ns: 2000, Round: 1},
+		{System: "loft-rmi", Transport: "unix", Pattern: "call", Size: 64, Mode: "blocking", Msgs: 1, MsgsPerS: 10, P50ns: 10000, Round: 1},
+		{System: "loft-rmi", Transport: "unix", Pattern: "pipeline5", Size: 64, Mode: "blocking", Msgs: 1, MsgsPerS: 10, P50ns: 14000, Round: 1},
+	}
+	var js bytes.Buffer
+	enc := json.NewEncoder(&js)
+	for _, r := range rs {
+		enc.Encode(r)
+	}
+	back, err := ReadJSON(&js)
+	if err != nil || len(back) != len(rs) {
+		t.Fatalf("ReadJSON: %d results, %v", len(back), err)
+	}
+	var b bytes.Buffer
+	if err := WriteMarkdown(&b, back); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	t.Logf("\n%s", out)
+	for _, want := range []string{
+		"msgs/s 4.00x raw unix, p50 0.25x",             // shared memory against raw Unix
+		"p50 0.25x, calls/s 3.00x gRPC, 1.50x net/rpc", // RPC
+		"p50 1.40x one call",                           // remote objects
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("markdown lacks %q", want)
+		}
+	}
+	if _, err := ReadJSON(strings.NewReader("{not json")); err == nil {
+		t.Error("ReadJSON accepted garbage")
+	}
+}

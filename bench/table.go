@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -31,6 +32,41 @@ type row struct {
 // writeTable prints, per case, the medians over rounds and the ratio to the
 // matching "raw" row.
 func writeTable(w io.Writer, results []Result, cases []Case) error {
+	return renderTable(w, results, cases, false)
+}
+
+// WriteTable writes results (read back with ReadJSON, say) as the plain
+// table Run prints.
+func WriteTable(w io.Writer, results []Result) error {
+	return renderTable(w, results, Cases(), false)
+}
+
+// WriteMarkdown writes results (of Run, or read back with ReadJSON) as a
+// Markdown table of medians over rounds, with each row compared to its
+// baseline in the same run: loft's message cases with the raw transport
+// (msgs/s, and p50 for ping-pong; shared memory with raw Unix), RPC with
+// gRPC-go and net/rpc on the same transport (shared memory with Unix), and
+// remote-object patterns with one plain call on the same transport.
+func WriteMarkdown(w io.Writer, results []Result) error {
+	return renderTable(w, results, Cases(), true)
+}
+
+// ReadJSON reads the JSON lines written by Run (Options.JSON).
+func ReadJSON(r io.Reader) ([]Result, error) {
+	var out []Result
+	dec := json.NewDecoder(r)
+	for {
+		var res Result
+		if err := dec.Decode(&res); err == io.EOF {
+			return out, nil
+		} else if err != nil {
+			return out, fmt.Errorf("bench: reading results: %w", err)
+		}
+		out = append(out, res)
+	}
+}
+
+func renderTable(w io.Writer, results []Result, cases []Case, markdown bool) error {
 	rawTransport := map[[3]string]string{}
 	for _, c := range cases {
 		if c.RawTransport != "" {
@@ -97,6 +133,9 @@ func writeTable(w io.Writer, results []Result, cases []Case) error {
 		}
 	}
 
+	if markdown {
+		return writeMarkdownRows(w, list, raw, rawTransport)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	header := "PATTERN\tSIZE\tTRANSPORT\tSYSTEM\tMODE\t"
 	if anyInflight {
@@ -189,4 +228,63 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "..."
+}
+
+// writeMarkdownRows writes the rows of renderTable as Markdown, with the
+// comparisons WriteMarkdown describes.
+func writeMarkdownRows(w io.Writer, list []*row, raw map[[3]string]float64, rawTransport map[[3]string]string) error {
+	byKey := map[rowKey]*row{}
+	for _, rw := range list {
+		if len(rw.ok) > 0 {
+			byKey[rw.key] = rw
+		}
+	}
+	ratio := func(a, b float64) string { return strconv.FormatFloat(a/b, 'f', 2, 64) + "x" }
+	fmt.Fprintln(w, "| pattern | size | transport | system | mode | in flight | msgs/s | MB/s | p50 | p99 | compared | rounds |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, rw := range list {
+		k := rw.key
+		inflight := ""
+		if k.inflight != 0 {
+			inflight = strconv.Itoa(k.inflight)
+		}
+		rounds := fmt.Sprintf("%d/%d", len(rw.ok), rw.total)
+		if len(rw.ok) == 0 {
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | - | - | - | - | error: %s | %s |\n", k.pattern, formatSize(k.size), k.transport, k.system, k.mode, inflight, truncate(rw.lastErr, 120), rounds)
+			continue
+		}
+		base := k.transport
+		if base == "shm" {
+			base = "unix"
+		}
+		var cmp string
+		switch k.system {
+		case "raw", "raw-batched", "go-chan", "grpc":
+		case "loft-rpc", "net/rpc":
+			if g := byKey[rowKey{"grpc", base, k.pattern, k.size, "blocking", k.inflight}]; g != nil && g.p50 > 0 && g.msgsPerS > 0 {
+				cmp = "p50 " + ratio(float64(rw.p50), float64(g.p50)) + ", calls/s " + ratio(rw.msgsPerS, g.msgsPerS) + " gRPC"
+				if n := byKey[rowKey{"net/rpc", base, k.pattern, k.size, "blocking", k.inflight}]; k.system == "loft-rpc" && n != nil && n.msgsPerS > 0 {
+					cmp += ", " + ratio(rw.msgsPerS, n.msgsPerS) + " net/rpc"
+				}
+			}
+		case "loft-rmi":
+			if c := byKey[rowKey{k.system, k.transport, "call", k.size, k.mode, k.inflight}]; c != nil && k.pattern != "call" && c.p50 > 0 {
+				cmp = "p50 " + ratio(float64(rw.p50), float64(c.p50)) + " one call"
+			}
+		default:
+			rt := k.transport
+			if t, ok := rawTransport[[3]string{k.system, k.transport, k.pattern}]; ok {
+				rt = t
+			}
+			if b, ok := raw[[3]string{rt, k.pattern, strconv.Itoa(k.size)}]; ok && b > 0 {
+				cmp = "msgs/s " + ratio(rw.msgsPerS, b) + " raw " + rt
+				if r := byKey[rowKey{"raw", rt, k.pattern, k.size, "blocking", 0}]; r != nil && rw.p50 > 0 && r.p50 > 0 {
+					cmp += ", p50 " + ratio(float64(rw.p50), float64(r.p50))
+				}
+			}
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %.0f | %s | %s | %s | %s |\n", k.pattern, formatSize(k.size), k.transport, k.system, k.mode, inflight,
+			formatCount(rw.msgsPerS), rw.mbPerS, formatNs(rw.p50), formatNs(rw.p99), cmp, rounds)
+	}
+	return nil
 }
