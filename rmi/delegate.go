@@ -145,6 +145,8 @@ func (d *Delegate) target(ctx context.Context) (objID, error) {
 	if ok || err != nil {
 		return id, err
 	}
+	d.peer.flushCalls(ctx) // the call this waits for may still be held
+	d.ep.ensureReader()    // the reply may come when no caller reads
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -433,12 +435,10 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 // to cancel the call; the pending entry stays so that the reply still
 // settles the references lent to the call.
 func (ep *Endpoint) wait(ctx context.Context, p *peer, id uint64, pd *pending, method string) (*wmsg, error) {
-	var m *wmsg
-	select {
-	case m = <-pd.ch:
-	case <-ctx.Done():
+	m, err := ep.await(ctx, pd)
+	if err != nil {
 		ep.queueCtl(p, nil, 0, id)
-		return nil, &CallError{Peer: p.id, Method: method, Err: ctx.Err()}
+		return nil, &CallError{Peer: p.id, Method: method, Err: err}
 	}
 	if m == nil {
 		return nil, &CallError{Peer: p.id, Method: method, Err: pd.err}

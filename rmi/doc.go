@@ -48,12 +48,17 @@
 //
 // # Calls in both directions
 //
-// The endpoint's reader only decodes and updates tables; each incoming
-// call runs on its own goroutine, and no lock is held while application
-// code runs. So P may call Q.m(x) with x one of P's objects, and m may call
-// x, which runs in P while P waits for m, at any depth. Options.MaxIncoming
-// bounds the calls running per peer; beyond it calls fail at once with
-// ErrTooManyCalls (the reader never waits).
+// One goroutine at a time receives the endpoint's channel: a caller
+// waiting for a reply (so a lone call's reply reaches its caller with no
+// hand-off between goroutines), else one of a pool of background readers.
+// The reader only decodes and updates tables; an incoming call never runs
+// on it: a background reader that received a call passes reading on to
+// another (starting one if none is idle) and then serves the call itself,
+// a caller reading for its reply starts a goroutine for it. No lock is
+// held while application code runs. So P may call Q.m(x) with x one of
+// P's objects, and m may call x, which runs in P while P waits for m, at
+// any depth. Options.MaxIncoming bounds the calls running per peer; beyond
+// it calls fail at once with ErrTooManyCalls (the reader never waits).
 //
 // # Lifetime
 //
@@ -63,7 +68,7 @@
 //   - An object returned as a result is owned by the caller's delegate.
 //   - rmi.Release(x) (or Delegate.Release) gives a reference back; the
 //     release rides on the next message to that peer, or a background loop
-//     sends it about a millisecond later. A delegate dropped without
+//     sends it about 20 ms later. A delegate dropped without
 //     Release is released by its finalizer and counted in Stats().Leaked.
 //   - The home counts references per peer and per object (the same object
 //     passed twice to one peer has one id and two references). When a peer
@@ -92,9 +97,10 @@
 // interface returns at once a promise (a delegate whose target is "the
 // answer of call N"). Calls on it do not wait for N either. A pipelined
 // call is not written alone: it leaves with the next message to that peer
-// (typically the call at the end of the chain, which waits), or, if none
-// follows, from a background goroutine as soon as the calling goroutine
-// lets it run. The home queues calls on N until N returns, then runs them
+// (typically the call at the end of the chain, which waits), or when
+// something waits for the promise (Delegate.Wait, or the promise passed as
+// an argument), or else from a background goroutine about a millisecond
+// later. The home queues calls on N until N returns, then runs them
 // on the same goroutine, and the replies of the chain travel back in one
 // loft message, the last call's first: dir.Open(ctx2, "x") then
 // f.Read(ctx) costs about one round trip, in one message each way. An

@@ -50,7 +50,7 @@ type Endpoint struct {
 	wg     sync.WaitGroup
 	nextID atomic.Uint64
 	wake   chan struct{} // send the queued items now
-	lazy   *time.Timer   // send what no other message carried, ctlDelay after it was queued
+	lazy   *time.Timer   // send what no other message carried (laterLocked)
 
 	leaked   atomic.Uint64
 	live     atomic.Int64
@@ -59,11 +59,16 @@ type Endpoint struct {
 
 	mu        sync.Mutex // leaf: no send, no user code, no other lock taken under it
 	closed    bool
-	ids       []byte // random bytes for object ids, from crypto/rand
-	armed     bool   // lazy is running
+	ids       []byte    // random bytes for object ids, from crypto/rand
+	armed     bool      // lazy is running
+	lazyAt    time.Time // when it fires
+	nqueued   int       // peers with queued items (peer.queued)
 	peers     map[string]*peer
 	owner     map[objID]string // export id to the peer it was given to
 	published map[string]reflect.Value
+	npend     int // pending calls, summed over peers
+
+	rd reader // who receives the endpoint's channel (reader.go)
 }
 
 type peer struct {
@@ -88,6 +93,7 @@ type peer struct {
 	can      []uint64
 	held     []*wmsg    // replies of a pipelined chain, to ride on the next message
 	calls    []heldCall // pipelined calls, encoded, to go before the next message
+	queued   bool       // one of rel, fin, can, held, calls is not empty
 }
 
 // heldCall is a pipelined call waiting to be sent (peer.calls).
@@ -109,6 +115,10 @@ type pending struct {
 	err      error
 	borrowed []*export
 	prom     *Delegate
+
+	// under rd.mu (reader.go)
+	tok      chan struct{} // the read token is given to this follower
+	promoted bool
 }
 
 type answer struct {
@@ -140,8 +150,9 @@ func Open(ctx context.Context, node *loft.Node, opts Options) (*Endpoint, error)
 		lazy: time.NewTimer(time.Hour), peers: map[string]*peer{}, owner: map[objID]string{}, published: map[string]reflect.Value{}}
 	ep.lazy.Stop()
 	ep.ctx, ep.cancel = context.WithCancel(context.Background())
+	ep.rd.init(ep)
 	ep.wg.Add(2)
-	go ep.readLoop()
+	go ep.bgLoop()
 	go ep.ctlLoop()
 	return ep, nil
 }
@@ -165,6 +176,7 @@ func (ep *Endpoint) Close() error {
 	ep.mu.Unlock()
 	ep.cancel()
 	err := ep.recv.Close()
+	ep.closeReader()
 	for _, p := range ps {
 		ep.peerGone(p, ErrClosed)
 	}
@@ -184,6 +196,7 @@ func Publish[T any](ep *Endpoint, name string, obj T) error {
 	ep.mu.Lock()
 	ep.published[name] = v
 	ep.mu.Unlock()
+	ep.ensureReader()
 	return nil
 }
 
@@ -364,13 +377,15 @@ func (ep *Endpoint) addPending(p *peer, id uint64, pd *pending) error {
 		return p.dead
 	}
 	p.pending[id] = pd
+	ep.npend++
 	return nil
 }
 
 func (ep *Endpoint) dropPending(p *peer, id uint64) {
 	ep.mu.Lock()
-	if p.pending != nil {
+	if p.pending[id] != nil {
 		delete(p.pending, id)
+		ep.npend--
 	}
 	ep.mu.Unlock()
 }
@@ -393,8 +408,10 @@ func (ep *Endpoint) peerGone(p *peer, cause error) {
 		delete(ep.owner, id)
 	}
 	pend, run := p.pending, p.running
+	ep.npend -= len(pend)
 	p.exports, p.byVal, p.answers, p.pending, p.running = nil, nil, nil, nil, nil
 	p.rel, p.fin, p.can, p.held, p.calls = nil, nil, nil, nil, nil
+	ep.drainedLocked(p)
 	dead := p.dead
 	ep.mu.Unlock()
 	close(p.gone)
@@ -411,6 +428,7 @@ func (ep *Endpoint) peerGone(p *peer, cause error) {
 		}
 		pd.ch <- nil
 	}
+	ep.interruptLeader()
 	p.smu.Lock()
 	if p.snd != nil {
 		p.snd.Close()
@@ -459,6 +477,9 @@ func (p *peer) send(ctx context.Context, m *wmsg) error {
 	calls, held := p.calls, p.held
 	p.calls, p.held = nil, nil
 	more := len(p.rel)+len(p.fin)+len(p.can) > 0
+	if !more {
+		p.ep.drainedLocked(p)
+	}
 	p.ep.mu.Unlock()
 	if more {
 		p.ep.kick()
@@ -549,9 +570,21 @@ func (p *peer) post(m *wmsg) error {
 		return p.dead
 	}
 	p.calls = append(p.calls, heldCall{id: m.ID, b: b})
+	p.ep.laterLocked(p, heldDelay)
 	p.ep.mu.Unlock()
-	p.ep.kick()
+	p.ep.readSoon()
 	return nil
+}
+
+// flushCalls sends the pipelined calls held for p, if any: somebody is
+// about to wait for one of them.
+func (p *peer) flushCalls(ctx context.Context) {
+	p.ep.mu.Lock()
+	n := len(p.calls)
+	p.ep.mu.Unlock()
+	if n > 0 {
+		p.send(ctx, &wmsg{K: kCtl})
+	}
 }
 
 // failHeld fails the pipelined calls whose sending failed.
@@ -561,6 +594,7 @@ func (ep *Endpoint) failHeld(p *peer, calls []heldCall, err error) {
 		pd := p.pending[c.id]
 		if pd != nil {
 			delete(p.pending, c.id)
+			ep.npend--
 			ep.returnBorrowedLocked(p, pd.borrowed, nil)
 		}
 		ep.mu.Unlock()
@@ -583,57 +617,87 @@ func (ep *Endpoint) kick() {
 	}
 }
 
-// ctlDelay is how long a queued item (a release, a finished answer, a held
-// reply) may wait for another message to ride on before the control loop
-// sends it alone.
-const ctlDelay = time.Millisecond
+// Queued items wait for another message to ride on; if none comes, the
+// control loop sends them after a delay. Held pipelined calls and replies
+// (somebody may wait for them) wait heldDelay; releases and finished
+// answers, which nobody waits for, ctlDelay. The timer is stopped when a
+// message carried everything, so that it does not fire at all while
+// messages flow (a timer firing every millisecond keeps one of the
+// runtime's threads in the netpoller with a timeout and slows every
+// round trip on the machine; see loft's conn.readHandBack).
+const (
+	heldDelay = time.Millisecond
+	ctlDelay  = 20 * time.Millisecond
+)
 
-// laterLocked makes the control loop send the queued items within ctlDelay, if
-// no other message carried them by then. Caller holds ep.mu.
-func (ep *Endpoint) laterLocked() {
-	if !ep.armed && !ep.closed {
-		ep.armed = true
-		ep.lazy.Reset(ctlDelay)
+// laterLocked records that p has queued items and makes the control loop
+// send them within d, if no other message carried them by then. Caller
+// holds ep.mu.
+func (ep *Endpoint) laterLocked(p *peer, d time.Duration) {
+	if !p.queued {
+		p.queued = true
+		ep.nqueued++
+	}
+	if ep.closed {
+		return
+	}
+	at := time.Now().Add(d)
+	if !ep.armed || at.Before(ep.lazyAt) {
+		ep.armed, ep.lazyAt = true, at
+		ep.lazy.Reset(d)
 	}
 }
 
-func (ep *Endpoint) readLoop() {
-	defer ep.wg.Done()
+// drainedLocked records that p has no queued items left, and stops the
+// timer when no peer has. Caller holds ep.mu.
+func (ep *Endpoint) drainedLocked(p *peer) {
+	if !p.queued {
+		return
+	}
+	p.queued = false
+	ep.nqueued--
+	if ep.nqueued == 0 && ep.armed {
+		ep.armed = false
+		ep.lazy.Stop()
+	}
+}
+
+// dispatch handles one loft message (a message or a batch) received from
+// m.From. self is the pending call of the caller that received it (nil for
+// a background reader): its reply needs no hand-off. When run is not nil,
+// the last call that became runnable is returned in *run for the receiving
+// goroutine to serve itself, instead of on a goroutine of its own.
+func (ep *Endpoint) dispatch(m loft.Message, self *pending, run *job) {
+	bt, err := openBatch(m.Data)
+	if err != nil {
+		ep.log.Debug("rmi: bad message", "from", m.From, "err", err)
+		return
+	}
+	p, err := ep.peer(m.From)
+	if err != nil {
+		return
+	}
 	for {
-		m, err := ep.recv.Recv(ep.ctx)
-		if err != nil {
-			return
-		}
-		bt, err := openBatch(m.Data)
+		msg, err := bt.next()
 		if err != nil {
 			ep.log.Debug("rmi: bad message", "from", m.From, "err", err)
-			continue
 		}
-		p, err := ep.peer(m.From)
-		if err != nil {
-			return
+		if msg == nil {
+			break
 		}
-		for {
-			msg, err := bt.next()
-			if err != nil {
-				ep.log.Debug("rmi: bad message", "from", m.From, "err", err)
-			}
-			if msg == nil {
-				break
-			}
-			if ep.handle(p, msg) && bt.n > 0 {
-				// A caller waits for this reply: let it run before the
-				// rest of the batch (replies of a chain that only resolve
-				// promises), which would otherwise delay it on this P.
-				runtime.Gosched()
-			}
+		if pd := ep.handle(p, msg, run); pd != nil && pd != self && bt.n > 0 {
+			// A caller waits for this reply: let it run before the
+			// rest of the batch (replies of a chain that only resolve
+			// promises), which would otherwise delay it on this P.
+			runtime.Gosched()
 		}
 	}
 }
 
-// handle runs on the reader: it only updates tables and starts goroutines.
-// It reports whether it handed a reply to a goroutine waiting for it.
-func (ep *Endpoint) handle(p *peer, m *wmsg) bool {
+// handle runs on a reader: it only updates tables and starts goroutines
+// (or, with run not nil, leaves the last runnable call in *run). It
+// returns the pending call of a caller waiting for this reply, if any.
+func (ep *Endpoint) handle(p *peer, m *wmsg, run *job) *pending {
 	if len(m.Rel)+len(m.Fin)+len(m.Can) > 0 {
 		ep.control(p, m)
 	}
@@ -643,24 +707,37 @@ func (ep *Endpoint) handle(p *peer, m *wmsg) bool {
 		pd := p.pending[m.ID]
 		if pd != nil {
 			delete(p.pending, m.ID)
+			ep.npend--
 			ep.returnBorrowedLocked(p, pd.borrowed, m.Ret)
 		}
 		ep.mu.Unlock()
 		if pd == nil {
-			return false
+			return nil
 		}
 		if pd.prom != nil {
 			pd.prom.resolveFromReply(p, m)
 		}
 		pd.ch <- m
-		return pd.prom == nil
+		if pd.prom != nil {
+			return nil
+		}
+		return pd
 	case kLookup:
 		ep.wg.Add(1)
 		go ep.serveLookup(p, m)
 	case kCall:
-		ep.admit(p, m)
+		if r := ep.admitRun(p, m); r != nil {
+			if run == nil {
+				go ep.runChain(p, r)
+			} else {
+				if run.s != nil {
+					go ep.runChain(run.p, run.s)
+				}
+				*run = job{p, r}
+			}
+		}
 	}
-	return false
+	return nil
 }
 
 // control applies the releases, finished answers and cancels of m.
@@ -727,13 +804,10 @@ func contains(s []uint32, v uint32) bool {
 // (nil if none).
 type step func() (reply *wmsg, next step)
 
-// admit finds the target of an incoming call and starts serving it on its
-// own goroutine, or queues it behind the answer it targets. Runs on the
-// reader.
-func (ep *Endpoint) admit(p *peer, m *wmsg) {
-	if run := ep.admitRun(p, m); run != nil {
-		go ep.runChain(p, run)
-	}
+// A job is a step of peer p that a reader left for its goroutine to run.
+type job struct {
+	p *peer
+	s step
 }
 
 // runChain runs a call and then, on the same goroutine, the calls that
@@ -741,7 +815,7 @@ func (ep *Endpoint) admit(p *peer, m *wmsg) {
 // last are held: they ride on the next message to the peer (the last
 // reply, which the caller waits for, or a callback a step makes), so a
 // chain answers in one loft message; if a step takes long, the control
-// loop sends them after ctlDelay. Every admitted call counts once in
+// loop sends them after heldDelay. Every admitted call counts once in
 // ep.wg until its reply is sent or held.
 func (ep *Endpoint) runChain(p *peer, run step) {
 	for {
@@ -765,7 +839,7 @@ func (ep *Endpoint) hold(p *peer, r *wmsg) {
 		return
 	}
 	p.held = append(p.held, r)
-	ep.laterLocked()
+	ep.laterLocked(p, heldDelay)
 }
 
 // admitRun returns the step that serves m (or fails it), or nil when m was
@@ -1128,9 +1202,7 @@ func (ep *Endpoint) queueCtl(p *peer, rel []byte, fin, can uint64) {
 		p.can = append(p.can, can)
 	}
 	now := can != 0 || len(p.rel)+len(p.fin) >= maxRefBatch/3
-	if !now {
-		ep.laterLocked()
-	}
+	ep.laterLocked(p, ctlDelay)
 	ep.mu.Unlock()
 	if now {
 		ep.kick()

@@ -1,0 +1,381 @@
+package rmi
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Everything of the protocol arrives on the endpoint's one loft receiver,
+// and some goroutine must receive it. A fixed reader goroutine would cost
+// every call two goroutine hand-offs: the reader wakes the caller waiting
+// for a reply, and starts a goroutine for each incoming call (on a 2-core
+// machine each is a thread wake-up). So the endpoint has a read token, and
+// whoever holds it is the only goroutine in Recv:
+//
+//   - A caller waiting for a reply takes the token when it is free and
+//     reads (leads): it handles whatever arrives (incoming calls start on
+//     goroutines of their own, replies go to their callers) and returns as
+//     soon as its own reply has come, so a lone call's reply goes from the
+//     connection straight to its caller. A caller that finds another caller
+//     leading waits (follows) and is given the token when the leader is
+//     done; one that finds the background readers holding it waits for its
+//     reply from them, unless the endpoint needs no background reader: then
+//     it interrupts them and is given the token.
+//   - The background readers (bgLoop, a pool) hold the token when no caller
+//     does and the endpoint needs a reader: it publishes objects, exports
+//     objects, or has pending calls no caller waits for (promises,
+//     abandoned calls). A background reader that receives a call serves it
+//     itself, after passing the token to another background reader
+//     (starting one if none is idle), as rpc's worker pool does: incoming
+//     calls never run while their goroutine holds the token, and reading
+//     goes on while they run.
+//   - An endpoint that needs no reader leaves the token free between calls;
+//     a background reader takes it if no caller has within readHandBack (a
+//     lookup of a name never published, say, is still answered).
+//
+// Everything here is guarded by reader.mu, taken before Endpoint.mu when
+// both are.
+type reader struct {
+	mu        sync.Mutex
+	cond      sync.Cond // background readers wait for the token
+	holder    int8      // tFree, tBG or tCaller
+	bgReading bool      // a background reader is in Recv
+	closed    bool
+	idle      int // background readers waiting in cond
+	waiting   int // callers in await
+	followers []*pending
+	// Every reader receives under ctx, which is cancelled only to
+	// interrupt the current reader, and then replaced. (loft's Receiver
+	// watches the context of its last Recv until another comes: a fresh
+	// context per Recv, cancelled after it, would cost a goroutine each.)
+	ctx     context.Context
+	cancel  context.CancelFunc
+	hb      *time.Timer // readHandBack
+	hbArmed bool
+}
+
+const (
+	tFree   = iota // nobody reads
+	tBG            // a background reader reads (or is about to)
+	tCaller        // a waiting caller reads
+)
+
+// readHandBack is how long the token may stay free, when the endpoint
+// needs no reader, before a background reader takes it. It is not shorter
+// for the reason given at loft's conn.readHandBack: a timer firing every
+// couple of milliseconds slows everything on the machine.
+const readHandBack = 20 * time.Millisecond
+
+// maxIdleReaders is how many background readers may wait for the token;
+// more exit.
+const maxIdleReaders = 8
+
+func (r *reader) init(ep *Endpoint) {
+	r.cond.L = &r.mu
+	r.ctx, r.cancel = context.WithCancel(ep.ctx)
+	r.holder = tBG // until the first reader has looked
+	r.hb = time.AfterFunc(time.Hour, ep.handBack)
+	r.hb.Stop()
+}
+
+// needReader reports whether something may arrive that no caller waits
+// for. Caller holds rd.mu.
+func (ep *Endpoint) needReaderLocked() bool {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	return ep.closed || len(ep.published) > 0 || len(ep.owner) > 0 || ep.npend > ep.rd.waiting
+}
+
+// releaseTokenLocked gives the token up: to the first follower, else to
+// the background readers if the endpoint needs a reader, else to nobody
+// (see readHandBack). Caller holds rd.mu.
+func (ep *Endpoint) releaseTokenLocked() {
+	r := &ep.rd
+	for _, f := range r.followers {
+		if !f.promoted {
+			f.promoted = true
+			r.holder = tCaller
+			f.tok <- struct{}{}
+			return
+		}
+	}
+	if ep.needReaderLocked() {
+		r.holder = tBG
+		if !r.bgReading {
+			r.cond.Signal()
+		}
+		return
+	}
+	r.holder = tFree
+	if !r.hbArmed {
+		r.hbArmed = true
+		r.hb.Reset(readHandBack)
+	}
+}
+
+// handBack gives a free token to the background readers (readHandBack).
+func (ep *Endpoint) handBack() {
+	r := &ep.rd
+	r.mu.Lock()
+	r.hbArmed = false
+	if r.holder == tFree && !r.closed {
+		r.holder = tBG
+		r.cond.Signal()
+	}
+	r.mu.Unlock()
+}
+
+// ensureReader gives a free token to the background readers: something
+// may now arrive that no caller waits for.
+func (ep *Endpoint) ensureReader() {
+	r := &ep.rd
+	r.mu.Lock()
+	if r.holder == tFree && !r.closed {
+		r.holder = tBG
+		r.cond.Signal()
+	}
+	r.mu.Unlock()
+}
+
+// interruptLocked ends the Recv of the current reader. Caller holds
+// rd.mu.
+func (ep *Endpoint) interruptLocked() {
+	r := &ep.rd
+	r.cancel()
+	r.ctx, r.cancel = context.WithCancel(ep.ctx)
+}
+
+// interruptLeader ends the Recv of a leading caller: a call was failed
+// another way (peerGone), perhaps its own.
+func (ep *Endpoint) interruptLeader() {
+	r := &ep.rd
+	r.mu.Lock()
+	if r.holder == tCaller {
+		ep.interruptLocked()
+	}
+	r.mu.Unlock()
+}
+
+// closeReader wakes the background readers so that they exit.
+func (ep *Endpoint) closeReader() {
+	r := &ep.rd
+	r.mu.Lock()
+	r.closed = true
+	r.hb.Stop()
+	r.cancel()
+	r.cond.Broadcast()
+	r.mu.Unlock()
+}
+
+// bgLoop is a background reader: it waits for the token, reads while it
+// holds it, and serves a call it received itself after passing the token
+// on. It returns when the endpoint closes, or when enough others are idle.
+func (ep *Endpoint) bgLoop() {
+	defer ep.wg.Done()
+	r := &ep.rd
+	r.mu.Lock()
+	for {
+		for !r.closed && (r.holder != tBG || r.bgReading) {
+			r.idle++
+			r.cond.Wait()
+			r.idle--
+		}
+		if r.closed {
+			r.mu.Unlock()
+			return
+		}
+		r.bgReading = true
+		var run job
+		for {
+			// (ctx is taken before the check: an interruption after it
+			// ends this Recv.)
+			ctx := r.ctx
+			if r.closed || ep.ctx.Err() != nil || len(r.followers) > 0 && !ep.needReaderLocked() {
+				break
+			}
+			r.mu.Unlock()
+			m, err := ep.recv.Recv(ctx)
+			if err == nil {
+				ep.dispatch(m, nil, &run)
+			}
+			r.mu.Lock()
+			if run.s != nil || err != nil && ctx.Err() == nil {
+				break // a call to serve, or the receiver closed
+			}
+		}
+		r.bgReading = false
+		if r.closed || ep.ctx.Err() != nil {
+			r.closed = true
+			r.cond.Broadcast()
+			r.mu.Unlock()
+			if run.s != nil {
+				ep.runChain(run.p, run.s)
+			}
+			return
+		}
+		if r.holder == tBG {
+			ep.releaseTokenLocked()
+		}
+		if run.s == nil {
+			continue
+		}
+		// Serve the call here; another reader reads meanwhile.
+		if r.holder == tBG && r.idle == 0 {
+			ep.wg.Add(1)
+			go ep.bgLoop()
+		}
+		r.mu.Unlock()
+		ep.runChain(run.p, run.s)
+		r.mu.Lock()
+		if r.idle >= maxIdleReaders {
+			r.mu.Unlock()
+			return
+		}
+	}
+}
+
+// await waits for the reply of a call whose pending entry is pd, leading
+// or following. It returns ctx's error if ctx ends first.
+func (ep *Endpoint) await(ctx context.Context, pd *pending) (*wmsg, error) {
+	select {
+	case m := <-pd.ch:
+		return m, nil
+	default:
+	}
+	r := &ep.rd
+	r.mu.Lock()
+	r.waiting++
+	defer func() {
+		r.mu.Lock()
+		r.waiting--
+		r.mu.Unlock()
+	}()
+	lead := true // false once the receiver closed under a leader
+	for {
+		if lead && r.holder == tFree && !r.closed {
+			r.holder = tCaller
+			r.mu.Unlock()
+			m, got, err := ep.lead(ctx, pd)
+			if got || err != nil {
+				return m, err
+			}
+			lead = false
+			r.mu.Lock()
+			continue
+		}
+		if lead && r.holder == tBG && r.bgReading && !ep.needReaderLocked() {
+			ep.interruptLocked() // a background reader reads for nobody else: take over
+		}
+		if pd.tok == nil {
+			pd.tok = make(chan struct{}, 1)
+		}
+		r.followers = append(r.followers, pd)
+		r.mu.Unlock()
+		var m *wmsg
+		got, done := false, false
+		select {
+		case m = <-pd.ch:
+			got = true
+		case <-pd.tok:
+		case <-ctx.Done():
+			done = true
+		}
+		r.mu.Lock()
+		for i, f := range r.followers {
+			if f == pd {
+				r.followers = append(r.followers[:i], r.followers[i+1:]...)
+				break
+			}
+		}
+		if pd.promoted {
+			pd.promoted = false
+			if got {
+				<-pd.tok
+			}
+			if !got && !done && lead {
+				select {
+				case m = <-pd.ch:
+					got = true
+				default:
+				}
+			}
+			if got || done || !lead {
+				ep.releaseTokenLocked()
+			} else {
+				r.holder = tCaller
+				r.mu.Unlock()
+				m, got, err := ep.lead(ctx, pd)
+				if got || err != nil {
+					return m, err
+				}
+				lead = false
+				r.mu.Lock()
+				continue
+			}
+		}
+		if got {
+			r.mu.Unlock()
+			return m, nil
+		}
+		if done {
+			r.mu.Unlock()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// lead receives for everybody while its caller holds the token, until the
+// reply for pd has come (got), ctx ended (err), or the receiver closed
+// (neither). It gives the token up before returning.
+func (ep *Endpoint) lead(ctx context.Context, pd *pending) (m *wmsg, got bool, err error) {
+	r := &ep.rd
+	var stop func() bool
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, ep.interruptLeader)
+	}
+	for {
+		r.mu.Lock()
+		rctx := r.ctx // (before the checks: an interruption after them ends this Recv)
+		r.mu.Unlock()
+		select {
+		case m = <-pd.ch:
+			got = true
+		default:
+		}
+		if got {
+			break
+		}
+		if err = ctx.Err(); err != nil {
+			break
+		}
+		lm, rerr := ep.recv.Recv(rctx)
+		if rerr != nil {
+			if rctx.Err() != nil {
+				continue // interrupted
+			}
+			break // the receiver closed
+		}
+		ep.dispatch(lm, pd, nil)
+	}
+	if stop != nil {
+		stop()
+	}
+	r.mu.Lock()
+	ep.releaseTokenLocked()
+	r.mu.Unlock()
+	return m, got, err
+}
+
+// readSoon makes sure that a free token goes to the background readers
+// within readHandBack: a promise's reply may come that no caller waits
+// for (a caller that waits on the promise calls ensureReader).
+func (ep *Endpoint) readSoon() {
+	r := &ep.rd
+	r.mu.Lock()
+	if r.holder == tFree && !r.hbArmed && !r.closed {
+		r.hbArmed = true
+		r.hb.Reset(readHandBack)
+	}
+	r.mu.Unlock()
+}
