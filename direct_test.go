@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -75,28 +74,35 @@ func directPair(t *testing.T, ctx context.Context, ns []*Node, name string, capa
 	return r, s
 }
 
+// cancelDirectRecv starts a Recv on r, waits until it reads its connection
+// itself, cancels its context and checks that it ends promptly.
+func cancelDirectRecv(t *testing.T, ctx context.Context, r *Receiver) {
+	t.Helper()
+	rctx, rcancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := r.Recv(rctx)
+		errc <- err
+	}()
+	waitDirect(t, r)
+	rcancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Recv after cancel: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Recv reading its connection did not end when its context was cancelled")
+	}
+}
+
 func TestDirectRecvContext(t *testing.T) {
 	ns := testNodes(t, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	r, s := directPair(t, ctx, ns, "ctx", 4)
 	for i := 0; i < 3; i++ {
-		rctx, rcancel := context.WithCancel(ctx)
-		errc := make(chan error, 1)
-		go func() {
-			_, err := r.Recv(rctx)
-			errc <- err
-		}()
-		waitDirect(t, r)
-		rcancel()
-		select {
-		case err := <-errc:
-			if !errors.Is(err, context.Canceled) {
-				t.Fatalf("Recv after cancel: %v", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("Recv reading its connection did not end when its context was cancelled")
-		}
+		cancelDirectRecv(t, ctx, r)
 		// The connection is still good: the interrupted read lost nothing.
 		if err := s.Send(ctx, []byte(fmt.Sprint(i))); err != nil {
 			t.Fatal(err)
@@ -234,24 +240,9 @@ func TestDirectSharedConn(t *testing.T) {
 // its context and for Close, and a peer that falls silent is still
 // declared gone by the heartbeat while a Recv is reading.
 func TestDirectTCP(t *testing.T) {
-	dir := runtimeDir(t)
-	hb := Options{HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 300 * time.Millisecond}
-	ropts := hb
-	ropts.ListenTCP = "127.0.0.1:0"
-	rn := openNode(t, dir, ropts)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	r, err := rn.Receive(ctx, "tcp-direct", ChannelOptions{Capacity: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newFreezeProxy(t, strings.TrimPrefix(tcpURL(rn), "tcp://"))
-	sn := openNode(t, dir, hb)
-	s, err := sn.Sender(ctx, "tcp://"+p.ln.Addr().String()+"/tcp-direct")
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitReceivers(t, s, 1)
+	r, s, p := frozenTCPPair(t, ctx, "tcp-direct")
 	// Request and reply in turn, so that Recv reads the connection.
 	for i := 0; i < 20; i++ {
 		got := make(chan error, 1)
@@ -270,34 +261,12 @@ func TestDirectTCP(t *testing.T) {
 		}
 	}
 	// Cancel a Recv reading the TCP connection.
-	rctx, rcancel := context.WithCancel(ctx)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := r.Recv(rctx)
-		errc <- err
-	}()
-	waitDirect(t, r)
-	rcancel()
-	select {
-	case err := <-errc:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("Recv after cancel: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Recv reading a TCP connection did not end when its context was cancelled")
-	}
+	cancelDirectRecv(t, ctx, r)
 	// A Recv reads again; the peer falls silent: the heartbeat timeout
 	// still ends the connection.
 	go r.Recv(ctx)
 	waitDirect(t, r)
-	start := time.Now()
-	p.frozen.Store(true)
-	for r.Stats().Senders != 0 {
-		if time.Since(start) > 5*time.Second {
-			t.Fatal("a silent peer was never declared gone while a Recv was reading")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Logf("silent peer dropped %v after the partition (timeout 300ms)", time.Since(start))
+	lat := p.freezeUntil(t, func() bool { return r.Stats().Senders == 0 })
+	t.Logf("silent peer dropped %v after the partition (timeout 300ms)", lat)
 	r.Close()
 }

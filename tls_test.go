@@ -172,24 +172,49 @@ func (p *freezeProxy) pipe(dst, src net.Conn) {
 	}
 }
 
-func TestHeartbeatDetectsSilentPeer(t *testing.T) {
+// frozenTCPPair opens a receiver for name on a node listening on TCP and a
+// sender to it on another node, through a freezeProxy; heartbeats every
+// 50 ms, timeout 300 ms.
+func frozenTCPPair(t *testing.T, ctx context.Context, name string) (*Receiver, *Sender, *freezeProxy) {
+	t.Helper()
 	dir := runtimeDir(t)
 	hb := Options{HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 300 * time.Millisecond}
 	ropts := hb
 	ropts.ListenTCP = "127.0.0.1:0"
 	rn := openNode(t, dir, ropts)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if _, err := rn.Receive(ctx, "hb", ChannelOptions{Capacity: 8}); err != nil {
+	r, err := rn.Receive(ctx, name, ChannelOptions{Capacity: 8})
+	if err != nil {
 		t.Fatal(err)
 	}
 	p := newFreezeProxy(t, strings.TrimPrefix(tcpURL(rn), "tcp://"))
 	sn := openNode(t, dir, hb)
-	s, err := sn.Sender(ctx, "tcp://"+p.ln.Addr().String()+"/hb")
+	s, err := sn.Sender(ctx, "tcp://"+p.ln.Addr().String()+"/"+name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitReceivers(t, s, 1)
+	return r, s, p
+}
+
+// freezeUntil freezes the proxy and returns how long it took until gone
+// reported true; it fails the test after 5 s.
+func (p *freezeProxy) freezeUntil(t *testing.T, gone func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	p.frozen.Store(true)
+	for !gone() {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("a silent peer was never declared gone")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func TestHeartbeatDetectsSilentPeer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, s, p := frozenTCPPair(t, ctx, "hb")
 	// Idle for several heartbeat timeouts: pings keep the link alive.
 	idle := time.After(time.Second)
 	for done := false; !done; {
@@ -202,15 +227,7 @@ func TestHeartbeatDetectsSilentPeer(t *testing.T) {
 			}
 		}
 	}
-	start := time.Now()
-	p.frozen.Store(true)
-	for s.Stats().Receivers != 0 {
-		if time.Since(start) > 5*time.Second {
-			t.Fatal("a silent peer was never declared gone")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	lat := time.Since(start)
+	lat := p.freezeUntil(t, func() bool { return s.Stats().Receivers == 0 })
 	t.Logf("silent peer declared gone %v after the partition (timeout 300ms)", lat)
 	// The timeout runs from the last frame read, which came up to one
 	// heartbeat interval before the partition.
