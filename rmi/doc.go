@@ -99,8 +99,7 @@
 // call is not written alone: it leaves with the next message to that peer
 // (typically the call at the end of the chain, which waits), or when
 // something waits for the promise (Delegate.Wait, or the promise passed as
-// an argument), or else from a background goroutine about a millisecond
-// later. The home queues calls on N until N returns, then runs them
+// an argument), or else from a background goroutine about 20 ms later. The home queues calls on N until N returns, then runs them
 // on the same goroutine, and the replies of the chain travel back in one
 // loft message, the last call's first: dir.Open(ctx2, "x") then
 // f.Read(ctx) costs about one round trip, in one message each way. An

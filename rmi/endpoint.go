@@ -62,19 +62,22 @@ type Endpoint struct {
 	ids       []byte    // random bytes for object ids, from crypto/rand
 	armed     bool      // lazy is running
 	lazyAt    time.Time // when it fires
+	lazyHeld  bool      // it was armed for held replies (heldDelay)
 	nqueued   int       // peers with queued items (peer.queued)
 	peers     map[string]*peer
 	owner     map[objID]string // export id to the peer it was given to
 	published map[string]reflect.Value
 	npend     int // pending calls, summed over peers
 
-	rd reader // who receives the endpoint's channel (reader.go)
+	rd  reader    // who receives the endpoint's channel (reader.go)
+	dls deadlines // of the calls served (deadline.go)
 }
 
 type peer struct {
 	id      string
 	ep      *Endpoint
 	gone    chan struct{}
+	ctx     context.Context // ends with the peer (peerGone) or the endpoint
 	wcancel context.CancelFunc
 
 	smu sync.Mutex
@@ -177,6 +180,7 @@ func (ep *Endpoint) Close() error {
 	ep.cancel()
 	err := ep.recv.Close()
 	ep.closeReader()
+	ep.stopDeadlines()
 	for _, p := range ps {
 		ep.peerGone(p, ErrClosed)
 	}
@@ -293,7 +297,7 @@ func (ep *Endpoint) peer(id string) (*peer, error) {
 		pending: map[uint64]*pending{}, answers: map[uint64]*answer{}, running: map[uint64]context.CancelFunc{}}
 	ep.peers[id] = p
 	wctx, wcancel := context.WithCancel(ep.ctx)
-	p.wcancel = wcancel
+	p.ctx, p.wcancel = wctx, wcancel
 	ep.wg.Add(1)
 	ep.mu.Unlock()
 	go func() {
@@ -570,7 +574,7 @@ func (p *peer) post(m *wmsg) error {
 		return p.dead
 	}
 	p.calls = append(p.calls, heldCall{id: m.ID, b: b})
-	p.ep.laterLocked(p, heldDelay)
+	p.ep.laterLocked(p, ctlDelay)
 	p.ep.mu.Unlock()
 	p.ep.readSoon()
 	return nil
@@ -618,45 +622,50 @@ func (ep *Endpoint) kick() {
 }
 
 // Queued items wait for another message to ride on; if none comes, the
-// control loop sends them after a delay. Held pipelined calls and replies
-// (somebody may wait for them) wait heldDelay; releases and finished
-// answers, which nobody waits for, ctlDelay. The timer is stopped when a
-// message carried everything, so that it does not fire at all while
-// messages flow (a timer firing every millisecond keeps one of the
-// runtime's threads in the netpoller with a timeout and slows every
-// round trip on the machine; see loft's conn.readHandBack).
+// control loop sends them after a delay. Replies held by a pipelined chain
+// (the caller may wait for one of them) wait at most heldDelay, and the
+// timer armed for them is stopped when a message carried everything, so
+// that it does not fire while chains follow each other. Everything else
+// waits ctlDelay: releases and finished answers, which nobody waits for,
+// and pipelined calls, which are sent at once when something waits for
+// their answer (Delegate.target). That timer is armed only when it is not
+// already, and left to fire: at most every ctlDelay while items keep
+// coming. Arming a timer is not free (when it is the earliest of its P it
+// wakes a thread), and a timer firing every millisecond keeps one of the
+// runtime's threads in the netpoller with a timeout and slows every round
+// trip on the machine (see loft's conn.readHandBack).
 const (
 	heldDelay = time.Millisecond
 	ctlDelay  = 20 * time.Millisecond
 )
 
 // laterLocked records that p has queued items and makes the control loop
-// send them within d, if no other message carried them by then. Caller
-// holds ep.mu.
+// send them within d (heldDelay or ctlDelay), if no other message carried
+// them by then. Caller holds ep.mu.
 func (ep *Endpoint) laterLocked(p *peer, d time.Duration) {
 	if !p.queued {
 		p.queued = true
 		ep.nqueued++
 	}
-	if ep.closed {
+	if ep.closed || ep.armed && d >= ctlDelay {
 		return
 	}
 	at := time.Now().Add(d)
 	if !ep.armed || at.Before(ep.lazyAt) {
-		ep.armed, ep.lazyAt = true, at
+		ep.armed, ep.lazyAt, ep.lazyHeld = true, at, d < ctlDelay
 		ep.lazy.Reset(d)
 	}
 }
 
-// drainedLocked records that p has no queued items left, and stops the
-// timer when no peer has. Caller holds ep.mu.
+// drainedLocked records that p has no queued items left, and stops a
+// timer armed for held replies when no peer has any. Caller holds ep.mu.
 func (ep *Endpoint) drainedLocked(p *peer) {
 	if !p.queued {
 		return
 	}
 	p.queued = false
 	ep.nqueued--
-	if ep.nqueued == 0 && ep.armed {
+	if ep.nqueued == 0 && ep.armed && ep.lazyHeld {
 		ep.armed = false
 		ep.lazy.Stop()
 	}
@@ -950,9 +959,7 @@ func (ep *Endpoint) settle(p *peer, m *wmsg, ex *export, err error) step {
 }
 
 func (ep *Endpoint) reply(p *peer, m *wmsg) {
-	ctx, cancel := context.WithTimeout(ep.ctx, 30*time.Second)
-	defer cancel()
-	p.send(ctx, m)
+	p.send(p.ctx, m)
 }
 
 func (ep *Endpoint) serveLookup(p *peer, m *wmsg) {
@@ -991,10 +998,7 @@ func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
 		if len(m.A) != len(md.in) {
 			return nil, fmt.Errorf("%w: %s takes %d arguments, got %d", ErrBadMessage, m.M, len(md.in), len(m.A))
 		}
-		ctx, cancel := context.WithCancel(ep.ctx)
-		if m.TO > 0 {
-			ctx, cancel = context.WithTimeout(ep.ctx, time.Duration(m.TO))
-		}
+		ctx, cancel := ep.callContext(time.Duration(m.TO))
 		defer cancel()
 		ep.mu.Lock()
 		if p.running != nil {
