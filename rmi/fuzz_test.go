@@ -179,7 +179,21 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte{0xff, 0x00})
 	b1, _ := encodeMsg(&wmsg{K: kReply, ID: 2})
 	f.Add(appendBatch(nil, [][]byte{b1, b1, b1}))
+	f.Add([]byte{0xa3, 0x01, 0x02, 0x02, 0x05, 0x06, 0x82, 0xa2, 0x01, 0x01, 0x02, 0x41, 0x00, 0xf9, 0x3c, 0x00})
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if fm, rest, ok := fastMsg(b); ok {
+			// The fast path accepts only what decMode accepts, the same.
+			var lm wmsg
+			lrest, err := decMode.UnmarshalFirst(b, &lm)
+			if err != nil {
+				t.Fatalf("fast path accepted what decMode refuses: %v", err)
+			}
+			e1, _ := encodeMsg(fm)
+			e2, _ := encodeMsg(&lm)
+			if len(rest) != len(lrest) || !bytes.Equal(e1, e2) {
+				t.Fatalf("fast path decoded %+v (rest %d), decMode %+v (rest %d)", fm, len(rest), &lm, len(lrest))
+			}
+		}
 		if ms, err := decodeBatch(b); err == nil {
 			for _, m := range ms {
 				if _, err := checkMsg(m); err != nil {

@@ -2,6 +2,7 @@ package rmi
 
 import (
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/fxamacker/cbor/v2"
 )
@@ -90,6 +91,9 @@ func init() {
 
 // decodeMsg decodes and checks one message.
 func decodeMsg(b []byte) (*wmsg, error) {
+	if m, rest, ok := fastMsg(b); ok && len(rest) == 0 {
+		return checkMsg(m)
+	}
 	var m wmsg
 	if err := decMode.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadMessage, err)
@@ -315,8 +319,12 @@ func (bt *batch) next() (*wmsg, error) {
 	if bt.single {
 		return decodeMsg(bt.rest)
 	}
-	var m wmsg
-	rest, err := decMode.UnmarshalFirst(bt.rest, &m)
+	m, rest, ok := fastMsg(bt.rest)
+	var err error
+	if !ok {
+		m = &wmsg{}
+		rest, err = decMode.UnmarshalFirst(bt.rest, m)
+	}
 	if err == nil && bt.n == 0 && len(rest) > 0 {
 		err = fmt.Errorf("%d bytes after the batch", len(rest))
 	}
@@ -325,11 +333,11 @@ func (bt *batch) next() (*wmsg, error) {
 		return nil, fmt.Errorf("%w: %v", ErrBadMessage, err)
 	}
 	bt.rest = rest
-	if _, err := checkMsg(&m); err != nil {
+	if _, err := checkMsg(m); err != nil {
 		bt.n = 0
 		return nil, err
 	}
-	return &m, nil
+	return m, nil
 }
 
 // appendBatch appends to buf the loft message carrying the encoded
@@ -349,4 +357,233 @@ func appendBatch(buf []byte, enc [][]byte) []byte {
 		buf = append(buf, e...)
 	}
 	return buf
+}
+
+// fastMsg decodes the first message of b without reflection when it is
+// in the form appendMsg writes (definite lengths, known keys once each,
+// the types of wmsg), and reports ok = false for anything else, which the
+// caller then hands to decMode (same result or the same error, only
+// slower). Byte strings and arguments alias b (loft never reuses a
+// message's buffer).
+func fastMsg(b []byte) (m *wmsg, rest []byte, ok bool) {
+	major, n, b, ok := head(b)
+	if !ok || major != cbMap || n > 14 {
+		return nil, nil, false
+	}
+	m = &wmsg{}
+	var seen uint16
+	for range n {
+		var key, v uint64
+		if key, b, ok = uintItem(b); !ok || key == 0 || key > 14 || seen&(1<<key) != 0 {
+			return nil, nil, false
+		}
+		seen |= 1 << key
+		switch key {
+		case 1, 7:
+			if v, b, ok = uintItem(b); !ok || v > 0xff {
+				return nil, nil, false
+			}
+			if key == 1 {
+				m.K = uint8(v)
+			} else {
+				m.F = uint8(v)
+			}
+		case 2:
+			m.ID, b, ok = uintItem(b)
+		case 4:
+			m.P, b, ok = uintItem(b)
+		case 3:
+			m.Obj, b, ok = bytesItem(b)
+		case 5, 14:
+			var s string
+			if s, b, ok = textItem(b); ok {
+				if key == 5 {
+					m.M = s
+				} else {
+					m.I = s
+				}
+			}
+		case 6:
+			if major, n, b, ok = head(b); !ok || major != cbArray || n > 1<<16 {
+				return nil, nil, false
+			}
+			m.A = make([]cbor.RawMessage, n)
+			for i := range m.A {
+				var item []byte
+				if item, b, ok = skipItem(b, 0); !ok {
+					return nil, nil, false
+				}
+				m.A[i] = item
+			}
+		case 8:
+			if major, n, b, ok = head(b); !ok || major != cbMap || n > 2 {
+				return nil, nil, false
+			}
+			m.E = &werr{}
+			var eseen uint8
+			for range n {
+				var ek uint64
+				var s string
+				if ek, b, ok = uintItem(b); !ok || ek < 1 || ek > 2 || eseen&(1<<ek) != 0 {
+					return nil, nil, false
+				}
+				eseen |= 1 << ek
+				if s, b, ok = textItem(b); !ok {
+					return nil, nil, false
+				}
+				if ek == 1 {
+					m.E.C = s
+				} else {
+					m.E.M = s
+				}
+			}
+		case 9:
+			var vs []uint64
+			if vs, b, ok = uintsItem(b); ok {
+				m.Ret = make([]uint32, len(vs))
+				for i, v := range vs {
+					if v > 0xffffffff {
+						return nil, nil, false
+					}
+					m.Ret[i] = uint32(v)
+				}
+			}
+		case 10:
+			if major, n, b, ok = head(b); !ok || major != cbArray || n > 1<<16 {
+				return nil, nil, false
+			}
+			m.Rel = make([][]byte, n)
+			for i := range m.Rel {
+				if m.Rel[i], b, ok = bytesItem(b); !ok {
+					return nil, nil, false
+				}
+			}
+		case 11:
+			m.Fin, b, ok = uintsItem(b)
+		case 12:
+			m.Can, b, ok = uintsItem(b)
+		case 13:
+			if major, v, b, ok = head(b); !ok || v > 1<<63-1 || major != cbUint && major != cbNeg {
+				return nil, nil, false
+			}
+			m.TO = int64(v)
+			if major == cbNeg {
+				m.TO = -1 - int64(v)
+			}
+		}
+		if !ok {
+			return nil, nil, false
+		}
+	}
+	return m, b, true
+}
+
+// head reads the head of a data item with a definite length or value.
+func head(b []byte) (major byte, n uint64, rest []byte, ok bool) {
+	if len(b) == 0 {
+		return 0, 0, nil, false
+	}
+	major, ai := b[0]>>5, b[0]&0x1f
+	switch {
+	case ai < 24:
+		return major, uint64(ai), b[1:], true
+	case ai == 24 && len(b) >= 2:
+		return major, uint64(b[1]), b[2:], true
+	case ai == 25 && len(b) >= 3:
+		return major, uint64(b[1])<<8 | uint64(b[2]), b[3:], true
+	case ai == 26 && len(b) >= 5:
+		return major, uint64(b[1])<<24 | uint64(b[2])<<16 | uint64(b[3])<<8 | uint64(b[4]), b[5:], true
+	case ai == 27 && len(b) >= 9:
+		var v uint64
+		for _, c := range b[1:9] {
+			v = v<<8 | uint64(c)
+		}
+		return major, v, b[9:], true
+	}
+	return 0, 0, nil, false
+}
+
+func uintItem(b []byte) (uint64, []byte, bool) {
+	major, v, b, ok := head(b)
+	return v, b, ok && major == cbUint
+}
+
+func bytesItem(b []byte) ([]byte, []byte, bool) {
+	major, n, b, ok := head(b)
+	if !ok || major != cbBytes || n > uint64(len(b)) {
+		return nil, nil, false
+	}
+	return b[:n:n], b[n:], true
+}
+
+func textItem(b []byte) (string, []byte, bool) {
+	major, n, b, ok := head(b)
+	if !ok || major != cbText || n > uint64(len(b)) || !utf8.Valid(b[:n]) {
+		return "", nil, false
+	}
+	return string(b[:n]), b[n:], true
+}
+
+func uintsItem(b []byte) ([]uint64, []byte, bool) {
+	major, n, b, ok := head(b)
+	if !ok || major != cbArray || n > 1<<16 || n > uint64(len(b)) {
+		return nil, nil, false
+	}
+	vs := make([]uint64, n)
+	for i := range vs {
+		if vs[i], b, ok = uintItem(b); !ok {
+			return nil, nil, false
+		}
+	}
+	return vs, b, true
+}
+
+// skipItem returns the first data item of b and what follows it, for the
+// well-formed items the fast path accepts (definite lengths, no tags, no
+// simple values but false, true, null and undefined, floats, UTF-8 text,
+// nesting at most 16 below the argument array).
+func skipItem(b []byte, depth int) (item, rest []byte, ok bool) {
+	if depth > 16 || len(b) == 0 {
+		return nil, nil, false
+	}
+	major, n, r, ok := head(b)
+	if major == 7 {
+		switch ai := b[0] & 0x1f; {
+		case ai >= 20 && ai <= 23:
+			return b[:1], b[1:], true
+		case ai == 25 && len(b) >= 3:
+			return b[:3], b[3:], true
+		case ai == 26 && len(b) >= 5:
+			return b[:5], b[5:], true
+		case ai == 27 && len(b) >= 9:
+			return b[:9], b[9:], true
+		}
+		return nil, nil, false
+	}
+	if !ok {
+		return nil, nil, false
+	}
+	switch major {
+	case cbUint, cbNeg:
+	case cbBytes, cbText:
+		if n > uint64(len(r)) || major == cbText && !utf8.Valid(r[:n]) {
+			return nil, nil, false
+		}
+		r = r[n:]
+	case cbArray, cbMap:
+		if n > 1<<16 || n > uint64(len(r)) {
+			return nil, nil, false
+		}
+		if major == cbMap {
+			n *= 2
+		}
+		for range n {
+			if _, r, ok = skipItem(r, depth+1); !ok {
+				return nil, nil, false
+			}
+		}
+	default:
+		return nil, nil, false
+	}
+	return b[: len(b)-len(r) : len(b)-len(r)], r, true
 }
