@@ -188,7 +188,7 @@ func (d *Delegate) resolveFromReply(p *peer, m *wmsg) {
 		return
 	}
 	var r wref
-	if len(m.A) == 0 || decMode.Unmarshal(m.A[0], &r) != nil || len(r.ID) != idLen {
+	if len(m.A) == 0 || decodeRefRaw(m.A[0], &r) != nil || len(r.ID) != idLen {
 		d.resolve(objID{}, fmt.Errorf("%w: the pipelined call returned no object", ErrNoSuchObject))
 		return
 	}
@@ -371,7 +371,7 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 			continue
 		}
 		pd.borrowed = append(pd.borrowed, nil)
-		raw, err := encMode.Marshal(a)
+		raw, err := marshalValue(a)
 		if err != nil {
 			undo()
 			return fail(fmt.Errorf("rmi: encoding argument %d: %v", i+1, err))
@@ -423,7 +423,7 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 			continue
 		}
 		v := reflect.New(t)
-		if err := decMode.Unmarshal(m.A[i], v.Interface()); err != nil {
+		if err := unmarshalValue(m.A[i], v.Interface()); err != nil {
 			return fail(fmt.Errorf("%w: result %d: %v", ErrBadMessage, i+1, err))
 		}
 		out[i] = v.Elem()

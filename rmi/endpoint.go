@@ -552,7 +552,11 @@ func (p *peer) sendAll(ctx context.Context, enc [][]byte) (int, error) {
 			size += len(enc[sent+n])
 			n++
 		}
-		if err := p.snd.Send(ctx, appendBatch(make([]byte, 0, size+3), enc[sent:sent+n])); err != nil {
+		b := enc[sent]
+		if n > 1 {
+			b = appendBatch(make([]byte, 0, size+3), enc[sent:sent+n])
+		}
+		if err := p.snd.Send(ctx, b); err != nil {
 			return sent, err
 		}
 		sent += n
@@ -1026,7 +1030,7 @@ func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
 			}
 			lent = append(lent, nil)
 			v := reflect.New(t)
-			if err := decMode.Unmarshal(m.A[i], v.Interface()); err != nil {
+			if err := unmarshalValue(m.A[i], v.Interface()); err != nil {
 				return nil, fmt.Errorf("%w: argument %d of %s: %v", ErrBadMessage, i+1, m.M, err)
 			}
 			in[i+1] = v.Elem()
@@ -1051,7 +1055,7 @@ func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
 				out[i] = raw
 				continue
 			}
-			raw, err := encMode.Marshal(res[i].Interface())
+			raw, err := marshalValue(res[i].Interface())
 			if err != nil {
 				return nil, fmt.Errorf("rmi: encoding result %d of %s: %v", i+1, m.M, err)
 			}
@@ -1157,7 +1161,7 @@ func (ep *Endpoint) decodeRef(p *peer, raw cbor.RawMessage, f *iface, borrowed b
 		return v, nil, nil
 	}
 	var r wref
-	if err := decMode.Unmarshal(raw, &r); err != nil || len(r.ID) != idLen {
+	if err := decodeRefRaw(raw, &r); err != nil || len(r.ID) != idLen {
 		return v, nil, fmt.Errorf("%w: bad reference", ErrBadMessage)
 	}
 	id := objID(r.ID)

@@ -218,9 +218,44 @@ func FuzzDecode(f *testing.F) {
 		if !bytes.Equal(b2, b3) {
 			t.Fatal("encoding not stable")
 		}
-		var r wref
 		for _, a := range m.A {
-			decMode.Unmarshal(a, &r) // arguments as references: must not panic
+			// arguments as references: must not panic, fast path as decMode
+			var r1, r2 wref
+			e1, e2 := decodeRefRaw(a, &r1), decMode.Unmarshal(a, &r2)
+			if (e1 == nil) != (e2 == nil) || e1 == nil && (r1.K != r2.K || !bytes.Equal(r1.ID, r2.ID)) {
+				t.Fatalf("reference % x: %+v %v, decMode %+v %v", a, r1, e1, r2, e2)
+			}
 		}
 	})
+}
+
+// The fast paths of values and references give what encMode and decMode
+// give.
+func TestWireFastValues(t *testing.T) {
+	for _, v := range []any{0, 1, 23, 24, 255, 256, 65535, 65536, 1 << 40, -1, -24, -25, -1 << 40, int64(-1 << 63), int64(1<<63 - 1),
+		"", "x", strings.Repeat("y", 300), "\xff", true, false, 1.5, []byte{1}} {
+		got, err := marshalValue(v)
+		want, err2 := encMode.Marshal(v)
+		if (err == nil) != (err2 == nil) || !bytes.Equal(got, want) {
+			t.Fatalf("%#v: % x %v, encMode % x %v", v, got, err, want, err2)
+		}
+		var s1, s2 string
+		e1, e2 := unmarshalValue(want, &s1), decMode.Unmarshal(want, &s2)
+		if (e1 == nil) != (e2 == nil) || s1 != s2 {
+			t.Fatalf("string from % x: %q %v, decMode %q %v", want, s1, e1, s2, e2)
+		}
+		var i1, i2 int
+		e1, e2 = unmarshalValue(want, &i1), decMode.Unmarshal(want, &i2)
+		if (e1 == nil) != (e2 == nil) || i1 != i2 {
+			t.Fatalf("int from % x: %d %v, decMode %d %v", want, i1, e1, i2, e2)
+		}
+	}
+	id := bytes.Repeat([]byte{9}, idLen)
+	for _, raw := range [][]byte{appendRef(nil, refSender, id), appendRef(nil, refReceiver, id), appendRef(nil, 30, id), {0xf6}, {0xa0}} {
+		var r1, r2 wref
+		e1, e2 := decodeRefRaw(raw, &r1), decMode.Unmarshal(raw, &r2)
+		if (e1 == nil) != (e2 == nil) || r1.K != r2.K || !bytes.Equal(r1.ID, r2.ID) {
+			t.Fatalf("ref % x: %+v %v, decMode %+v %v", raw, r1, e1, r2, e2)
+		}
+	}
 }

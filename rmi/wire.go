@@ -587,3 +587,62 @@ func skipItem(b []byte, depth int) (item, rest []byte, ok bool) {
 	}
 	return b[: len(b)-len(r) : len(b)-len(r)], r, true
 }
+
+// decodeRefRaw decodes a reference {1: kind, 2: id} into r: without
+// reflection when it is in the form appendRef writes, else with decMode.
+func decodeRefRaw(raw []byte, r *wref) error {
+	if len(raw) == 5+idLen && raw[0] == 0xa2 && raw[1] == 1 && raw[2] < 24 && raw[3] == 2 && raw[4] == 0x40|idLen {
+		r.K, r.ID = raw[2], raw[5:5+idLen:5+idLen]
+		return nil
+	}
+	return decMode.Unmarshal(raw, r)
+}
+
+// marshalValue encodes v as encMode does; common basic types without
+// reflection.
+func marshalValue(v any) ([]byte, error) {
+	switch x := v.(type) {
+	case int:
+		return appendInt(nil, int64(x)), nil
+	case int64:
+		return appendInt(nil, x), nil
+	case string:
+		if utf8.ValidString(x) {
+			return appendText(make([]byte, 0, 9+len(x)), x), nil
+		}
+	case bool:
+		if x {
+			return []byte{0xf5}, nil
+		}
+		return []byte{0xf4}, nil
+	}
+	return encMode.Marshal(v)
+}
+
+func appendInt(b []byte, v int64) []byte {
+	if v < 0 {
+		return appendHead(b, cbNeg, uint64(-1-v))
+	}
+	return appendHead(b, cbUint, uint64(v))
+}
+
+// unmarshalValue decodes raw into the value p points to as decMode does;
+// a string or an int from a plain text or integer item without reflection.
+func unmarshalValue(raw []byte, p any) error {
+	switch x := p.(type) {
+	case *string:
+		if s, rest, ok := textItem(raw); ok && len(rest) == 0 {
+			*x = s
+			return nil
+		}
+	case *int:
+		if major, n, rest, ok := head(raw); ok && len(rest) == 0 && n <= 1<<63-1 && (major == cbUint || major == cbNeg) {
+			*x = int(n)
+			if major == cbNeg {
+				*x = -1 - int(n)
+			}
+			return nil
+		}
+	}
+	return decMode.Unmarshal(raw, p)
+}
