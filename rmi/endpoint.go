@@ -962,6 +962,9 @@ func (ep *Endpoint) settle(p *peer, m *wmsg, ex *export, err error) step {
 	return next
 }
 
+// reply sends the reply m of a served call. It may wait for credit as long
+// as the peer lives and the endpoint is open (a context with a timeout
+// would arm a runtime timer per reply: see deadline.go).
 func (ep *Endpoint) reply(p *peer, m *wmsg) {
 	p.send(p.ctx, m)
 }

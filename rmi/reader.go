@@ -187,6 +187,7 @@ func (ep *Endpoint) bgLoop() {
 		}
 		r.bgReading = true
 		var run job
+		var recvErr error
 		for {
 			// (ctx is taken before the check: an interruption after it
 			// ends this Recv.)
@@ -200,12 +201,15 @@ func (ep *Endpoint) bgLoop() {
 				ep.dispatch(m, nil, &run)
 			}
 			r.mu.Lock()
-			if run.s != nil || err != nil && ctx.Err() == nil {
-				break // a call to serve, or the receiver closed
+			if err != nil && ctx.Err() == nil {
+				recvErr = err // the receiver closed (its node was closed?)
+			}
+			if run.s != nil || recvErr != nil {
+				break
 			}
 		}
 		r.bgReading = false
-		if r.closed || ep.ctx.Err() != nil {
+		if r.closed || ep.ctx.Err() != nil || recvErr != nil {
 			r.closed = true
 			r.cond.Broadcast()
 			r.mu.Unlock()
