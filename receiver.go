@@ -94,14 +94,13 @@ type inAtt struct {
 	remote string
 
 	// Guarded by r.mu.
-	received  uint64              // messages arrived on this attachment
-	done      uint64              // messages that left the queue: taken, dropped or discarded
-	acked     uint64              // messages finished: every one of index < acked (see finishLocked)
-	finished  map[uint64]struct{} // indices >= acked finished out of order
-	limit     uint64              // credit: the sender may send while received < limit
-	lastAck   uint64              // acked as of the last urgent ACK
-	toldLimit uint64              // the credit limit the sender surely knows: as of the last urgent ACK
-	gone      bool
+	received uint64              // messages arrived on this attachment
+	done     uint64              // messages that left the queue: taken, dropped or discarded
+	acked    uint64              // messages finished: every one of index < acked (see finishLocked)
+	finished map[uint64]struct{} // indices >= acked finished out of order
+	limit    uint64              // credit: the sender may send while received < limit
+	lastAck  uint64              // acked as of the last urgent ACK
+	gone     bool
 
 	// Read by the conn's writer when it builds an ACK.
 	ackTaken  atomic.Uint64
