@@ -201,19 +201,17 @@ func (n *Node) acceptLoop(l net.Listener) {
 				return
 			}
 			c.start()
-			// Reuse the connection for traffic towards the dialler too,
-			// unless we have one of our own (both ends dialled at once):
-			// then the conn dialled by the smaller node id wins at both
-			// ends (see connect).
-			n.mu.Lock()
-			if old := n.dialed[c.remoteID]; old == nil || old.isClosed() || old.dialed && c.remoteID < n.id {
-				n.dialed[c.remoteID] = c
-			}
-			n.mu.Unlock()
 		}()
 	}
 }
 
+// addConn registers an accepted conn before it starts. It is also reused
+// for traffic towards the dialler, unless we have a conn of our own to it
+// (both ends dialled at once): then the conn dialled by the smaller node id
+// wins at both ends (see connect). This happens before the conn reads a
+// frame: once the peer's ATTACH is answered, the peer may tell us about it
+// (a child saying "ready"), and a Sender of ours to the peer must find
+// this conn rather than dial a second one.
 func (n *Node) addConn(c *conn) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -222,6 +220,9 @@ func (n *Node) addConn(c *conn) bool {
 	}
 	n.conns[c] = struct{}{}
 	n.wg.Add(2)
+	if old := n.dialed[c.remoteID]; old == nil || old.isClosed() || old.dialed && c.remoteID < n.id {
+		n.dialed[c.remoteID] = c
+	}
 	return true
 }
 
