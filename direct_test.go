@@ -270,3 +270,31 @@ func TestDirectTCP(t *testing.T) {
 	t.Logf("silent peer dropped %v after the partition (timeout 300ms)", lat)
 	r.Close()
 }
+
+// TestDirectRecvDeadlines: Recv calls with a context per call (a deadline
+// each) end at their deadline while reading their connection, one after
+// another, and a message after them still arrives.
+func TestDirectRecvDeadlines(t *testing.T) {
+	ns := testNodes(t, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r, s := directPair(t, ctx, ns, "deadlines", 4)
+	for i := 0; i < 5; i++ {
+		cctx, ccancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		start := time.Now()
+		_, err := r.Recv(cctx)
+		ccancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Recv %d: %v", i, err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("Recv %d ended %v after a 20 ms deadline", i, d)
+		}
+	}
+	if err := s.Send(ctx, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := r.Recv(ctx); err != nil || string(m.Data) != "after" {
+		t.Fatalf("after deadlines: %q, %v", m.Data, err)
+	}
+}

@@ -255,7 +255,8 @@ func (r *Receiver) directDone(ctx context.Context) bool {
 
 // watchCtxLocked makes sure that ctx ending interrupts a Recv reading for
 // itself under it. The registration is kept for the next Recv with the
-// same context, so a loop of Recv calls registers once.
+// same context, so a loop of Recv calls registers once (unless ctx has a
+// deadline: see recv).
 func (r *Receiver) watchCtxLocked(ctx context.Context) {
 	if ctx.Done() == nil || ctx == r.actx {
 		return
@@ -623,6 +624,13 @@ func (r *Receiver) recv(ctx context.Context, later bool) (Message, *inAtt, uint6
 			c.readFrames(r, ctx)
 			r.mu.Lock()
 			r.dreading, r.dctx = nil, nil
+			if _, ok := ctx.Deadline(); ok && r.actx == ctx {
+				// A context with a deadline is most likely one per call:
+				// unregister now, or its cancellation, right after this
+				// Recv returns, would start a goroutine for nothing.
+				r.astop()
+				r.actx, r.astop = nil, nil
+			}
 			r.waiting--
 			// Another Recv of this receiver waiting takes the baton over
 			// (one wake-up, as from a background reader).
