@@ -312,7 +312,10 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 	if budget == 0 {
 		budget = c.spin
 	}
-	start := time.Now()
+	var start time.Time
+	if !c.poll {
+		start = time.Now() // busy-polling has no time budget: no clock read
+	}
 	for i := 0; ; i++ {
 		if word.Load() != seen {
 			// The spin paid off: spin the full time next time.
