@@ -88,7 +88,7 @@ type conn struct {
 	direct    bool          // Recv may read this conn itself (reads end on a deadline)
 	rintr     atomic.Uint64 // read interruptions asked for (see interruptRead)
 	rseen     uint64        // baton holder only: interruptions already seen
-	yield     bool          // baton holder only: the last frame woke a Recv that can read for itself
+	yield     bool          // baton holder only: the last frame brought a lone message to a Recv that can read for itself
 
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -1019,9 +1019,9 @@ func (c *conn) readLoop() {
 }
 
 // readFrames reads and handles frames; the caller holds the baton. For the
-// background reader (r nil) it stops when a frame woke a Recv that can read
-// for itself and nobody else needs the conn read: that Recv then reads on,
-// without a hand-off per message. For a Recv reading for itself (r and
+// background reader (r nil) it stops when a frame brought a lone message to
+// a waiting Recv that can read for itself and nobody else needs the conn
+// read: that Recv then reads on, without a hand-off per message. For a Recv reading for itself (r and
 // ctx set) it stops as soon as r has a message, is closed or interrupted,
 // or ctx ends. Either way it stops only at a frame boundary with nothing
 // buffered, if it can. It returns false once the conn is closed.
@@ -1051,8 +1051,7 @@ func (c *conn) readFrames(r *Receiver, ctx context.Context) bool {
 			return false
 		}
 		c.yield = false
-		if err := c.handle(f); err != nil {
-			c.handleFailed(err)
+		if !c.handleOne(f) {
 			return false
 		}
 		if r == nil {
@@ -1077,10 +1076,19 @@ func (c *conn) handleBuffered() bool {
 			c.readFailed(err)
 			return false
 		}
-		if err := c.handle(f); err != nil {
-			c.handleFailed(err)
+		if !c.handleOne(f) {
 			return false
 		}
+	}
+	return true
+}
+
+// handleOne handles a frame; on an error it closes the conn and reports
+// false.
+func (c *conn) handleOne(f wire.Frame) bool {
+	if err := c.handle(f); err != nil {
+		c.handleFailed(err)
+		return false
 	}
 	return true
 }

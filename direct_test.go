@@ -48,14 +48,7 @@ func directPair(t *testing.T, ctx context.Context, ns []*Node, name string, capa
 	}
 	// The first message goes to a Recv already waiting: the background
 	// reader then leaves the reading to Recv.
-	got := make(chan error, 1)
-	go func() {
-		m, err := r.Recv(ctx)
-		if err == nil && string(m.Data) != "first" {
-			err = fmt.Errorf("got %q", m.Data)
-		}
-		got <- err
-	}()
+	got := recvAsync(ctx, r)
 	for {
 		r.mu.Lock()
 		w := r.waiting
@@ -68,10 +61,37 @@ func directPair(t *testing.T, ctx context.Context, ns []*Node, name string, capa
 	if err := s.Send(ctx, []byte("first")); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-got; err != nil {
-		t.Fatalf("first message: %v", err)
+	if m, err := await(t, got, "the first message"); err != nil || string(m.Data) != "first" {
+		t.Fatalf("first message: %q, %v", m.Data, err)
 	}
 	return r, s
+}
+
+// recvAsync runs one Recv on r in the background.
+func recvAsync(ctx context.Context, r *Receiver) <-chan recvResult {
+	ch := make(chan recvResult, 1)
+	go func() {
+		m, err := r.Recv(ctx)
+		ch <- recvResult{m, err}
+	}()
+	return ch
+}
+
+type recvResult struct {
+	m   Message
+	err error
+}
+
+// await waits (10 s at most) for the Recv started by recvAsync.
+func await(t *testing.T, ch <-chan recvResult, what string) (Message, error) {
+	t.Helper()
+	select {
+	case res := <-ch:
+		return res.m, res.err
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Recv did not end: %s", what)
+		return Message{}, nil
+	}
 }
 
 // cancelDirectRecv starts a Recv on r, waits until it reads its connection
@@ -79,20 +99,11 @@ func directPair(t *testing.T, ctx context.Context, ns []*Node, name string, capa
 func cancelDirectRecv(t *testing.T, ctx context.Context, r *Receiver) {
 	t.Helper()
 	rctx, rcancel := context.WithCancel(ctx)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := r.Recv(rctx)
-		errc <- err
-	}()
+	got := recvAsync(rctx, r)
 	waitDirect(t, r)
 	rcancel()
-	select {
-	case err := <-errc:
-		if !errors.Is(err, context.Canceled) {
-			t.Fatalf("Recv after cancel: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Recv reading its connection did not end when its context was cancelled")
+	if _, err := await(t, got, "a Recv reading its connection, after its context was cancelled"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Recv after cancel: %v", err)
 	}
 }
 
@@ -119,20 +130,11 @@ func TestDirectRecvClose(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	r, _ := directPair(t, ctx, ns, "close", 4)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := r.Recv(ctx)
-		errc <- err
-	}()
+	got := recvAsync(ctx, r)
 	waitDirect(t, r)
 	r.Close()
-	select {
-	case err := <-errc:
-		if !errors.Is(err, ErrClosed) {
-			t.Fatalf("Recv after Close: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Recv reading its connection did not end on Close")
+	if _, err := await(t, got, "a Recv reading its connection, after Close"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Recv after Close: %v", err)
 	}
 }
 
@@ -143,15 +145,7 @@ func TestDirectRecvNewSender(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	r, _ := directPair(t, ctx, ns, "more", 4)
-	got := make(chan string, 1)
-	go func() {
-		m, err := r.Recv(ctx)
-		if err != nil {
-			got <- err.Error()
-			return
-		}
-		got <- string(m.Data)
-	}()
+	got := recvAsync(ctx, r)
 	waitDirect(t, r)
 	s2, err := ns[2].Sender(ctx, "more")
 	if err != nil {
@@ -160,13 +154,8 @@ func TestDirectRecvNewSender(t *testing.T) {
 	if err := s2.Send(ctx, []byte("from the third node")); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case m := <-got:
-		if m != "from the third node" {
-			t.Fatalf("got %q", m)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("a Recv reading one connection missed a message on another")
+	if m, err := await(t, got, "a Recv reading one connection, for a message on another"); err != nil || string(m.Data) != "from the third node" {
+		t.Fatalf("got %q, %v", m.Data, err)
 	}
 }
 
@@ -245,19 +234,12 @@ func TestDirectTCP(t *testing.T) {
 	r, s, p := frozenTCPPair(t, ctx, "tcp-direct")
 	// Request and reply in turn, so that Recv reads the connection.
 	for i := 0; i < 20; i++ {
-		got := make(chan error, 1)
-		go func() {
-			m, err := r.Recv(ctx)
-			if err == nil && string(m.Data) != fmt.Sprint(i) {
-				err = fmt.Errorf("got %q want %d", m.Data, i)
-			}
-			got <- err
-		}()
+		got := recvAsync(ctx, r)
 		if err := s.Send(ctx, []byte(fmt.Sprint(i))); err != nil {
 			t.Fatal(err)
 		}
-		if err := <-got; err != nil {
-			t.Fatal(err)
+		if m, err := await(t, got, "request "+fmt.Sprint(i)); err != nil || string(m.Data) != fmt.Sprint(i) {
+			t.Fatalf("got %q, %v, want %d", m.Data, err, i)
 		}
 	}
 	// Cancel a Recv reading the TCP connection.
