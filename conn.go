@@ -88,6 +88,8 @@ type conn struct {
 	direct    bool          // Recv may read this conn itself (reads end on a deadline)
 	rintr     atomic.Uint64 // read interruptions asked for (see interruptRead)
 	rseen     uint64        // baton holder only: interruptions already seen
+	poller    readPoller    // set when reads may busy-poll (Options.BusyPoll on shared memory)
+	polling   bool          // baton holder only: reads busy-poll now
 	yield     bool          // baton holder only: the last frame brought a lone message to a Recv that can read for itself
 
 	closed    chan struct{}
@@ -163,7 +165,25 @@ func newConn(n *Node, nc net.Conn, dialed bool) *conn {
 		c.hb = true // TCP and anything else without a kernel hang-up signal
 		c.direct = true
 	}
+	if p, ok := nc.(readPoller); ok && n.opts.BusyPoll {
+		c.poller, c.polling = p, true
+	}
 	return c
+}
+
+// readPoller is a connection that can busy-poll its reads
+// (shmconn.Conn.SetReadPoll).
+type readPoller interface{ SetReadPoll(on bool) }
+
+// pollFor makes reads busy-poll for a Recv reading for itself, and not
+// for the background reader, which serves nobody in particular: a poller
+// on an idle conn would take a core from one that matters. The caller
+// holds the baton.
+func (c *conn) pollFor(direct bool) {
+	if c.poller != nil && c.polling != direct {
+		c.poller.SetReadPoll(direct)
+		c.polling = direct
+	}
 }
 
 // handshake exchanges HELLO frames. It runs before the goroutines start.
@@ -1026,6 +1046,7 @@ func (c *conn) readLoop() {
 // or ctx ends. Either way it stops only at a frame boundary with nothing
 // buffered, if it can. It returns false once the conn is closed.
 func (c *conn) readFrames(r *Receiver, ctx context.Context) bool {
+	c.pollFor(r != nil)
 	for {
 		if r != nil && r.directDone(ctx) {
 			return c.handleBuffered()

@@ -68,6 +68,13 @@ type Config struct {
 	BusyPoll bool
 }
 
+// SetReadPoll turns busy-polling on or off for reads, from the next wait
+// for data on; writes keep Config.BusyPoll. A connection read in turn by
+// a goroutine that wants the lowest latency and by one that merely keeps
+// it drained (loft's background reader) polls only for the first: a
+// poller that serves nobody would take a core from one that does.
+func (c *Conn) SetReadPoll(on bool) { c.rpoll.Store(on) }
+
 // minSpin is the shortest adaptive spin before parking.
 const minSpin = 500 * time.Nanosecond
 
@@ -105,7 +112,8 @@ type Conn struct {
 	mem    []byte
 	tx, rx ring
 	spin   time.Duration
-	poll   bool
+	poll   bool        // writes waiting for space busy-poll (Config.BusyPoll)
+	rpoll  atomic.Bool // reads waiting for data busy-poll (see SetReadPoll)
 
 	// Wake-ups travel through eventfds: evData and evSpace are ours, read
 	// through the Go netpoller while parked (no thread held); the peer
@@ -148,6 +156,7 @@ func newConn(sock *net.UnixConn, mem []byte, dialer bool, cfg *Config, ev eventf
 		local:     sock.LocalAddr(),
 		remot:     sock.RemoteAddr(),
 	}
+	c.rpoll.Store(c.poll)
 	if dialer {
 		c.tx, c.rx = a, b
 	} else {
@@ -313,7 +322,11 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 		budget = c.spin
 	}
 	var start time.Time
-	if !c.poll {
+	poll := c.poll
+	if reader {
+		poll = c.rpoll.Load()
+	}
+	if !poll {
 		start = time.Now() // busy-polling has no time budget: no clock read
 	}
 	for i := 0; ; i++ {
@@ -330,14 +343,14 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 		// The checks below cost as much as dozens of loads of the word;
 		// busy-polling, which has no time budget, does them rarely so that
 		// a change of the word is seen sooner.
-		if i&63 == 63 && (!c.poll || i&1023 == 1023) {
+		if i&63 == 63 && (!poll || i&1023 == 1023) {
 			if c.isClosed() {
 				return net.ErrClosed
 			}
 			if c.isGone() {
 				return nil
 			}
-			if c.poll {
+			if poll {
 				if dl.expired() {
 					return os.ErrDeadlineExceeded
 				}
