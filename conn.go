@@ -200,46 +200,68 @@ func (c *conn) handshake(ctx context.Context) error {
 	}()
 	r := wire.NewReader(c.nc, 4096)
 	c.rd = r // what the peer sent right after its HELLO stays buffered for readFrames
-	hello := func(t wire.Type) error {
+	hello := func(t wire.Type, flags uint16) error {
 		p := wire.AppendUvarint(nil, wire.Version)
 		p = wire.AppendString(p, c.node.id)
-		_, err := c.nc.Write(wire.AppendFrame(nil, t, 0, p))
+		_, err := c.nc.Write(wire.AppendFrame(nil, t, flags, p))
 		return err
 	}
-	read := func(want wire.Type) error {
+	read := func(want wire.Type) (uint16, error) {
 		f, err := r.Next()
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if f.Type != want {
-			return fmt.Errorf("%w: got %s, want %s", ErrProtocol, f.Type, want)
+			return 0, fmt.Errorf("%w: got %s, want %s", ErrProtocol, f.Type, want)
 		}
 		d := wire.NewDecoder(f.Payload)
 		v := d.Uvarint()
 		id := d.String(128)
 		if err := d.End(); err != nil {
-			return err
+			return 0, err
 		}
 		if v != wire.Version {
-			return fmt.Errorf("%w: peer speaks version %d", wire.ErrVersion, v)
+			return 0, fmt.Errorf("%w: peer speaks version %d", wire.ErrVersion, v)
 		}
 		c.remoteID = id
-		return nil
+		return f.Flags, nil
 	}
 	if c.dialed {
-		if err := hello(wire.THello); err != nil {
+		if err := hello(wire.THello, 0); err != nil {
 			return err
 		}
-		return read(wire.THelloAck)
+		flags, err := read(wire.THelloAck)
+		if err == nil && flags&wire.FlagUseMine != 0 {
+			err = errUseTheirs
+		}
+		return err
 	}
-	if err := read(wire.THello); err != nil {
+	if _, err := read(wire.THello); err != nil {
 		return err
 	}
 	if r.Buffered() != 0 {
 		return fmt.Errorf("%w: data before handshake completed", ErrProtocol)
 	}
-	return hello(wire.THelloAck)
+	switch c.node.admit(c) {
+	case admitClosed:
+		return ErrClosed
+	case admitDecline:
+		hello(wire.THelloAck, wire.FlagUseMine)
+		return errUseMine
+	}
+	if err := hello(wire.THelloAck, 0); err != nil {
+		c.node.unadmit(c)
+		return err
+	}
+	return nil
 }
+
+// Handshake outcomes of a simultaneous dial (see Node.admit): one
+// connection is kept between two nodes.
+var (
+	errUseMine   = errors.New("declined: we dialled the peer too, and our connection is kept")
+	errUseTheirs = errors.New("declined by the peer: it dialled us too, and its connection is kept")
+)
 
 func (c *conn) start() {
 	c.lastWrite.Store(monoNow())

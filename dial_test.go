@@ -9,9 +9,10 @@ import (
 )
 
 // TestSimultaneousDial: two nodes that dial each other at the same moment
-// end up with two connections; neither may be closed under the other (a
-// hang-up would look like the peer's death: Watch would report it Down and
-// links on it would fail), and traffic flows both ways.
+// end up talking over one connection (traffic both ways over two would cost
+// a reader and a write each for acknowledgements on the other), and no
+// connection the peer uses is closed under it (a hang-up would look like
+// the peer's death: Watch would report it Down and links on it would fail).
 func TestSimultaneousDial(t *testing.T) {
 	for round := 0; round < 20; round++ {
 		ns := testNodes(t, 2)
@@ -51,6 +52,11 @@ func TestSimultaneousDial(t *testing.T) {
 			}
 		}
 		wg.Wait()
+		for _, n := range ns {
+			if k := liveConns(n); k != 1 {
+				t.Errorf("round %d: node %s has %d live connections to its peer, want 1", round, n.ID(), k)
+			}
+		}
 		wcancel()
 		for ev := range events {
 			if ev.Kind == Down {
@@ -61,4 +67,17 @@ func TestSimultaneousDial(t *testing.T) {
 		a.Close()
 		b.Close()
 	}
+}
+
+// liveConns counts n's open connections.
+func liveConns(n *Node) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	k := 0
+	for c := range n.conns {
+		if !c.isClosed() {
+			k++
+		}
+	}
+	return k
 }

@@ -48,6 +48,8 @@ type Node struct {
 	addrs     []string
 	conns     map[*conn]struct{}
 	dialed    map[string]*conn // by address key: node id or explicit URL
+	dialing   map[string]*dialCall // dials in progress, by address key
+	connEv    chan struct{}    // closed and replaced when a conn is admitted
 	receivers map[string]*Receiver
 	senders   map[*Sender]struct{}
 	inboxTo   map[string]*Sender
@@ -78,6 +80,8 @@ func Open(ctx context.Context, opts Options) (*Node, error) {
 		maxFrame:   opts.MaxFrameSize,
 		conns:      map[*conn]struct{}{},
 		dialed:     map[string]*conn{},
+		dialing:    map[string]*dialCall{},
+		connEv:     make(chan struct{}),
 		receivers:  map[string]*Receiver{},
 		senders:    map[*Sender]struct{}{},
 		inboxTo:    map[string]*Sender{},
@@ -191,12 +195,9 @@ func (n *Node) acceptLoop(l net.Listener) {
 		go func() {
 			defer n.wg.Done()
 			c := newConn(n, nc, false)
+			// The handshake admits the conn (see admit) before it answers.
 			if err := c.handshake(n.ctx); err != nil {
 				n.log.Debug("handshake failed", "remote", nc.RemoteAddr(), "err", err)
-				nc.Close()
-				return
-			}
-			if !n.addConn(c) {
 				nc.Close()
 				return
 			}
@@ -205,25 +206,49 @@ func (n *Node) acceptLoop(l net.Listener) {
 	}
 }
 
-// addConn registers an accepted conn before it starts. It is also reused
-// for traffic towards the dialler, unless we have a conn of our own to it
-// (both ends dialled at once): then the conn dialled by the smaller node id
-// wins at both ends (see connect). This happens before the conn reads a
-// frame: once the peer's ATTACH is answered, the peer may tell us about it
-// (a child saying "ready"), and a Sender of ours to the peer must find
-// this conn rather than dial a second one.
-func (n *Node) addConn(c *conn) bool {
+// Outcomes of admit.
+const (
+	admitOK = iota
+	admitDecline
+	admitClosed
+)
+
+// admit registers an accepted conn before it starts, or declines it. The
+// conn is reused for traffic towards the dialler too: two nodes talk over
+// one conn. When both dial each other at once, the conn dialled by the
+// node with the smaller id is kept (wire/SPEC.md, Handshake): a dialler
+// with a larger id is declined if we are dialling it or hold a live conn we
+// dialled to it, and it then uses ours (connect). Registering happens
+// before the conn reads a frame: once the peer's ATTACH is answered, the
+// peer may tell us about it (a child saying "ready"), and a Sender of ours
+// to the peer must find this conn rather than dial a second one.
+func (n *Node) admit(c *conn) int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
-		return false
+		return admitClosed
+	}
+	id := c.remoteID
+	if n.id < id {
+		old := n.dialed[id]
+		if n.dialing[id] != nil || old != nil && old.dialed && !old.isClosed() {
+			return admitDecline
+		}
 	}
 	n.conns[c] = struct{}{}
 	n.wg.Add(2)
-	if old := n.dialed[c.remoteID]; old == nil || old.isClosed() || old.dialed && c.remoteID < n.id {
-		n.dialed[c.remoteID] = c
+	if old := n.dialed[id]; old == nil || old.isClosed() || old.dialed && id < n.id {
+		n.dialed[id] = c
 	}
-	return true
+	close(n.connEv)
+	n.connEv = make(chan struct{})
+	return admitOK
+}
+
+// unadmit undoes admit for a conn whose handshake then failed.
+func (n *Node) unadmit(c *conn) {
+	n.dropConn(c)
+	n.wg.Add(-2)
 }
 
 func (n *Node) dropConn(c *conn) {
@@ -237,40 +262,94 @@ func (n *Node) dropConn(c *conn) {
 	n.mu.Unlock()
 }
 
-// connect returns a live dialled connection to the node reachable at addr,
-// reusing one if it exists. key identifies the peer in the cache.
+// connect returns a live connection to the node reachable at addr,
+// reusing one if it exists, whichever end dialled it. key identifies the
+// peer in the cache.
 func (n *Node) connect(ctx context.Context, key string, addr *url.URL) (*conn, error) {
+	for attempt := 0; ; attempt++ {
+		c, peer, err := n.dial(ctx, key, addr)
+		if !errors.Is(err, errUseTheirs) || attempt == 2 {
+			return c, err
+		}
+		// The peer is dialling us at the same moment and its conn is the
+		// one kept: wait for it. If its dial fails, dial again.
+		if c, err := n.awaitConn(ctx, key, peer, 2*time.Second); c != nil || err != nil {
+			return c, err
+		}
+	}
+}
+
+// dialCall is a dial in progress, which other callers wanting the same
+// peer wait for rather than dial a second conn.
+type dialCall struct {
+	done chan struct{}
+	c    *conn
+	peer string
+	err  error
+}
+
+// dial is one attempt of connect. On errUseTheirs it returns the peer's id.
+func (n *Node) dial(ctx context.Context, key string, addr *url.URL) (*conn, string, error) {
 	n.mu.Lock()
 	if c := n.dialed[key]; c != nil && !c.isClosed() {
 		n.mu.Unlock()
-		return c, nil
+		return c, "", nil
 	}
-	closed := n.closed
+	if n.closed {
+		n.mu.Unlock()
+		return nil, "", ErrClosed
+	}
+	if dc := n.dialing[key]; dc != nil {
+		n.mu.Unlock()
+		select {
+		case <-dc.done:
+			return dc.c, dc.peer, dc.err
+		case <-ctx.Done():
+			return nil, "", ctx.Err()
+		}
+	}
+	dc := &dialCall{done: make(chan struct{})}
+	n.dialing[key] = dc
 	n.mu.Unlock()
-	if closed {
-		return nil, ErrClosed
-	}
+	dc.c, dc.peer, dc.err = n.dialOnce(ctx, key, addr)
+	close(dc.done)
+	return dc.c, dc.peer, dc.err
+}
+
+// dialOnce dials; it ends the dialCall registered under key.
+func (n *Node) dialOnce(ctx context.Context, key string, addr *url.URL) (*conn, string, error) {
+	done := func() { delete(n.dialing, key) }
 	nc, err := transport.Dial(ctx, addr, n.tcfg)
 	if err != nil {
-		return nil, &OpError{Op: "dial", Name: addr.String(), Err: fmt.Errorf("%w: %w", ErrPeerGone, err)}
+		n.mu.Lock()
+		done()
+		n.mu.Unlock()
+		return nil, "", &OpError{Op: "dial", Name: addr.String(), Err: fmt.Errorf("%w: %w", ErrPeerGone, err)}
 	}
 	c := newConn(n, nc, true)
-	if err := c.handshake(ctx); err != nil {
-		nc.Close()
-		return nil, &OpError{Op: "dial", Name: addr.String(), Err: err}
-	}
+	err = c.handshake(ctx)
 	n.mu.Lock()
+	done()
+	if err != nil {
+		n.mu.Unlock()
+		nc.Close()
+		if errors.Is(err, errUseTheirs) {
+			return nil, c.remoteID, err
+		}
+		return nil, "", &OpError{Op: "dial", Name: addr.String(), Err: err}
+	}
 	if n.closed {
 		n.mu.Unlock()
 		nc.Close()
-		return nil, ErrClosed
+		return nil, "", ErrClosed
 	}
-	// Another conn to the same node may have appeared meanwhile: the peer
-	// dialled us at the same time, or another goroutine of ours did. This
-	// one is kept all the same, not closed: the peer may already use it
-	// for its own traffic, and a hang-up would look to it like our death.
-	// Both ends prefer the conn dialled by the node with the smaller id for
-	// new attachments (see also acceptLoop), so they converge on one.
+	// Another conn to the same node may have appeared meanwhile (another
+	// goroutine of ours dialled it, or the peer dialled us by an explicit
+	// address, which admit cannot match with our dial). This one is kept
+	// all the same, not closed: the peer may already use it for its own
+	// traffic, and a hang-up would look to it like our death. Both ends
+	// prefer the conn dialled by the node with the smaller id for new
+	// attachments (see also admit).
 	use := c
 	if old := n.dialed[key]; old != nil && !old.isClosed() {
 		if old.dialed || old.remoteID != c.remoteID || c.remoteID < n.id {
@@ -282,7 +361,35 @@ func (n *Node) connect(ctx context.Context, key string, addr *url.URL) (*conn, e
 	n.wg.Add(2)
 	n.mu.Unlock()
 	c.start()
-	return use, nil
+	return use, "", nil
+}
+
+// awaitConn waits up to timeout for a live conn from peer to be admitted,
+// and caches it under key too. It returns nil, nil on timeout.
+func (n *Node) awaitConn(ctx context.Context, key, peer string, timeout time.Duration) (*conn, error) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		n.mu.Lock()
+		if c := n.dialed[peer]; c != nil && !c.isClosed() {
+			n.dialed[key] = c
+			n.mu.Unlock()
+			return c, nil
+		}
+		if n.closed {
+			n.mu.Unlock()
+			return nil, ErrClosed
+		}
+		ev := n.connEv
+		n.mu.Unlock()
+		select {
+		case <-ev:
+		case <-t.C:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 }
 
 // sweepSockets removes the socket files of nodes that died without closing

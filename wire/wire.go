@@ -82,6 +82,12 @@ const (
 	// (Flush): the receiving side acknowledges what was taken at once, with
 	// its PONG and for a short while after, instead of lazily.
 	FlagAckNow uint16 = 1 << 1
+	// FlagUseMine marks a HELLO_ACK that declines the connection because
+	// the accepting node is dialling the dialler at the same moment (or
+	// already has a connection it dialled to it) and has the smaller node
+	// id: the dialler uses that connection instead, so that two nodes talk
+	// over one connection. The acceptor closes this one after sending it.
+	FlagUseMine uint16 = 1 << 2
 )
 
 // Errors returned by a Reader. Each is wrapped with detail; match with errors.Is.
