@@ -47,9 +47,9 @@ type Node struct {
 	lns       []net.Listener
 	addrs     []string
 	conns     map[*conn]struct{}
-	dialed    map[string]*conn // by address key: node id or explicit URL
+	dialed    map[string]*conn     // by address key: node id or explicit URL
 	dialing   map[string]*dialCall // dials in progress, by address key
-	connEv    chan struct{}    // closed and replaced when a conn is admitted
+	connEv    chan struct{}        // closed and replaced when a conn is admitted
 	receivers map[string]*Receiver
 	senders   map[*Sender]struct{}
 	inboxTo   map[string]*Sender
