@@ -10,11 +10,18 @@ import (
 
 func testNodes(t *testing.T, n int) []*Node {
 	t.Helper()
+	return testNodesWith(t, n, Options{})
+}
+
+// testNodesWith opens n nodes with opts in one runtime directory.
+func testNodesWith(t *testing.T, n int, opts Options) []*Node {
+	t.Helper()
 	dir := t.TempDir()
 	os.Chmod(dir, 0o700)
+	opts.Dir = dir
 	var out []*Node
 	for i := 0; i < n; i++ {
-		nd, err := Open(context.Background(), Options{Dir: dir})
+		nd, err := Open(context.Background(), opts)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -90,6 +90,9 @@ type conn struct {
 	rseen     uint64        // baton holder only: interruptions already seen
 	poller    readPoller    // set when reads may busy-poll (Options.BusyPoll on shared memory)
 	polling   bool          // baton holder only: reads busy-poll now
+	lazyCtx   bool          // a Recv reading arms its context's cancellation in readWaiting
+	dr        *Receiver     // baton holder only: the Receiver whose Recv reads now, if any
+	drArmed   bool          // baton holder only: readWaiting armed dr's context
 	yield     bool          // baton holder only: the last frame brought a lone message to a Recv that can read for itself
 
 	closed    chan struct{}
@@ -168,7 +171,33 @@ func newConn(n *Node, nc net.Conn, dialed bool) *conn {
 	if p, ok := nc.(readPoller); ok && n.opts.BusyPoll {
 		c.poller, c.polling = p, true
 	}
+	if h, ok := nc.(waitHooker); ok {
+		h.SetReadWaitHook(c.readWaiting)
+		c.lazyCtx = true
+	}
 	return c
+}
+
+// waitHooker is a connection that tells its reader when a read starts to
+// wait for long (shmconn.Conn.SetReadWaitHook).
+type waitHooker interface{ SetReadWaitHook(f func()) }
+
+// readWaiting is called on the baton holder's goroutine when its read has
+// waited a while. A Recv reading for itself arms the cancellation of its
+// context only now (Receiver.watchCtxLocked costs two allocations): most
+// reads of a busy conn are served while spinning, and a context per call
+// would pay that on every Recv.
+func (c *conn) readWaiting() {
+	r := c.dr
+	if r == nil || c.drArmed {
+		return
+	}
+	c.drArmed = true
+	r.mu.Lock()
+	if r.dreading == c && r.dctx != nil {
+		r.watchCtxLocked(r.dctx)
+	}
+	r.mu.Unlock()
 }
 
 // readPoller is a connection that can busy-poll its reads
@@ -1069,6 +1098,8 @@ func (c *conn) readLoop() {
 // buffered, if it can. It returns false once the conn is closed.
 func (c *conn) readFrames(r *Receiver, ctx context.Context) bool {
 	c.pollFor(r != nil)
+	c.dr, c.drArmed = r, false
+	defer func() { c.dr = nil }()
 	for {
 		if r != nil && r.directDone(ctx) {
 			return c.handleBuffered()

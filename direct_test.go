@@ -107,8 +107,28 @@ func cancelDirectRecv(t *testing.T, ctx context.Context, r *Receiver) {
 	}
 }
 
-func TestDirectRecvContext(t *testing.T) {
-	ns := testNodes(t, 2)
+// transports are the node options that put two nodes of one process on
+// each transport a Recv can read for itself.
+var transports = []struct {
+	name string
+	opts Options
+}{
+	{"inproc", Options{}},
+	{"unix", Options{NoInProcess: true, NoSharedMemory: true}},
+	{"shm", Options{NoInProcess: true}},
+	{"shm-poll", Options{NoInProcess: true, BusyPoll: true}},
+}
+
+// onEachTransport runs f as a subtest on each of transports.
+func onEachTransport(t *testing.T, f func(t *testing.T, ns []*Node)) {
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) { f(t, testNodesWith(t, 2, tr.opts)) })
+	}
+}
+
+func TestDirectRecvContext(t *testing.T) { onEachTransport(t, testDirectRecvContext) }
+
+func testDirectRecvContext(t *testing.T, ns []*Node) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	r, s := directPair(t, ctx, ns, "ctx", 4)
@@ -256,8 +276,9 @@ func TestDirectTCP(t *testing.T) {
 // TestDirectRecvDeadlines: Recv calls with a context per call (a deadline
 // each) end at their deadline while reading their connection, one after
 // another, and a message after them still arrives.
-func TestDirectRecvDeadlines(t *testing.T) {
-	ns := testNodes(t, 2)
+func TestDirectRecvDeadlines(t *testing.T) { onEachTransport(t, testDirectRecvDeadlines) }
+
+func testDirectRecvDeadlines(t *testing.T, ns []*Node) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	r, s := directPair(t, ctx, ns, "deadlines", 4)

@@ -619,7 +619,9 @@ func (r *Receiver) recv(ctx context.Context, later bool) (Message, *inAtt, uint6
 			// Read the conn here: the message reaches this goroutine
 			// without a hand-off.
 			r.dreading, r.dctx, r.dint = c, ctx, false
-			r.watchCtxLocked(ctx)
+			if !c.lazyCtx {
+				r.watchCtxLocked(ctx)
+			}
 			r.mu.Unlock()
 			c.readFrames(r, ctx)
 			r.mu.Lock()

@@ -75,6 +75,14 @@ type Config struct {
 // poller that serves nobody would take a core from one that does.
 func (c *Conn) SetReadPoll(on bool) { c.rpoll.Store(on) }
 
+// SetReadWaitHook sets f to be called, on the reading goroutine, by a Read
+// that has waited a while for data: just before it parks, or after a few
+// microseconds of busy-polling; at most once per wait. A caller whose
+// reads are usually served at once can defer costly preparations for a
+// long wait (loft arms the cancellation of a context only then). Call it
+// before the first Read; f must not call back into c's Read.
+func (c *Conn) SetReadWaitHook(f func()) { c.waitHook = f }
+
 // minSpin is the shortest adaptive spin before parking.
 const minSpin = 500 * time.Nanosecond
 
@@ -114,6 +122,8 @@ type Conn struct {
 	spin   time.Duration
 	poll   bool        // writes waiting for space busy-poll (Config.BusyPoll)
 	rpoll  atomic.Bool // reads waiting for data busy-poll (see SetReadPoll)
+	// waitHook is called by a read that waited a while (see SetReadWaitHook).
+	waitHook func()
 
 	// Wake-ups travel through eventfds: evData and evSpace are ours, read
 	// through the Go netpoller while parked (no thread held); the peer
@@ -331,12 +341,17 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 	}
 	for i := 0; ; i++ {
 		if word.Load() != seen {
-			// The spin paid off: spin the full time next time.
-			spin.Store(int64(c.spin))
-			if reader {
-				c.rxFails.Store(0)
-			} else {
-				c.txFails.Store(0)
+			// The spin paid off: spin the full time next time. (Stores
+			// only when something changes: each is a locked instruction.)
+			if spin.Load() != int64(c.spin) {
+				spin.Store(int64(c.spin))
+			}
+			fails := &c.rxFails
+			if !reader {
+				fails = &c.txFails
+			}
+			if fails.Load() != 0 {
+				fails.Store(0)
 			}
 			return nil
 		}
@@ -355,6 +370,9 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 					return os.ErrDeadlineExceeded
 				}
 				if i&4095 == 4095 {
+					if reader && i == 4095 && c.waitHook != nil {
+						c.waitHook()
+					}
 					runtime.Gosched()
 				}
 				continue
@@ -373,6 +391,9 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 	if fails.Add(1) >= 4 {
 		fails.Store(0)
 		spin.Store(max(int64(budget/2), int64(minSpin)))
+	}
+	if reader && c.waitHook != nil {
+		c.waitHook()
 	}
 	// Announce the sleep, then look at the ring again: a store then a load,
 	// mirroring the peer's publish then load of this word. park.Swap is a
