@@ -825,3 +825,6 @@ func (q *ring[T]) drop(n int) {
 }
 
 func (q *ring[T]) peek() T { return q.buf[q.head] }
+
+// back returns the last item (len > 0).
+func (q *ring[T]) back() *T { return &q.buf[(q.head+q.n-1)&(len(q.buf)-1)] }

@@ -39,6 +39,7 @@ type Sender struct {
 	syncs    map[uint64]chan struct{} // synchronous sends waiting for their ack
 	pending  map[string]bool          // node ids being attached
 	arena    []byte                   // retention chunk, see keep
+	chunks   ring[keptChunk]          // retention chunks in use, oldest first; arena is the last
 	floorID  uint64                   // see floorFunc
 	floorFn  func() uint64            // s.floorNow, bound once
 	sentN    uint64                   // messages accepted, guarded by mu
@@ -94,19 +95,42 @@ func newSender(n *Node, kind, name, target string) *Sender {
 	return s
 }
 
-// keep copies data for retention until acknowledged. Small messages are
-// packed into shared chunks so that retention costs no allocation per
-// message; a chunk is freed by the GC once all its messages are acknowledged.
-func (s *Sender) keep(data []byte) []byte {
-	const chunk = 64 << 10
-	if len(data) > chunk/8 {
+// keptChunk is a chunk of retained copies and the highest message id in it.
+type keptChunk struct {
+	buf  []byte
+	last uint64
+}
+
+// retainChunk is the size of a retention chunk; copies of messages larger
+// than an eighth of it get an allocation of their own.
+const retainChunk = 64 << 10
+
+// keep copies message id's data for retention until acknowledged. Small
+// messages are packed into chunks, so that retention costs no allocation
+// per message, and a chunk whose messages are all acknowledged is used
+// again: a stream of small messages allocates nothing in steady state, and
+// so gives the garbage collector nothing to do (it cost a third of the
+// sending process's time at a few million messages a second). Ids grow
+// with each chunk, so a chunk is free once the floor (the lowest id not
+// acknowledged, orphans included) is past its last one; nothing but
+// retention refers to a chunk (frames copy the data).
+func (s *Sender) keep(id uint64, data []byte) []byte {
+	if len(data) > retainChunk/8 {
 		return append([]byte(nil), data...)
 	}
 	if len(s.arena)+len(data) > cap(s.arena) {
-		s.arena = make([]byte, 0, chunk)
+		if s.chunks.len() > 1 && s.chunks.peek().last < s.floorLocked() {
+			c := s.chunks.pop()
+			c.buf = c.buf[:0]
+			s.chunks.push(c)
+		} else {
+			s.chunks.push(keptChunk{buf: make([]byte, 0, retainChunk)})
+		}
+		s.arena = s.chunks.back().buf
 	}
 	off := len(s.arena)
 	s.arena = append(s.arena, data...)
+	s.chunks.back().last = id
 	return s.arena[off:len(s.arena):len(s.arena)]
 }
 
@@ -459,7 +483,7 @@ func (s *Sender) send(ctx context.Context, data []byte, fds []int, block bool) e
 					s.nextID++
 					id := s.nextID
 					if l.props.Delivery != AtMostOnce || len(data) >= bigMessage {
-						data = s.keep(data) // large payloads are written from this copy
+						data = s.keep(id, data) // large payloads are written from this copy
 					}
 					fc := s.putLocked(l, id, data, fds)
 					s.sentN++
@@ -536,7 +560,7 @@ func (s *Sender) broadcastLocked(data []byte) bool {
 	}
 	s.nextID++
 	if len(data) >= bigMessage {
-		data = s.keep(data) // written from this copy, not the caller's
+		data = s.keep(s.nextID, data) // written from this copy, not the caller's
 	}
 	for _, l := range s.links {
 		if c := s.putLocked(l, s.nextID, data, nil); c != nil {

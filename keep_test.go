@@ -1,0 +1,57 @@
+package loft
+
+import (
+	"bytes"
+	"testing"
+)
+
+// TestKeepReusesAcknowledgedChunks: retained copies of small messages are
+// packed into chunks that are used again once every message in them is
+// acknowledged (no allocation in steady state), and a chunk holding a
+// message not yet acknowledged is never overwritten.
+func TestKeepReusesAcknowledgedChunks(t *testing.T) {
+	s := newSender(nil, kindChannel, "keep", "")
+	msg := func(id uint64) []byte { return bytes.Repeat([]byte{byte(id)}, 100) }
+	l := &link{s: s}
+	s.links = []*link{l}
+	// Message 1 stays unacknowledged throughout: its chunk must survive.
+	s.nextID = 1
+	first := s.keep(1, msg(1))
+	l.unack.push(retained{id: 1, data: first})
+	for id := uint64(2); id < 10000; id++ {
+		s.nextID = id
+		s.keep(id, msg(id))
+	}
+	if !bytes.Equal(first, msg(1)) {
+		t.Fatal("an unacknowledged retained copy was overwritten")
+	}
+	grown := s.chunks.len()
+	if want := 10000*100/retainChunk + 1; grown < want {
+		t.Fatalf("%d chunks hold 10000 messages of 100 bytes while the first is unacknowledged, want at least %d", grown, want)
+	}
+	// Acknowledge everything: from now on chunks are used again.
+	l.unack.drop(1)
+	id := s.nextID
+	allocs := testing.AllocsPerRun(20000, func() {
+		id++
+		s.nextID = id
+		s.keep(id, msg(id)[:64])
+	})
+	// msg allocates once per call; keep itself must not.
+	if allocs > 1 {
+		t.Errorf("keep allocated %.2f times per message once everything was acknowledged, want 0", allocs-1)
+	}
+	if s.chunks.len() > grown {
+		t.Errorf("chunks grew from %d to %d with everything acknowledged", grown, s.chunks.len())
+	}
+	// A message kept now and not acknowledged survives a full cycle.
+	l.unack.push(retained{id: id + 1, data: s.keep(id+1, msg(id+1))})
+	kept := l.unack.peek().data
+	for k := id + 2; k < id+20000; k++ {
+		s.nextID = k
+		s.keep(k, msg(k))
+	}
+	if !bytes.Equal(kept, msg(id+1)) {
+		t.Fatal("a retained copy made after chunks were reused was overwritten")
+	}
+}
