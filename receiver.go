@@ -100,6 +100,7 @@ type inAtt struct {
 	finished map[uint64]struct{} // indices >= acked finished out of order
 	limit    uint64              // credit: the sender may send while received < limit
 	lastAck  uint64              // acked as of the last urgent ACK
+	pubAcked uint64              // acked as of the last counters published for the writer
 	gone     bool
 
 	// Read by the conn's writer when it builds an ACK.
@@ -494,10 +495,17 @@ func (r *Receiver) finishLocked(a *inAtt, idx uint64, grew bool) {
 	case r.opts.Capacity == 0 || grew && a.creditLowLocked(w) || a.c.ackingNow() ||
 		w >= 64 && a.acked-a.lastAck >= (w+3)/4:
 		r.scheduleAckLocked(a, true)
-	case a.acked > a.lastAck:
+	case a.acked > a.lastAck && (r.q.len() == 0 || a.acked-a.pubAcked >= lazyPublish):
+		// Publishing costs three locked instructions; in a stream it is
+		// done once per lazyPublish messages, and whenever the queue runs
+		// empty (the end of a burst), so the last ACK is never stale.
 		r.scheduleAckLocked(a, false)
 	}
 }
+
+// lazyPublish is how many messages a lazy ACK's counters may lag behind
+// while the queue is not empty (see finishLocked).
+const lazyPublish = 64
 
 // creditLowLocked reports whether a's sender is down to less than half a
 // window of the credit it knows of (or out of it).
@@ -514,6 +522,7 @@ func (r *Receiver) scheduleAckLocked(a *inAtt, urgent bool) {
 	if urgent {
 		a.lastAck = a.acked
 	}
+	a.pubAcked = a.acked
 	a.ackTaken.Store(a.acked)
 	a.ackLimit.Store(a.limit)
 	// A lazy ACK already queued will carry the new counters: the writer
