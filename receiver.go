@@ -322,17 +322,14 @@ func (r *Receiver) deliver(a *inAtt, floor uint64, d *wire.Decoder, _ []int) err
 
 // wakeupLocked reports whether a waiting Recv must be woken for a message
 // that came on a: not the one reading for itself, which sees it anyway.
-// Waking one that can read for itself for a lone message tells the reader
-// to let it read from now on.
+// Waking one that can read for itself tells the reader to let it read from
+// now on.
 func (r *Receiver) wakeupLocked(a *inAtt) bool {
 	w := r.waiting
 	if r.dreading != nil {
 		w--
 	}
-	if w > 0 && r.dconn == a.c && r.q.len() == 1 {
-		// One message for a waiting Recv: a request and its reply,
-		// likely, not a stream (which the background reader keeps reading
-		// in parallel with the application).
+	if w > 0 && r.dconn == a.c {
 		a.c.yield = true
 	}
 	return w > 0
@@ -646,11 +643,8 @@ func (r *Receiver) recv(ctx context.Context, later bool) (Message, *inAtt, uint6
 			// Another Recv of this receiver waiting takes the baton over
 			// (one wake-up, as from a background reader).
 			handOff := r.waiting > 0
-			// More queued than this Recv takes: a stream, not a
-			// request-reply; the background reader reads ahead.
-			busy := r.q.len() > 1
 			r.mu.Unlock()
-			c.releaseRead(readDirect, handOff, busy)
+			c.releaseRead(readDirect, handOff)
 			if handOff {
 				r.wake()
 			}
