@@ -77,12 +77,11 @@ type qextra struct {
 	loan  *loanRef
 }
 
-func (it *qitem) message() Message {
-	m := Message{Data: it.data, From: it.att.remote, ID: it.id}
+func (it *qitem) fill(m *Message) {
+	m.Data, m.From, m.ID = it.data, it.att.remote, it.id
 	if it.extra != nil {
 		m.Files, m.loan = it.extra.files, it.extra.loan
 	}
-	return m
 }
 
 // inAtt is one sender attached to a receiver, seen from the receiver.
@@ -307,7 +306,7 @@ func (r *Receiver) deliver(a *inAtt, floor uint64, d *wire.Decoder, _ []int) err
 	}
 	r.mu.Lock()
 	for _, x := range recs {
-		if err := r.enqueueLocked(a, floor, Message{Data: x.data, From: a.remote, ID: x.id}); err != nil {
+		if err := r.enqueueLocked(a, floor, x.id, x.data, nil); err != nil {
 			r.mu.Unlock()
 			return err
 		}
@@ -338,7 +337,7 @@ func (r *Receiver) wakeupLocked(a *inAtt) bool {
 // deliverOne queues one message (a loaned one).
 func (r *Receiver) deliverOne(a *inAtt, floor uint64, m Message) error {
 	r.mu.Lock()
-	err := r.enqueueLocked(a, floor, m)
+	err := r.enqueueLocked(a, floor, m.ID, m.Data, &qextra{files: m.Files, loan: m.loan})
 	wake := r.wakeupLocked(a)
 	r.mu.Unlock()
 	if wake {
@@ -376,7 +375,7 @@ func (r *Receiver) deliverFiles(a *inAtt, floor uint64, d *wire.Decoder, c *conn
 		files[i] = os.NewFile(uintptr(fds[i]), fmt.Sprintf("loft:%s", r.name))
 	}
 	r.mu.Lock()
-	err := r.enqueueLocked(a, floor, Message{Data: data, From: a.remote, ID: id, Files: files})
+	err := r.enqueueLocked(a, floor, id, data, &qextra{files: files})
 	wake := r.wakeupLocked(a)
 	r.mu.Unlock()
 	if wake {
@@ -385,39 +384,42 @@ func (r *Receiver) deliverFiles(a *inAtt, floor uint64, d *wire.Decoder, c *conn
 	return err
 }
 
-func (r *Receiver) enqueueLocked(a *inAtt, floor uint64, m Message) error {
+// enqueueLocked queues message id of a; x holds its files or loan, if any.
+func (r *Receiver) enqueueLocked(a *inAtt, floor, id uint64, data []byte, x *qextra) error {
 	a.received++
 	r.received++
 	if a.received > a.limit {
 		return protoErr("sender %s overran its credit on %q (%d > %d)", a.remote, r.name, a.received, a.limit)
 	}
-	if r.opts.Delivery == ExactlyOnce && r.isDupLocked(a.stream, floor, m.ID) {
+	if r.opts.Delivery == ExactlyOnce && r.isDupLocked(a.stream, floor, id) {
 		r.duplicates++
-		closeFiles(m.Files)
-		m.Release()
+		x.discard()
 		r.doneLocked(a, false)
 		return nil
 	}
 	if r.opts.OnFull == DropOldest && r.opts.Capacity > 0 {
 		for r.q.len() >= r.opts.Capacity {
 			old := r.q.pop()
-			m := old.message()
-			closeFiles(m.Files)
-			m.Release()
+			old.extra.discard()
 			r.dropped++
 			r.doneLocked(old.att, false)
 		}
 	}
-	it := qitem{data: m.Data, id: m.ID, att: a}
-	if m.Files != nil || m.loan != nil {
-		it.extra = &qextra{files: m.Files, loan: m.loan}
-	}
-	r.q.push(it)
+	r.q.push(qitem{data: data, id: id, att: a, extra: x})
 	if r.opts.OnFull == DropOldest && r.creditLocked(a) {
 		w := r.windowLocked()
 		r.scheduleAckLocked(a, a.creditLowLocked(w))
 	}
 	return nil
+}
+
+// discard frees what a message dropped unread holds: its files and its
+// loan.
+func (x *qextra) discard() {
+	if x != nil {
+		closeFiles(x.files)
+		x.loan.release()
+	}
 }
 
 func (r *Receiver) isDupLocked(stream, floor, id uint64) bool {
@@ -564,15 +566,18 @@ func (r *Receiver) TryRecv() (Message, error) {
 }
 
 func (r *Receiver) takeLocked() (Message, bool) {
-	m, _, _, ok := r.takeLaterLocked(false)
+	var m Message
+	_, _, ok := r.takeLaterLocked(false, &m)
 	return m, ok
 }
 
-// takeLaterLocked pops a message; with later, it stays unacknowledged until
-// finish is called with the returned attachment and index.
-func (r *Receiver) takeLaterLocked(later bool) (Message, *inAtt, uint64, bool) {
+// takeLaterLocked pops a message into m; with later, it stays
+// unacknowledged until finish is called with the returned attachment and
+// index. (m is filled in place: a Message is 80 bytes, and copies of it
+// on the way out were a tenth of a Recv.)
+func (r *Receiver) takeLaterLocked(later bool, m *Message) (*inAtt, uint64, bool) {
 	if r.q.len() == 0 {
-		return Message{}, nil, 0, false
+		return nil, 0, false
 	}
 	it := r.q.pop()
 	r.taken++
@@ -583,7 +588,8 @@ func (r *Receiver) takeLaterLocked(later bool) (Message, *inAtt, uint64, bool) {
 	if r.q.len() > 0 && r.waiting > 0 {
 		r.wake()
 	}
-	return it.message(), it.att, idx, true
+	it.fill(m)
+	return it.att, idx, true
 }
 
 // finish acknowledges a message taken with takeLaterLocked.
@@ -598,24 +604,26 @@ func (r *Receiver) finish(a *inAtt, idx uint64) {
 // The message counts as delivered (acknowledged to its sender) once Recv
 // returns it; Handle acknowledges only after the handler returns.
 func (r *Receiver) Recv(ctx context.Context) (Message, error) {
-	m, _, _, err := r.recv(ctx, false)
+	var m Message
+	_, _, err := r.recv(ctx, false, &m)
 	return m, err
 }
 
-func (r *Receiver) recv(ctx context.Context, later bool) (Message, *inAtt, uint64, error) {
+// recv waits for a message and fills m with it (see takeLaterLocked).
+func (r *Receiver) recv(ctx context.Context, later bool, m *Message) (*inAtt, uint64, error) {
 	for {
 		r.mu.Lock()
-		if m, a, idx, ok := r.takeLaterLocked(later); ok {
+		if a, idx, ok := r.takeLaterLocked(later, m); ok {
 			r.mu.Unlock()
-			return m, a, idx, nil
+			return a, idx, nil
 		}
 		if r.closed {
 			r.mu.Unlock()
-			return Message{}, nil, 0, &OpError{Op: "recv", Name: r.name, Err: ErrClosed}
+			return nil, 0, &OpError{Op: "recv", Name: r.name, Err: ErrClosed}
 		}
 		if err := ctx.Err(); err != nil {
 			r.mu.Unlock()
-			return Message{}, nil, 0, err
+			return nil, 0, err
 		}
 		r.waiting++
 		if r.opts.Capacity == 0 {
@@ -672,7 +680,7 @@ func (r *Receiver) recv(ctx context.Context, later bool) (Message, *inAtt, uint6
 		r.waiting--
 		r.mu.Unlock()
 		if err != nil {
-			return Message{}, nil, 0, err
+			return nil, 0, err
 		}
 	}
 }
@@ -730,7 +738,8 @@ func (r *Receiver) Handle(ctx context.Context, concurrency int, fn func(context.
 		go func() {
 			defer wg.Done()
 			for {
-				m, a, idx, err := r.recv(ctx, true)
+				var m Message
+				a, idx, err := r.recv(ctx, true, &m)
 				if err != nil {
 					errs <- err
 					return
