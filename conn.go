@@ -78,11 +78,12 @@ type conn struct {
 	rd        *wire.Reader // baton holder only
 	rkick     chan struct{}
 	rtimer    *time.Timer   // hands reading back to the background reader
-	rarmed    atomic.Bool   // rtimer is set
+	rarmed    bool          // rtimer is set; guarded by rmu
+	relSeq    uint64        // releases of the baton; guarded by rmu
+	armSeq    uint64        // relSeq when rtimer was set; guarded by rmu
 	stealer   *Receiver     // a Recv that asked the background reader for the baton; guarded by rmu
 	bgLast    atomic.Int64  // when the background reader last handled a frame (monoNow)
 	handBacks atomic.Int64  // times rtimer called the background reader (for tests)
-	rlast     atomic.Int64  // when the baton was last released by a Recv (monoNow)
 	slow      atomic.Int32  // goroutines waiting for what this conn brings that cannot read it themselves
 	parked    atomic.Int32  // Recv calls that could read this conn themselves but wait for a holder to deliver
 	direct    bool          // Recv may read this conn itself (reads end on a deadline)
@@ -964,41 +965,46 @@ func (c *conn) takeRead(who int8) bool {
 func (c *conn) releaseRead(who int8, handOff bool) {
 	c.rmu.Lock()
 	c.rholder = readFree
-	now := who == readDirect && (c.slow.Load() > 0 || !handOff && c.parked.Load() > 0)
+	now := who == readDirect && (c.slow.Load() > 0 || !handOff && c.parked.Load() > 0) || c.isClosed()
 	st := c.stealer
 	c.stealer = nil
+	// The timer is set once per readHandBack at most, not per release:
+	// resetting a timer can cost a wake-up of the netpoller's thread. A
+	// release counts instead (no clock read: see handBack).
+	c.relSeq++
+	arm := !now && !c.rarmed
+	if arm {
+		c.rarmed, c.armSeq = true, c.relSeq
+	}
 	c.rmu.Unlock()
 	if st != nil {
 		st.wake()
 	}
-	if now || c.isClosed() {
+	if now {
 		c.kickReader()
-		return
-	}
-	// The timer is set once per readHandBack at most, not per release:
-	// resetting a timer can cost a wake-up of the netpoller's thread.
-	c.rlast.Store(monoNow())
-	if c.rarmed.CompareAndSwap(false, true) {
+	} else if arm {
 		c.rtimer.Reset(readHandBack)
 	}
 }
 
 // handBack runs readHandBack after a Recv released the baton: if nobody
-// took it since, the background reader does.
+// took it and it was not released again since, the background reader
+// takes it; if it was, handBack waits another period. So the background
+// reader takes over between one and two periods after the last release.
 func (c *conn) handBack() {
-	c.rarmed.Store(false)
 	c.rmu.Lock()
-	free := c.rholder == readFree
-	c.rmu.Unlock()
-	if !free {
+	c.rarmed = false
+	if c.rholder != readFree {
+		c.rmu.Unlock()
 		return // the holder's release sets the timer again
 	}
-	if left := time.Duration(c.rlast.Load() + int64(readHandBack) - monoNow()); left > 0 {
-		if c.rarmed.CompareAndSwap(false, true) {
-			c.rtimer.Reset(left)
-		}
+	if c.relSeq != c.armSeq {
+		c.rarmed, c.armSeq = true, c.relSeq
+		c.rmu.Unlock()
+		c.rtimer.Reset(readHandBack)
 		return
 	}
+	c.rmu.Unlock()
 	c.handBacks.Add(1)
 	c.kickReader()
 }
