@@ -6,6 +6,7 @@ import (
 	"io"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 func TestRoundTrip(t *testing.T) {
@@ -242,5 +243,42 @@ func TestResumeAndReady(t *testing.T) {
 	}
 	if !r.Ready() {
 		t.Fatal("not Ready with a whole frame buffered")
+	}
+}
+
+// TestReaderChunks: a stream read fast gets ever larger chunks, up to
+// MaxChunk; a slow one smaller ones, down to MinChunk; no payload handed
+// out is overwritten on the way.
+func TestReaderChunks(t *testing.T) {
+	const n = 20000
+	var b []byte
+	for i := 0; i < n; i++ {
+		b = AppendFrame(b, TData, 0, bytes.Repeat([]byte{byte(i)}, 1000))
+	}
+	r := NewReader(bytes.NewReader(b), 0)
+	var kept [][]byte
+	for i := 0; i < n; i++ {
+		if i <= n/2 {
+			r.born = time.Now() // a fast stream, however slow the test runs
+		}
+		f, err := r.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept = append(kept, f.Payload)
+		if i == n/2 && r.chunk != MaxChunk {
+			t.Fatalf("after %d MB read at once the next chunk is %d bytes, want %d", n/2/1000, r.chunk, MaxChunk)
+		}
+		if i > n/2 {
+			r.born = r.born.Add(-2 * chunkSlow) // a slow stream from here on
+		}
+	}
+	if r.chunk != MinChunk {
+		t.Fatalf("after a slow stream the next chunk is %d bytes, want %d", r.chunk, MinChunk)
+	}
+	for i, p := range kept {
+		if p[0] != byte(i) || p[999] != byte(i) {
+			t.Fatalf("payload %d was overwritten", i)
+		}
 	}
 }
