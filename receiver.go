@@ -2,6 +2,7 @@ package loft
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"iter"
 	"os"
@@ -290,15 +291,25 @@ func (r *Receiver) detach(a *inAtt) {
 func (r *Receiver) deliver(a *inAtt, floor uint64, d *wire.Decoder, _ []int) error {
 	// Decode the records first, then queue them under one short hold of
 	// the lock: a Recv taking messages meanwhile waits less.
-	max := r.opts.MaxMessageSize
+	max := uint64(r.opts.MaxMessageSize)
 	recs := a.c.recs[:0]
-	for d.Len() > 0 {
-		id := d.Uvarint()
-		data := d.Bytes(max)
-		if err := d.Err(); err != nil {
-			return fmt.Errorf("%w (a message larger than the %d-byte limit of %q, or a truncated frame)", err, max, r.name)
+	// Records are uvarint id, uvarint length, bytes (wire/SPEC.md), parsed
+	// here in one loop: the Decoder's checks per field cost a tenth of a
+	// message's receiving.
+	p := d.Rest()
+	for len(p) > 0 {
+		id, n := binary.Uvarint(p)
+		if n <= 0 {
+			return fmt.Errorf("%w: bad message id in a DATA frame for %q", wire.ErrMalformed, r.name)
 		}
-		recs = append(recs, record{id: id, data: data})
+		p = p[n:]
+		ln, n := binary.Uvarint(p)
+		if n <= 0 || ln > uint64(len(p)-n) || ln > max {
+			return fmt.Errorf("%w: a message larger than the %d-byte limit of %q, or a truncated frame", wire.ErrMalformed, max, r.name)
+		}
+		p = p[n:]
+		recs = append(recs, record{id: id, data: p[:ln:ln]})
+		p = p[ln:]
 	}
 	a.c.recs = recs
 	if len(recs) == 0 {

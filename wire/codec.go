@@ -33,6 +33,14 @@ func NewDecoder(p []byte) *Decoder { return &Decoder{b: p} }
 // Err returns the first error met, wrapping ErrMalformed.
 func (d *Decoder) Err() error { return d.err }
 
+// Rest returns the bytes left and consumes them, for a caller that parses
+// a run of fields itself (nil after an error).
+func (d *Decoder) Rest() []byte {
+	p := d.b
+	d.b = nil
+	return p
+}
+
 // Len reports how many bytes are left.
 func (d *Decoder) Len() int { return len(d.b) }
 
