@@ -104,7 +104,7 @@ func TestProcTCPCutsLoseNothing(t *testing.T) {
 			dir := runtimeDir(t)
 			c := startChild(t, dir, "recv", "cap=256", "tcp=127.0.0.1:0", "delivery="+mode)
 			var target string
-			for _, f := range strings.Fields(c.expect("ready", 10*time.Second)) {
+			for _, f := range strings.Fields(c.Expect("ready", 10*time.Second)) {
 				if strings.HasPrefix(f, "tcp://") {
 					target = strings.TrimPrefix(f, "tcp://")
 				}

@@ -78,7 +78,7 @@ func TestLoanRoundTrip(t *testing.T) {
 func TestLoanReceiverKilled(t *testing.T) {
 	dir := runtimeDir(t)
 	hold := startChild(t, dir, "hold", "name=loans", "cap=16")
-	hold.expect("ready", 10*time.Second)
+	hold.Expect("ready", 10*time.Second)
 	sn := openNode(t, dir, Options{LoanPoolSize: 1 << 20})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -98,7 +98,7 @@ func TestLoanReceiverKilled(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	hold.kill()
+	hold.Kill()
 	rn := openNode(t, dir, Options{})
 	r, err := rn.Receive(ctx, "loans", ChannelOptions{Capacity: 16})
 	if err != nil {

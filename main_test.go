@@ -6,22 +6,22 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/loft-ipc/loft/internal/proctest"
 )
 
-// The test binary re-executes itself as child processes: LOFT_TEST_CHILD
-// names the role, LOFT_TEST_ARGS its arguments (space separated).
+// The test binary re-executes itself as child processes (see
+// internal/proctest).
 func TestMain(m *testing.M) {
-	if role := os.Getenv("LOFT_TEST_CHILD"); role != "" {
-		if err := runChild(role, strings.Fields(os.Getenv("LOFT_TEST_ARGS"))); err != nil {
+	if role, args, ok := proctest.Role(); ok {
+		if err := runChild(role, args); err != nil {
 			fmt.Fprintln(os.Stderr, "child:", err)
 			os.Exit(1)
 		}
@@ -34,76 +34,14 @@ func runtimeDir(t testing.TB) string {
 	return filepath.Join(t.TempDir(), "rt")
 }
 
-// child is a running child process with its stdout read line by line.
-type child struct {
-	t     testing.TB
-	cmd   *exec.Cmd
-	lines chan string
-	stdin io.WriteCloser
-	done  chan struct{}
-}
+// child is a child process playing a role of runChild.
+type child = proctest.Proc
 
+// startChild starts a child playing role with args, its nodes in the
+// runtime directory dir.
 func startChild(t testing.TB, dir, role string, args ...string) *child {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "LOFT_TEST_CHILD="+role, "LOFT_TEST_ARGS="+strings.Join(args, " "), "LOFT_RUNTIME_DIR="+dir)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &child{t: t, cmd: cmd, lines: make(chan string, 1<<16), stdin: in, done: make(chan struct{})}
-	go func() {
-		defer close(c.lines)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			c.lines <- sc.Text()
-		}
-	}()
-	go func() {
-		cmd.Wait()
-		close(c.done)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-c.done
-	})
-	return c
-}
-
-// expect waits for a line with the given prefix and returns the rest.
-func (c *child) expect(prefix string, d time.Duration) string {
-	c.t.Helper()
-	deadline := time.After(d)
-	for {
-		select {
-		case l, ok := <-c.lines:
-			if !ok {
-				c.t.Fatalf("child exited before printing %q", prefix)
-			}
-			if strings.HasPrefix(l, prefix) {
-				return strings.TrimSpace(strings.TrimPrefix(l, prefix))
-			}
-		case <-deadline:
-			c.t.Fatalf("no %q line from child within %v", prefix, d)
-		}
-	}
-}
-
-func (c *child) kill() {
-	c.cmd.Process.Kill()
-	<-c.done
-}
-
-func (c *child) send(line string) {
-	fmt.Fprintln(c.stdin, line)
+	return proctest.Start(t, role, args, "LOFT_RUNTIME_DIR="+dir)
 }
 
 func parseOpts(args []string) ChannelOptions {

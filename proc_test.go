@@ -34,7 +34,7 @@ func collect(t *testing.T, want int, d time.Duration, cs ...*child) (map[int]int
 	defer close(stop)
 	for _, c := range cs {
 		go func() {
-			for l := range c.lines {
+			for l := range c.Lines {
 				select {
 				case agg <- [2]any{c, l}:
 				case <-stop:
@@ -68,8 +68,8 @@ func TestProcCompetingReceivers(t *testing.T) {
 	dir := runtimeDir(t)
 	a := startChild(t, dir, "recv", "cap=64")
 	b := startChild(t, dir, "recv", "cap=64")
-	a.expect("ready", 10*time.Second)
-	b.expect("ready", 10*time.Second)
+	a.Expect("ready", 10*time.Second)
+	b.Expect("ready", 10*time.Second)
 	n := openNode(t, dir, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -96,7 +96,7 @@ func TestProcCompetingReceivers(t *testing.T) {
 		}
 		for i := 1; i < len(vs); i++ {
 			if vs[i] <= vs[i-1] {
-				t.Fatalf("receiver %d: FIFO per sender broken: %d after %d", c.cmd.Process.Pid, vs[i], vs[i-1])
+				t.Fatalf("receiver %d: FIFO per sender broken: %d after %d", c.Cmd.Process.Pid, vs[i], vs[i-1])
 			}
 		}
 	}
@@ -115,7 +115,7 @@ func waitReceivers(t testing.TB, s *Sender, n int) {
 func TestProcSynchronous(t *testing.T) {
 	dir := runtimeDir(t)
 	c := startChild(t, dir, "step", "cap=0")
-	c.expect("ready", 10*time.Second)
+	c.Expect("ready", 10*time.Second)
 	n := openNode(t, dir, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -132,11 +132,11 @@ func TestProcSynchronous(t *testing.T) {
 			t.Fatalf("synchronous Send returned (%v) before any Recv was called", err)
 		case <-time.After(150 * time.Millisecond):
 		}
-		c.send("go")
+		c.Send("go")
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
-		if got := c.expect("got", 5*time.Second); !strings.HasSuffix(got, " "+strconv.Itoa(i)) {
+		if got := c.Expect("got", 5*time.Second); !strings.HasSuffix(got, " "+strconv.Itoa(i)) {
 			t.Fatalf("got %q", got)
 		}
 	}
@@ -145,7 +145,7 @@ func TestProcSynchronous(t *testing.T) {
 func TestProcPeerGoneAfterKill(t *testing.T) {
 	dir := runtimeDir(t)
 	c := startChild(t, dir, "recv", "cap=16")
-	c.expect("ready", 10*time.Second)
+	c.Expect("ready", 10*time.Second)
 	n := openNode(t, dir, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -157,9 +157,9 @@ func TestProcPeerGoneAfterKill(t *testing.T) {
 	if err := s.Send(ctx, []byte("1")); err != nil {
 		t.Fatal(err)
 	}
-	c.expect("got", 5*time.Second)
+	c.Expect("got", 5*time.Second)
 	start := time.Now()
-	c.cmd.Process.Kill()
+	c.Cmd.Process.Kill()
 	// Send blocks until the sender learns the receiver is gone; it must not hang.
 	var lat time.Duration
 	for {
@@ -175,7 +175,7 @@ func TestProcPeerGoneAfterKill(t *testing.T) {
 			t.Fatal("Send never returned ErrPeerGone")
 		}
 	}
-	<-c.done
+	<-c.Done
 	t.Logf("ErrPeerGone %v after SIGKILL", lat)
 	if lat > 100*time.Millisecond {
 		t.Errorf("ErrPeerGone took %v after SIGKILL, want < 100ms", lat)
@@ -189,7 +189,7 @@ func TestProcKillInFlight(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			dir := runtimeDir(t)
 			hold := startChild(t, dir, "hold", "cap=500", "delivery="+mode)
-			hold.expect("ready", 10*time.Second)
+			hold.Expect("ready", 10*time.Second)
 			n := openNode(t, dir, Options{})
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
@@ -216,9 +216,9 @@ func TestProcKillInFlight(t *testing.T) {
 				time.Sleep(time.Millisecond)
 			}
 			recv := startChild(t, dir, "recv", "cap=64", "delivery="+mode)
-			recv.expect("ready", 10*time.Second)
+			recv.Expect("ready", 10*time.Second)
 			waitReceivers(t, s, 2)
-			hold.kill()
+			hold.Kill()
 			if err := <-sent; err != nil {
 				t.Fatal(err)
 			}
@@ -258,8 +258,8 @@ func TestProcTopic(t *testing.T) {
 	dir := runtimeDir(t)
 	a := startChild(t, dir, "subscribe", "name=news", "cap=128")
 	b := startChild(t, dir, "subscribe", "name=news", "cap=128")
-	a.expect("ready", 10*time.Second)
-	b.expect("ready", 10*time.Second)
+	a.Expect("ready", 10*time.Second)
+	b.Expect("ready", 10*time.Second)
 	n := openNode(t, dir, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -285,14 +285,14 @@ func TestProcTopic(t *testing.T) {
 func TestProcDirect(t *testing.T) {
 	dir := runtimeDir(t)
 	c := startChild(t, dir, "inbox")
-	id := c.expect("ready", 10*time.Second)
+	id := c.Expect("ready", 10*time.Second)
 	n := openNode(t, dir, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := n.SendTo(ctx, id, []byte("42")); err != nil {
 		t.Fatal(err)
 	}
-	got := c.expect("got", 5*time.Second)
+	got := c.Expect("got", 5*time.Second)
 	if got != n.ID()+" 42" {
 		t.Fatalf("inbox got %q", got)
 	}
@@ -301,7 +301,7 @@ func TestProcDirect(t *testing.T) {
 func TestProcWatchDown(t *testing.T) {
 	dir := runtimeDir(t)
 	c := startChild(t, dir, "recv", "cap=1")
-	id := strings.Fields(c.expect("ready", 10*time.Second))[0]
+	id := strings.Fields(c.Expect("ready", 10*time.Second))[0]
 	n := openNode(t, dir, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -314,7 +314,7 @@ func TestProcWatchDown(t *testing.T) {
 		t.Fatalf("first event %+v, want up of %s", e, id)
 	}
 	start := time.Now()
-	c.cmd.Process.Kill()
+	c.Cmd.Process.Kill()
 	e = <-ev
 	lat := time.Since(start)
 	if e.Kind != Down || e.Node != id {
@@ -332,7 +332,7 @@ func TestProcWatchDown(t *testing.T) {
 func TestProcPassFile(t *testing.T) {
 	dir := runtimeDir(t)
 	c := startChild(t, dir, "recv", "cap=4")
-	c.expect("ready", 10*time.Second)
+	c.Expect("ready", 10*time.Second)
 	n := openNode(t, dir, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -351,7 +351,7 @@ func TestProcPassFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	if got := c.expect("file", 5*time.Second); got != "secret-contents" {
+	if got := c.Expect("file", 5*time.Second); got != "secret-contents" {
 		t.Fatalf("child read %q through the passed file", got)
 	}
 }
@@ -359,9 +359,9 @@ func TestProcPassFile(t *testing.T) {
 func TestWatchNodeAlreadyGone(t *testing.T) {
 	dir := runtimeDir(t)
 	c := startChild(t, dir, "inbox")
-	id := c.expect("ready", 10*time.Second)
+	id := c.Expect("ready", 10*time.Second)
 	n := openNode(t, dir, Options{})
-	c.kill()
+	c.Kill()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	ev, err := n.Watch(ctx, "node:"+id)

@@ -67,7 +67,7 @@ func soakKillReceiver(t *testing.T, dir string, round int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	victim := startChild(t, dir, "soak-recv", "name=soak", "cap=32")
-	victim.expect("ready", 10*time.Second)
+	victim.Expect("ready", 10*time.Second)
 	n := openNode(t, dir, Options{})
 	s, err := n.Sender(ctx, "soak")
 	if err != nil {
@@ -97,7 +97,7 @@ func soakKillReceiver(t *testing.T, dir string, round int) {
 	killAt := rand.IntN(total)
 	for len(seen) < killAt {
 		select {
-		case l, ok := <-victim.lines:
+		case l, ok := <-victim.Lines:
 			if !ok {
 				t.Fatal("receiver exited early")
 			}
@@ -108,17 +108,17 @@ func soakKillReceiver(t *testing.T, dir string, round int) {
 			t.Fatalf("round %d: hung before the kill with %d of %d", round, len(seen), total)
 		}
 	}
-	victim.kill()
-	for l := range victim.lines {
+	victim.Kill()
+	for l := range victim.Lines {
 		if v, ok := gotID(l); ok {
 			seen[v] = true
 		}
 	}
 	next := startChild(t, dir, "soak-recv", "name=soak", "cap=32")
-	next.expect("ready", 10*time.Second)
+	next.Expect("ready", 10*time.Second)
 	for len(seen) < total {
 		select {
-		case l := <-next.lines:
+		case l := <-next.Lines:
 			if v, ok := gotID(l); ok {
 				seen[v] = true
 			}
@@ -131,7 +131,7 @@ func soakKillReceiver(t *testing.T, dir string, round int) {
 	}
 	s.Close()
 	n.Close()
-	next.kill()
+	next.Kill()
 }
 
 func gotID(l string) (int, bool) {
@@ -153,7 +153,7 @@ func soakKillSender(t *testing.T, dir string, round int) {
 	}
 	got := map[int]bool{}
 	victim := startChild(t, dir, "soak-send", "name=soak", "start=0")
-	victim.expect("ready", 10*time.Second)
+	victim.Expect("ready", 10*time.Second)
 	flushed := -1
 	killAfter := 25 + rand.IntN(400)
 	for len(got) < killAfter {
@@ -164,8 +164,8 @@ func soakKillSender(t *testing.T, dir string, round int) {
 		v, _ := strconv.Atoi(string(m.Data))
 		got[v] = true
 	}
-	victim.kill()
-	for l := range victim.lines {
+	victim.Kill()
+	for l := range victim.Lines {
 		if v, ok := strings.CutPrefix(l, "flushed "); ok {
 			flushed, _ = strconv.Atoi(v)
 		}

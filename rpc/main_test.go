@@ -1,13 +1,11 @@
 package rpc_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,17 +15,17 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/loft-ipc/loft"
+	"github.com/loft-ipc/loft/internal/proctest"
 	"github.com/loft-ipc/loft/rpc"
 	"github.com/loft-ipc/loft/rpc/rpcbench"
 )
 
-// The test binary re-executes itself as child processes: LOFT_RPC_CHILD
-// names the role, LOFT_RPC_ARGS its arguments (space separated). A child
-// talks to the parent in lines on its stdout and ends when its stdin
-// closes.
+// The test binary re-executes itself as child processes (see
+// internal/proctest). A child talks to the parent in lines on its stdout
+// and ends when its stdin closes.
 func TestMain(m *testing.M) {
-	if role := os.Getenv("LOFT_RPC_CHILD"); role != "" {
-		if err := runChild(role, strings.Fields(os.Getenv("LOFT_RPC_ARGS"))); err != nil {
+	if role, args, ok := proctest.Role(); ok {
+		if err := runChild(role, args); err != nil {
 			fmt.Fprintln(os.Stderr, "child:", err)
 			os.Exit(1)
 		}
@@ -190,82 +188,28 @@ func runtimeDir(t testing.TB) string {
 	return filepath.Join(t.TempDir(), "rt")
 }
 
-// child is a running child process with its stdout read line by line.
-type child struct {
-	t     testing.TB
-	cmd   *exec.Cmd
-	lines chan string
-	stdin io.WriteCloser
-	done  chan struct{}
-}
+// child is a child process playing a role of runChild.
+type child struct{ *proctest.Proc }
 
-func startChild(t testing.TB, dir, role string, args ...string) *child {
+// startChild starts a child playing role with args, its nodes in the
+// runtime directory dir. It ends when the test does (its stdin closes).
+func startChild(t testing.TB, dir, role string, args ...string) child {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "LOFT_RPC_CHILD="+role, "LOFT_RPC_ARGS="+strings.Join(args, " "), "LOFT_RUNTIME_DIR="+dir)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &child{t: t, cmd: cmd, lines: make(chan string, 1024), stdin: in, done: make(chan struct{})}
-	readDone := make(chan struct{})
-	go func() {
-		defer close(readDone)
-		defer close(c.lines)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			c.lines <- sc.Text()
-		}
-	}()
-	go func() {
-		<-readDone
-		cmd.Wait()
-		close(c.done)
-	}()
-	t.Cleanup(func() {
-		in.Close()
-		select {
-		case <-c.done:
-		case <-time.After(5 * time.Second):
-			cmd.Process.Kill()
-			<-c.done
-		}
-	})
-	return c
+	p := proctest.Start(t, role, args, "LOFT_RUNTIME_DIR="+dir)
+	p.Grace = 5 * time.Second
+	return child{p}
 }
 
 // expect returns the fields after prefix of the next line starting with
 // prefix; other lines are skipped. The timeout only guards against a hung
 // test.
-func (c *child) expect(prefix string) []string {
-	c.t.Helper()
-	timeout := time.After(20 * time.Second)
-	for {
-		select {
-		case l, ok := <-c.lines:
-			if !ok {
-				c.t.Fatalf("child exited before saying %q", prefix)
-			}
-			if f := strings.Fields(l); len(f) > 0 && f[0] == prefix {
-				return f[1:]
-			}
-		case <-timeout:
-			c.t.Fatalf("no %q from the child in 20s", prefix)
-		}
-	}
+func (c child) expect(prefix string) []string {
+	return c.ExpectFields(prefix, 20*time.Second)
 }
 
 // startServer starts a server child and returns it with its node id and
 // TCP address ("-" if none).
-func startServer(t testing.TB, dir, transport, service string) (*child, string, string) {
+func startServer(t testing.TB, dir, transport, service string) (child, string, string) {
 	t.Helper()
 	c := startChild(t, dir, "server", transport, service)
 	f := c.expect("ready")

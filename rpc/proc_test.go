@@ -219,7 +219,7 @@ func TestProcServerKilled(t *testing.T) {
 				srv.expect("started")
 			}
 			killed := time.Now()
-			if err := srv.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			if err := srv.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
 			var worst time.Duration
@@ -334,7 +334,7 @@ func TestProcWatch(t *testing.T) {
 	if e := <-ev; e.Kind != loft.Up || e.Node != id {
 		t.Fatalf("event %+v, want up of %s", e, id)
 	}
-	srv.cmd.Process.Signal(syscall.SIGKILL)
+	srv.Cmd.Process.Signal(syscall.SIGKILL)
 	if e := <-ev; e.Kind != loft.Down || e.Node != id {
 		t.Fatalf("event %+v, want down of %s", e, id)
 	}

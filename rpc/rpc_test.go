@@ -411,7 +411,7 @@ func TestCompetingServers(t *testing.T) {
 		b.expect("started")
 	}
 	t.Logf("%d calls on %s, %d on %s", onA, idA, N-onA, idB)
-	a.cmd.Process.Kill()
+	a.Cmd.Process.Kill()
 	type result struct {
 		i   int
 		err error
