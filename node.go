@@ -268,8 +268,11 @@ func (n *Node) dropConn(c *conn) {
 func (n *Node) connect(ctx context.Context, key string, addr *url.URL) (*conn, error) {
 	for attempt := 0; ; attempt++ {
 		c, peer, err := n.dial(ctx, key, addr)
-		if !errors.Is(err, errUseTheirs) || attempt == 2 {
+		if !errors.Is(err, errUseTheirs) {
 			return c, err
+		}
+		if attempt == 2 {
+			return nil, &OpError{Op: "dial", Name: addr.String(), Err: fmt.Errorf("%w: %w, and its connection never came", ErrPeerGone, err)}
 		}
 		// The peer is dialling us at the same moment and its conn is the
 		// one kept: wait for it. If its dial fails, dial again.
