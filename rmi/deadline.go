@@ -64,10 +64,12 @@ func (h *dlHeap) Pop() any {
 	return e
 }
 
-// callContext returns the context of a served call: cancelled by cancel,
-// by the endpoint's end, and, if to > 0, to after now.
+// callContext returns the context of a served call: cancelled by cancel
+// and, if to > 0, to after now. The endpoint's end (or its peer's) cancels
+// it through peer.running (see serve): deriving it from the endpoint's
+// context would lock that context and add to its children per call.
 func (ep *Endpoint) callContext(to time.Duration) (context.Context, func()) {
-	ctx, cancel := context.WithCancelCause(ep.ctx)
+	ctx, cancel := context.WithCancelCause(context.Background())
 	if to <= 0 {
 		return ctx, func() { cancel(context.Canceled) }
 	}

@@ -26,7 +26,7 @@ type Delegate struct {
 	id       objID
 	ok       bool          // id is known
 	err      error         // a promise that failed
-	done     chan struct{} // promises: closed when resolved or failed
+	done     chan struct{} // promises: made by a waiter (target), closed when resolved or failed
 	callID   uint64        // promises: the call whose answer this is
 	users    int           // promises: calls being sent that target callID
 	finSent  bool
@@ -140,7 +140,11 @@ func (d *Delegate) Wait(ctx context.Context) error {
 // target returns the object id, waiting for a promise to resolve.
 func (d *Delegate) target(ctx context.Context) (objID, error) {
 	d.mu.Lock()
-	id, ok, err, done := d.id, d.ok, d.err, d.done
+	id, ok, err := d.id, d.ok, d.err
+	if !ok && err == nil && d.done == nil {
+		d.done = make(chan struct{})
+	}
+	done := d.done
 	d.mu.Unlock()
 	if ok || err != nil {
 		return id, err
@@ -169,7 +173,9 @@ func (d *Delegate) resolve(id objID, err error) {
 	} else {
 		d.id, d.ok = id, true
 	}
-	close(d.done)
+	if d.done != nil {
+		close(d.done)
+	}
 	fin := d.users == 0 && !d.finSent
 	d.finSent = d.finSent || fin
 	rel := d.released && d.ok
@@ -347,7 +353,10 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 		defer d.unuse()
 	}
 	d.mu.Unlock()
-	pd := &pending{ch: make(chan *wmsg, 1)}
+	pd := &pending{}
+	if pf == nil {
+		pd.ch = make(chan *wmsg, 1) // (a promise's reply resolves the promise: nobody waits on ch)
+	}
 	msg.A = make([]cbor.RawMessage, len(args))
 	undo := func() {
 		ep.mu.Lock()
@@ -380,7 +389,7 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 	}
 	if pf != nil {
 		msg.F = fKeep
-		pd.prom = &Delegate{ep: ep, peer: p, f: pf, done: make(chan struct{}), callID: msg.ID}
+		pd.prom = &Delegate{ep: ep, peer: p, f: pf, callID: msg.ID}
 		pd.prom.own()
 	}
 	if dl, ok := ctx.Deadline(); ok {
@@ -399,11 +408,13 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 		ep.callsOut.Add(1)
 		return nil, pd.prom, nil
 	}
-	if err := p.send(ctx, msg); err != nil {
+	along, err := p.sendAlong(ctx, msg)
+	if err != nil {
 		ep.dropPending(p, msg.ID)
 		undo()
 		return fail(err)
 	}
+	pd.along = along
 	ep.callsOut.Add(1)
 	m, err := ep.wait(ctx, p, msg.ID, pd, method)
 	if err != nil {

@@ -56,14 +56,13 @@ type Endpoint struct {
 	live     atomic.Int64
 	callsIn  atomic.Uint64
 	callsOut atomic.Uint64
+	handoffs atomic.Uint64 // replies another goroutine received for a waiting caller
 
 	mu        sync.Mutex // leaf: no send, no user code, no other lock taken under it
 	closed    bool
-	ids       []byte    // random bytes for object ids, from crypto/rand
-	armed     bool      // lazy is running
-	lazyAt    time.Time // when it fires
-	lazyHeld  bool      // it was armed for held replies (heldDelay)
-	nqueued   int       // peers with queued items (peer.queued)
+	ids       []byte // random bytes for object ids, from crypto/rand
+	armed     bool   // lazy is running
+	lazyHeld  bool   // it was armed for held replies (heldDelay)
 	peers     map[string]*peer
 	owner     map[objID]string // export id to the peer it was given to
 	published map[string]reflect.Value
@@ -96,7 +95,6 @@ type peer struct {
 	can      []uint64
 	held     []*wmsg    // replies of a pipelined chain, to ride on the next message
 	calls    []heldCall // pipelined calls, encoded, to go before the next message
-	queued   bool       // one of rel, fin, can, held, calls is not empty
 }
 
 // heldCall is a pipelined call waiting to be sent (peer.calls).
@@ -114,10 +112,11 @@ type export struct {
 }
 
 type pending struct {
-	ch       chan *wmsg
+	ch       chan *wmsg // the reply (nil: peer gone); nil for a promise, which its reply resolves
 	err      error
 	borrowed []*export
 	prom     *Delegate
+	along    int // pipelined calls sent in the message of this call (reader.go's mayLeadLocked)
 
 	// under rd.mu (reader.go)
 	tok      chan struct{} // the read token is given to this follower
@@ -415,7 +414,6 @@ func (ep *Endpoint) peerGone(p *peer, cause error) {
 	ep.npend -= len(pend)
 	p.exports, p.byVal, p.answers, p.pending, p.running = nil, nil, nil, nil, nil
 	p.rel, p.fin, p.can, p.held, p.calls = nil, nil, nil, nil, nil
-	ep.drainedLocked(p)
 	dead := p.dead
 	ep.mu.Unlock()
 	close(p.gone)
@@ -429,8 +427,9 @@ func (ep *Endpoint) peerGone(p *peer, cause error) {
 		pd.err = dead
 		if pd.prom != nil {
 			pd.prom.resolve(objID{}, dead)
+		} else {
+			pd.ch <- nil
 		}
-		pd.ch <- nil
 	}
 	ep.interruptLeader()
 	p.smu.Lock()
@@ -459,15 +458,22 @@ func (p *peer) deadErr() error {
 // before a message is built travels with it or before it. m may be an
 // empty control message: then only what waits is sent.
 func (p *peer) send(ctx context.Context, m *wmsg) error {
+	_, err := p.sendAlong(ctx, m)
+	return err
+}
+
+// sendAlong is send, and also returns how many pipelined calls went with
+// m (see pending.along).
+func (p *peer) sendAlong(ctx context.Context, m *wmsg) (int, error) {
 	if err := p.deadErr(); err != nil {
-		return err
+		return 0, err
 	}
 	p.smu.Lock()
 	defer p.smu.Unlock()
 	if p.snd == nil {
 		s, err := p.ep.node.Sender(ctx, ChannelName(p.id))
 		if err != nil {
-			return err
+			return 0, err
 		}
 		p.snd = s
 	}
@@ -481,9 +487,6 @@ func (p *peer) send(ctx context.Context, m *wmsg) error {
 	calls, held := p.calls, p.held
 	p.calls, p.held = nil, nil
 	more := len(p.rel)+len(p.fin)+len(p.can) > 0
-	if !more {
-		p.ep.drainedLocked(p)
-	}
 	p.ep.mu.Unlock()
 	if more {
 		p.ep.kick()
@@ -526,7 +529,7 @@ func (p *peer) send(ctx context.Context, m *wmsg) error {
 		p.ep.peerGone(p, err)
 		p.smu.Lock()
 	}
-	return err
+	return len(calls), err
 }
 
 // reattached reports, after a send failed with loft.ErrPeerGone, whether
@@ -578,7 +581,7 @@ func (p *peer) post(m *wmsg) error {
 		return p.dead
 	}
 	p.calls = append(p.calls, heldCall{id: m.ID, b: b})
-	p.ep.laterLocked(p, ctlDelay)
+	p.ep.laterLocked(ctlDelay)
 	p.ep.mu.Unlock()
 	p.ep.readSoon()
 	return nil
@@ -612,8 +615,9 @@ func (ep *Endpoint) failHeld(p *peer, calls []heldCall, err error) {
 		pd.err = err
 		if pd.prom != nil {
 			pd.prom.resolve(objID{}, err)
+		} else {
+			pd.ch <- nil
 		}
-		pd.ch <- nil
 	}
 }
 
@@ -627,52 +631,34 @@ func (ep *Endpoint) kick() {
 
 // Queued items wait for another message to ride on; if none comes, the
 // control loop sends them after a delay. Replies held by a pipelined chain
-// (the caller may wait for one of them) wait at most heldDelay, and the
-// timer armed for them is stopped when a message carried everything, so
-// that it does not fire while chains follow each other. Everything else
-// waits ctlDelay: releases and finished answers, which nobody waits for,
-// and pipelined calls, which are sent at once when something waits for
-// their answer (Delegate.target). That timer is armed only when it is not
-// already, and left to fire: at most every ctlDelay while items keep
-// coming. Arming a timer is not free (when it is the earliest of its P it
-// wakes a thread), and a timer firing every millisecond keeps one of the
-// runtime's threads in the netpoller with a timeout and slows every round
-// trip on the machine (see loft's conn.readHandBack).
+// (the caller may wait for one of them) wait at most heldDelay; everything
+// else waits ctlDelay: releases and finished answers, which nobody waits
+// for, and pipelined calls, which are sent at once when something waits
+// for their answer (Delegate.target). The one timer is armed only when it
+// is not already (or is armed for ctlDelay and held replies come), and is
+// left to fire, never stopped: while chains follow each other it fires
+// about every heldDelay, and finds nothing to send or sends what a chain
+// in progress has held so far. Arming a timer is not free: when it is the
+// earliest of its P it wakes a thread (the netpoller's, or a new spinning
+// one), and arming one per chain (then stopping it when the chain's last
+// reply carried the others) cost a thread wake-up per chain on a 2-core
+// machine. A timer firing often keeps one of the runtime's threads in the
+// netpoller with a timeout (see loft's conn.readHandBack), which is why
+// everything that can wait ctlDelay does.
 const (
 	heldDelay = time.Millisecond
 	ctlDelay  = 20 * time.Millisecond
 )
 
-// laterLocked records that p has queued items and makes the control loop
-// send them within d (heldDelay or ctlDelay), if no other message carried
-// them by then. Caller holds ep.mu.
-func (ep *Endpoint) laterLocked(p *peer, d time.Duration) {
-	if !p.queued {
-		p.queued = true
-		ep.nqueued++
-	}
-	if ep.closed || ep.armed && d >= ctlDelay {
+// laterLocked makes the control loop send the items queued for peers
+// within d (heldDelay or ctlDelay), if no other message carried them by
+// then. Caller holds ep.mu.
+func (ep *Endpoint) laterLocked(d time.Duration) {
+	if ep.closed || ep.armed && (d >= ctlDelay || ep.lazyHeld) {
 		return
 	}
-	at := time.Now().Add(d)
-	if !ep.armed || at.Before(ep.lazyAt) {
-		ep.armed, ep.lazyAt, ep.lazyHeld = true, at, d < ctlDelay
-		ep.lazy.Reset(d)
-	}
-}
-
-// drainedLocked records that p has no queued items left, and stops a
-// timer armed for held replies when no peer has any. Caller holds ep.mu.
-func (ep *Endpoint) drainedLocked(p *peer) {
-	if !p.queued {
-		return
-	}
-	p.queued = false
-	ep.nqueued--
-	if ep.nqueued == 0 && ep.armed && ep.lazyHeld {
-		ep.armed = false
-		ep.lazy.Stop()
-	}
+	ep.armed, ep.lazyHeld = true, d < ctlDelay
+	ep.lazy.Reset(d)
 }
 
 // dispatch handles one loft message (a message or a batch) received from
@@ -698,11 +684,15 @@ func (ep *Endpoint) dispatch(m loft.Message, self *pending, run *job) {
 		if msg == nil {
 			break
 		}
-		if pd := ep.handle(p, msg, run); pd != nil && pd != self && bt.n > 0 {
-			// A caller waits for this reply: let it run before the
-			// rest of the batch (replies of a chain that only resolve
-			// promises), which would otherwise delay it on this P.
-			runtime.Gosched()
+		if pd := ep.handle(p, msg, run); pd != nil && pd != self {
+			ep.handoffs.Add(1)
+			if bt.n > 0 {
+				// A caller waits for this reply: let it run before the
+				// rest of the batch (replies of a chain that only
+				// resolve promises), which would otherwise delay it on
+				// this P.
+				runtime.Gosched()
+			}
 		}
 	}
 }
@@ -729,11 +719,9 @@ func (ep *Endpoint) handle(p *peer, m *wmsg, run *job) *pending {
 		}
 		if pd.prom != nil {
 			pd.prom.resolveFromReply(p, m)
-		}
-		pd.ch <- m
-		if pd.prom != nil {
 			return nil
 		}
+		pd.ch <- m
 		return pd
 	case kLookup:
 		ep.wg.Add(1)
@@ -852,7 +840,7 @@ func (ep *Endpoint) hold(p *peer, r *wmsg) {
 		return
 	}
 	p.held = append(p.held, r)
-	ep.laterLocked(p, heldDelay)
+	ep.laterLocked(heldDelay)
 }
 
 // admitRun returns the step that serves m (or fails it), or nil when m was
@@ -1008,10 +996,14 @@ func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
 		ctx, cancel := ep.callContext(time.Duration(m.TO))
 		defer cancel()
 		ep.mu.Lock()
-		if p.running != nil {
+		dead := p.running == nil
+		if !dead {
 			p.running[m.ID] = cancel
 		}
 		ep.mu.Unlock()
+		if dead {
+			cancel()
+		}
 		defer func() {
 			ep.mu.Lock()
 			if p.running != nil {
@@ -1213,7 +1205,7 @@ func (ep *Endpoint) queueCtl(p *peer, rel []byte, fin, can uint64) {
 		p.can = append(p.can, can)
 	}
 	now := can != 0 || len(p.rel)+len(p.fin) >= maxRefBatch/3
-	ep.laterLocked(p, ctlDelay)
+	ep.laterLocked(ctlDelay)
 	ep.mu.Unlock()
 	if now {
 		ep.kick()

@@ -48,6 +48,7 @@ type File interface {
 	Next(ctx context.Context) (File, error)
 	Read(ctx context.Context) (string, error)
 	Visit(ctx context.Context, l Listener) error
+	Stall(ctx context.Context) (File, error)
 }
 
 type Listener interface {
@@ -89,6 +90,9 @@ func (p fileProxy) Read(ctx context.Context) (string, error) {
 }
 func (p fileProxy) Visit(ctx context.Context, l Listener) error {
 	return Call0(ctx, p.Delegate, "Visit", l)
+}
+func (p fileProxy) Stall(ctx context.Context) (File, error) {
+	return Call1[File](ctx, p.Delegate, "Stall")
 }
 
 type listenerProxy struct{ *Delegate }
@@ -157,6 +161,9 @@ func (f *file) Read(ctx context.Context) (string, error) {
 
 // Visit calls l back once.
 func (f *file) Visit(ctx context.Context, l Listener) error { return l.Progress(ctx, 1, 1) }
+
+// Stall returns when ctx ends, with its error.
+func (f *file) Stall(ctx context.Context) (File, error) { <-ctx.Done(); return nil, ctx.Err() }
 
 type svc struct {
 	ep   *Endpoint

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -290,5 +291,80 @@ func TestProcPipelineCallbackWaits(t *testing.T) {
 			t.Fatalf("round %d took %v", i, d)
 		}
 		Release(f)
+	}
+}
+
+// TestProcHeldRepliesSent: a step of a pipelined chain that takes long does
+// not hold back the replies of the steps before it (they go within about
+// heldDelay): a promise resolved by an early step resolves while a later
+// step still runs. Several rounds, so the timer that sends them fires and
+// is armed again.
+func TestProcHeldRepliesSent(t *testing.T) {
+	ctx := testCtx(t)
+	e := newEnv(t, false)
+	c := startChild(t, e.dir, false)
+	s := lookupSvc(t, ctx, e, c)
+	for i := range 5 {
+		sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond) // how long Stall stalls
+		pctx := Pipeline(sctx)
+		f, _ := s.Open(pctx, "x")
+		g, _ := f.Next(pctx)
+		h, err := g.Stall(pctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Waiting sends the three calls in one message; the home runs them as
+		// one chain and holds the replies of Open and Next while Stall runs.
+		if err := DelegateOf(g).Wait(ctx); err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		hd := DelegateOf(h)
+		hd.mu.Lock()
+		stalled := !hd.ok && hd.err == nil
+		hd.mu.Unlock()
+		if !stalled {
+			t.Fatalf("round %d: the replies held by the chain came only with its last one", i)
+		}
+		if err := hd.Wait(ctx); err == nil {
+			t.Fatalf("round %d: Stall's promise resolved without error", i)
+		}
+		cancel()
+		Release(f)
+		Release(g)
+		Release(h)
+	}
+}
+
+// TestProcPipelineCallerReads: the caller waiting for the last call of a
+// pipelined chain reads the chain's reply itself even when a background
+// reader holds the read token (the endpoint serves nothing, and the
+// pending promises left with its call): it takes the token over instead of
+// having the reply handed over to it.
+func TestProcPipelineCallerReads(t *testing.T) {
+	ctx := testCtx(t)
+	e := newEnv(t, false)
+	c := startChild(t, e.dir, false)
+	s := lookupSvc(t, ctx, e, c)
+	ep := e.ep
+	before := ep.handoffs.Load()
+	const rounds = 20
+	for i := range rounds {
+		ep.ensureReader() // the token goes to the background readers
+		for range 1000000 {
+			ep.rd.mu.Lock()
+			reading := ep.rd.holder == tBG && ep.rd.bgReading
+			ep.rd.mu.Unlock()
+			if reading {
+				break
+			}
+			runtime.Gosched()
+		}
+		if err := chain5(ctx, s, true); err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+	}
+	// (A reply can beat its caller to the token now and then.)
+	if n := ep.handoffs.Load() - before; n >= rounds/2 {
+		t.Fatalf("%d of %d chain replies were handed over to their caller", n, rounds)
 	}
 }

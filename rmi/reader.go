@@ -20,8 +20,12 @@ import (
 //     connection straight to its caller. A caller that finds another caller
 //     leading waits (follows) and is given the token when the leader is
 //     done; one that finds the background readers holding it waits for its
-//     reply from them, unless the endpoint needs no background reader: then
-//     it interrupts them and is given the token.
+//     reply from them, unless they read for nobody else (mayLeadLocked):
+//     then it interrupts them and is given the token. Pipelined calls that
+//     went in the message of its own call do not count: their replies come
+//     with its own, in the reply of their chain, and it handles them while
+//     it leads (following would hand the reply of every chain over from a
+//     background reader to its caller).
 //   - The background readers (bgLoop, a pool) hold the token when no caller
 //     does and the endpoint needs a reader: it publishes objects, exports
 //     objects, or has pending calls no caller waits for (promises,
@@ -85,6 +89,29 @@ func (ep *Endpoint) needReaderLocked() bool {
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
 	return ep.closed || len(ep.published) > 0 || len(ep.owner) > 0 || ep.npend > ep.rd.waiting
+}
+
+// mayLeadLocked reports whether the caller waiting for pd should read
+// instead of the background readers: the endpoint serves no objects
+// (publishes or exports none), and every pending call that no caller waits
+// for is one of the pipelined calls that went in the message of pd's call,
+// whose replies come with (or before) pd's own in the reply of their chain.
+// Caller holds rd.mu.
+func (ep *Endpoint) mayLeadLocked(pd *pending) bool {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	return !ep.closed && len(ep.published) == 0 && len(ep.owner) == 0 && ep.npend-ep.rd.waiting <= pd.along
+}
+
+// followerMayLeadLocked reports whether the first follower may lead (see
+// mayLeadLocked). Caller holds rd.mu.
+func (ep *Endpoint) followerMayLeadLocked() bool {
+	for _, f := range ep.rd.followers {
+		if !f.promoted {
+			return ep.mayLeadLocked(f)
+		}
+	}
+	return false
 }
 
 // releaseTokenLocked gives the token up: to the first follower, else to
@@ -192,7 +219,7 @@ func (ep *Endpoint) bgLoop() {
 			// (ctx is taken before the check: an interruption after it
 			// ends this Recv.)
 			ctx := r.ctx
-			if r.closed || ep.ctx.Err() != nil || len(r.followers) > 0 && !ep.needReaderLocked() {
+			if r.closed || ep.ctx.Err() != nil || ep.followerMayLeadLocked() {
 				break
 			}
 			r.mu.Unlock()
@@ -268,7 +295,7 @@ func (ep *Endpoint) await(ctx context.Context, pd *pending) (*wmsg, error) {
 			r.mu.Lock()
 			continue
 		}
-		if lead && r.holder == tBG && r.bgReading && !ep.needReaderLocked() {
+		if lead && r.holder == tBG && r.bgReading && ep.mayLeadLocked(pd) {
 			ep.interruptLocked() // a background reader reads for nobody else: take over
 		}
 		if pd.tok == nil {

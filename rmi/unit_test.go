@@ -94,3 +94,30 @@ func TestBorrowEnds(t *testing.T) {
 type progressKeep struct{ keep *Listener }
 
 func (p *progressKeep) Progress(ctx context.Context, done, total int) error { return nil }
+
+// TestCloseEndsServedCalls: closing an endpoint cancels the contexts of the
+// calls it is serving (Close waits for them to return).
+func TestCloseEndsServedCalls(t *testing.T) {
+	ctx := testCtx(t)
+	a, b := pair(t)
+	s, err := Lookup[Svc](ctx, a, b.node.ID(), "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocked := make(chan error, 1)
+	go func() { blocked <- s.Block(ctx) }()
+	// The Block call is in b once b answers a later call (one connection, in order).
+	if _, err := s.Echo(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() {
+		b.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		t.Fatal("Close did not end the call it was serving")
+	}
+}
