@@ -463,7 +463,18 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 		}
 		park.Store(0)
 		switch {
-		case err == nil, c.isGone():
+		case err == nil:
+			// Woken for data. If it came within a full spin of the start
+			// of the wait, spinning would have paid: spin the full time
+			// again. (Without this, a side whose waits are a little
+			// longer than a shrunken budget, a server between requests
+			// say, stays at the floor and pays a wake-up each time.)
+			if !poll && time.Since(start) < c.spin {
+				spin.Store(int64(c.spin))
+				fails.Store(0)
+			}
+			return nil
+		case c.isGone():
 			return nil
 		case c.isClosed():
 			return net.ErrClosed
