@@ -55,3 +55,17 @@ func TestKeepReusesAcknowledgedChunks(t *testing.T) {
 		t.Fatal("a retained copy made after chunks were reused was overwritten")
 	}
 }
+
+// TestKeepEmptyFirst: an empty message kept before any chunk exists (a
+// stream of large messages, each kept apart, ending with an empty one)
+// needs no chunk.
+func TestKeepEmptyFirst(t *testing.T) {
+	s := newSender(nil, kindChannel, "keep", "")
+	s.keep(1, make([]byte, retainChunk))
+	if got := s.keep(2, nil); len(got) != 0 {
+		t.Fatalf("kept %d bytes of an empty message", len(got))
+	}
+	if s.chunks.len() != 0 {
+		t.Fatalf("%d chunks for no small message", s.chunks.len())
+	}
+}

@@ -115,6 +115,9 @@ const retainChunk = 64 << 10
 // acknowledged, orphans included) is past its last one; nothing but
 // retention refers to a chunk (frames copy the data).
 func (s *Sender) keep(id uint64, data []byte) []byte {
+	if len(data) == 0 {
+		return data // nothing to keep, and no chunk to note id in
+	}
 	if len(data) > retainChunk/8 {
 		return append([]byte(nil), data...)
 	}
