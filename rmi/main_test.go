@@ -1,15 +1,12 @@
 package rmi
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,14 +15,16 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/loft-ipc/loft"
+	"github.com/loft-ipc/loft/internal/proctest"
 )
 
-// The test binary re-executes itself as a child process: RMI_CHILD names
-// the role, RMI_DIR the loft runtime directory. The child prints
-// "ready NODEID" and serves until its stdin closes.
+// The test binary re-executes itself as a child process (see
+// internal/proctest) with the loft runtime directory and "noshm" as
+// arguments. The child prints "ready <node id>" and serves until its stdin
+// closes.
 func TestMain(m *testing.M) {
-	if os.Getenv("RMI_CHILD") != "" {
-		if err := runChild(os.Getenv("RMI_DIR"), os.Getenv("RMI_NOSHM") != ""); err != nil {
+	if _, args, ok := proctest.Role(); ok {
+		if err := runChild(args[0], len(args) > 1 && args[1] == "noshm"); err != nil {
 			fmt.Fprintln(os.Stderr, "child:", err)
 			os.Exit(1)
 		}
@@ -245,56 +244,27 @@ func runChild(dir string, noShm bool) error {
 
 // ---- helpers
 
+// child is a child process serving the test objects (runChild).
 type child struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	id    string
+	*proctest.Proc
+	id string // its node
 }
 
+// startChild starts a child with its node in the runtime directory dir,
+// over Unix sockets only if noShm. It ends when the test does (its stdin
+// closes).
 func startChild(t testing.TB, dir string, noShm bool) *child {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "RMI_CHILD=1", "RMI_DIR="+dir)
+	args := []string{dir}
 	if noShm {
-		cmd.Env = append(cmd.Env, "RMI_NOSHM=1")
+		args = append(args, "noshm")
 	}
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &child{cmd: cmd, stdin: in}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("child: %v", err)
-	}
-	c.id = strings.TrimSpace(strings.TrimPrefix(line, "ready "))
-	t.Cleanup(func() {
-		in.Close()
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
-	return c
+	p := proctest.Start(t, "rmi", args)
+	p.Grace = 20 * time.Second
+	return &child{Proc: p, id: p.Expect("ready", 20*time.Second)}
 }
 
-func (c *child) kill() {
-	c.cmd.Process.Kill()
-}
+func (c *child) kill() { c.Kill() }
 
 type env struct {
 	dir  string

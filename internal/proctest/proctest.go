@@ -107,18 +107,37 @@ func Start(t testing.TB, role string, args []string, env ...string) *Proc {
 // or d passes first.
 func (p *Proc) Expect(prefix string, d time.Duration) string {
 	p.t.Helper()
+	l := p.await(fmt.Sprintf("%q line", prefix), d, func(l string) bool { return strings.HasPrefix(l, prefix) })
+	return strings.TrimSpace(strings.TrimPrefix(l, prefix))
+}
+
+// ExpectFields waits up to d for a line whose first field is name,
+// skipping others, and returns its other fields. It fails the test if the
+// child ends or d passes first.
+func (p *Proc) ExpectFields(name string, d time.Duration) []string {
+	p.t.Helper()
+	l := p.await(fmt.Sprintf("%q line", name), d, func(l string) bool {
+		f := strings.Fields(l)
+		return len(f) > 0 && f[0] == name
+	})
+	return strings.Fields(l)[1:]
+}
+
+// await returns the first line that match accepts, skipping others.
+func (p *Proc) await(what string, d time.Duration, match func(string) bool) string {
+	p.t.Helper()
 	deadline := time.After(d)
 	for {
 		select {
 		case l, ok := <-p.Lines:
 			if !ok {
-				p.t.Fatalf("child exited before printing %q", prefix)
+				p.t.Fatalf("child exited before printing a %s", what)
 			}
-			if strings.HasPrefix(l, prefix) {
-				return strings.TrimSpace(strings.TrimPrefix(l, prefix))
+			if match(l) {
+				return l
 			}
 		case <-deadline:
-			p.t.Fatalf("no %q line from the child within %v", prefix, d)
+			p.t.Fatalf("no %s from the child within %v", what, d)
 		}
 	}
 }
@@ -133,25 +152,4 @@ func (p *Proc) Kill() {
 // Send writes a line to the child's stdin.
 func (p *Proc) Send(line string) {
 	fmt.Fprintln(p.stdin, line)
-}
-
-// ExpectFields waits up to d for a line whose first field is name,
-// skipping others, and returns its other fields. It fails the test if the
-// child ends or d passes first.
-func (p *Proc) ExpectFields(name string, d time.Duration) []string {
-	p.t.Helper()
-	deadline := time.After(d)
-	for {
-		select {
-		case l, ok := <-p.Lines:
-			if !ok {
-				p.t.Fatalf("child exited before saying %q", name)
-			}
-			if f := strings.Fields(l); len(f) > 0 && f[0] == name {
-				return f[1:]
-			}
-		case <-deadline:
-			p.t.Fatalf("no %q line from the child within %v", name, d)
-		}
-	}
 }
