@@ -146,10 +146,7 @@ func (ep *Endpoint) handBack() {
 	r := &ep.rd
 	r.mu.Lock()
 	r.hbArmed = false
-	if r.holder == tFree && !r.closed {
-		r.holder = tBG
-		r.cond.Signal()
-	}
+	ep.toBGLocked()
 	r.mu.Unlock()
 }
 
@@ -158,11 +155,18 @@ func (ep *Endpoint) handBack() {
 func (ep *Endpoint) ensureReader() {
 	r := &ep.rd
 	r.mu.Lock()
+	ep.toBGLocked()
+	r.mu.Unlock()
+}
+
+// toBGLocked gives the token, if free, to the background readers. Caller
+// holds rd.mu.
+func (ep *Endpoint) toBGLocked() {
+	r := &ep.rd
 	if r.holder == tFree && !r.closed {
 		r.holder = tBG
 		r.cond.Signal()
 	}
-	r.mu.Unlock()
 }
 
 // interruptLocked ends the Recv of the current reader. Caller holds
