@@ -287,16 +287,24 @@ func (ep *Endpoint) await(ctx context.Context, pd *pending) (*wmsg, error) {
 		r.mu.Unlock()
 	}()
 	lead := true // false once the receiver closed under a leader
+	// leadNow reads as the token holder; it reports whether the call is
+	// over. Called and returning with r.mu held when it is not.
+	leadNow := func() (*wmsg, bool, error) {
+		r.holder = tCaller
+		r.mu.Unlock()
+		m, got, err := ep.lead(ctx, pd)
+		if got || err != nil {
+			return m, true, err
+		}
+		lead = false
+		r.mu.Lock()
+		return nil, false, nil
+	}
 	for {
 		if lead && r.holder == tFree && !r.closed {
-			r.holder = tCaller
-			r.mu.Unlock()
-			m, got, err := ep.lead(ctx, pd)
-			if got || err != nil {
+			if m, over, err := leadNow(); over {
 				return m, err
 			}
-			lead = false
-			r.mu.Lock()
 			continue
 		}
 		if lead && r.holder == tBG && r.bgReading && ep.mayLeadLocked(pd) {
@@ -338,14 +346,9 @@ func (ep *Endpoint) await(ctx context.Context, pd *pending) (*wmsg, error) {
 			if got || done || !lead {
 				ep.releaseTokenLocked()
 			} else {
-				r.holder = tCaller
-				r.mu.Unlock()
-				m, got, err := ep.lead(ctx, pd)
-				if got || err != nil {
+				if m, over, err := leadNow(); over {
 					return m, err
 				}
-				lead = false
-				r.mu.Lock()
 				continue
 			}
 		}
