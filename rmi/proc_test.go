@@ -137,12 +137,7 @@ func TestProcKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blocked := make(chan error, 1)
-	go func() { blocked <- s.Block(ctx) }()
-	// The Block call is in Q once Q answers a later call (one connection, in order).
-	if _, err := s.Echo(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	blocked := startBlocked(t, ctx, s)
 	c.kill()
 	ev := <-down
 	if ev.Kind != loft.Down || ev.Node != c.id {

@@ -104,12 +104,7 @@ func TestCloseEndsServedCalls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blocked := make(chan error, 1)
-	go func() { blocked <- s.Block(ctx) }()
-	// The Block call is in b once b answers a later call (one connection, in order).
-	if _, err := s.Echo(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	startBlocked(t, ctx, s)
 	closed := make(chan struct{})
 	go func() {
 		b.Close()
@@ -120,4 +115,17 @@ func TestCloseEndsServedCalls(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("Close did not end the call it was serving")
 	}
+}
+
+// startBlocked starts s.Block in the background and returns once the call
+// is being served: the server has answered a later call (one connection,
+// in order). The channel gets Block's error.
+func startBlocked(t *testing.T, ctx context.Context, s Svc) <-chan error {
+	t.Helper()
+	blocked := make(chan error, 1)
+	go func() { blocked <- s.Block(ctx) }()
+	if _, err := s.Echo(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	return blocked
 }
