@@ -88,7 +88,7 @@ type peer struct {
 	byVal    map[any]*export
 	pending  map[uint64]*pending
 	answers  map[uint64]*answer
-	running  map[uint64]context.CancelFunc
+	running  map[uint64]*callCtx // calls being served
 	inflight int
 	rel      [][]byte
 	fin      []uint64
@@ -293,7 +293,7 @@ func (ep *Endpoint) peer(id string) (*peer, error) {
 		return p, nil
 	}
 	p = &peer{id: id, ep: ep, gone: make(chan struct{}), exports: map[objID]*export{}, byVal: map[any]*export{},
-		pending: map[uint64]*pending{}, answers: map[uint64]*answer{}, running: map[uint64]context.CancelFunc{}}
+		pending: map[uint64]*pending{}, answers: map[uint64]*answer{}, running: map[uint64]*callCtx{}}
 	ep.peers[id] = p
 	wctx, wcancel := context.WithCancel(ep.ctx)
 	p.ctx, p.wcancel = wctx, wcancel
@@ -421,7 +421,7 @@ func (ep *Endpoint) peerGone(p *peer, cause error) {
 		p.wcancel()
 	}
 	for _, c := range run {
-		c()
+		c.cancel(context.Canceled)
 	}
 	for _, pd := range pend {
 		pd.err = dead
@@ -727,11 +727,11 @@ func (ep *Endpoint) handle(p *peer, m *wmsg, run *job) *pending {
 		ep.wg.Add(1)
 		go ep.serveLookup(p, m)
 	case kCall:
-		if r := ep.admitRun(p, m); r != nil {
+		if r := ep.admitRun(p, m); !r.none() {
 			if run == nil {
 				go ep.runChain(p, r)
 			} else {
-				if run.s != nil {
+				if !run.s.none() {
 					go ep.runChain(run.p, run.s)
 				}
 				*run = job{p, r}
@@ -743,7 +743,7 @@ func (ep *Endpoint) handle(p *peer, m *wmsg, run *job) *pending {
 
 // control applies the releases, finished answers and cancels of m.
 func (ep *Endpoint) control(p *peer, m *wmsg) {
-	var cancels []context.CancelFunc
+	var cancels []*callCtx
 	ep.mu.Lock()
 	if p.dead == nil {
 		for _, b := range m.Rel {
@@ -760,7 +760,7 @@ func (ep *Endpoint) control(p *peer, m *wmsg) {
 	}
 	ep.mu.Unlock()
 	for _, c := range cancels {
-		c()
+		c.cancel(context.Canceled)
 	}
 }
 
@@ -800,10 +800,26 @@ func contains(s []uint32, v uint32) bool {
 	return false
 }
 
-// A step serves (or fails) one admitted call and returns its reply, and
-// the call queued behind its answer that the same goroutine runs next
-// (nil if none).
-type step func() (reply *wmsg, next step)
+// A step is an admitted call to serve (ex set) or to fail with err; the
+// zero step is none. (A struct, not a closure: a closure per call is an
+// allocation per call.)
+type step struct {
+	m   *wmsg
+	ex  *export
+	err error
+}
+
+func (s step) none() bool { return s.m == nil }
+
+// runStep serves or fails the call of s and returns its reply, and the
+// call queued behind its answer that the same goroutine runs next (none if
+// none).
+func (ep *Endpoint) runStep(p *peer, s step) (reply *wmsg, next step) {
+	if s.err != nil {
+		return ep.failCall(p, s.m, s.err)
+	}
+	return ep.serve(p, s.m, s.ex)
+}
 
 // A job is a step of peer p that a reader left for its goroutine to run.
 type job struct {
@@ -820,8 +836,8 @@ type job struct {
 // ep.wg until its reply is sent or held.
 func (ep *Endpoint) runChain(p *peer, run step) {
 	for {
-		r, next := run()
-		if next == nil {
+		r, next := ep.runStep(p, run)
+		if next.none() {
 			ep.reply(p, r)
 			ep.wg.Done()
 			return
@@ -843,13 +859,13 @@ func (ep *Endpoint) hold(p *peer, r *wmsg) {
 	ep.laterLocked(heldDelay)
 }
 
-// admitRun returns the step that serves m (or fails it), or nil when m was
-// queued or dropped.
+// admitRun returns the step that serves m (or fails it), or none when m
+// was queued or dropped.
 func (ep *Endpoint) admitRun(p *peer, m *wmsg) step {
 	ep.mu.Lock()
 	if p.dead != nil {
 		ep.mu.Unlock()
-		return nil
+		return step{}
 	}
 	if m.F&fKeep != 0 && p.answers[m.ID] == nil {
 		p.answers[m.ID] = &answer{} // (a call re-admitted after waiting keeps its answer)
@@ -857,7 +873,7 @@ func (ep *Endpoint) admitRun(p *peer, m *wmsg) step {
 	ex, err := ep.targetLocked(p, m)
 	if ex == nil && err == nil { // queued behind a pending answer
 		ep.mu.Unlock()
-		return nil
+		return step{}
 	}
 	if err == nil && p.inflight >= ep.opts.MaxIncoming {
 		err = ErrTooManyCalls
@@ -868,9 +884,9 @@ func (ep *Endpoint) admitRun(p *peer, m *wmsg) step {
 	ep.wg.Add(1)
 	ep.mu.Unlock()
 	if err != nil {
-		return func() (*wmsg, step) { return ep.failCall(p, m, err) }
+		return step{m: m, err: err}
 	}
-	return func() (*wmsg, step) { return ep.serve(p, m, ex) }
+	return step{m: m, ex: ex}
 }
 
 // targetLocked resolves the target of a call: (export, nil), (nil, error),
@@ -921,7 +937,7 @@ func toWire(err error) *werr {
 // one goroutine).
 func (ep *Endpoint) settle(p *peer, m *wmsg, ex *export, err error) step {
 	if m.F&fKeep == 0 {
-		return nil
+		return step{}
 	}
 	if ex == nil && err == nil {
 		err = fmt.Errorf("%w: the result is not an object of this node", ErrNoSuchObject)
@@ -930,7 +946,7 @@ func (ep *Endpoint) settle(p *peer, m *wmsg, ex *export, err error) step {
 	a := p.answers[m.ID]
 	if a == nil || a.done {
 		ep.mu.Unlock()
-		return nil
+		return step{}
 	}
 	a.done, a.exp, a.err = true, ex, err
 	q := a.queue
@@ -939,10 +955,10 @@ func (ep *Endpoint) settle(p *peer, m *wmsg, ex *export, err error) step {
 	var next step
 	for _, c := range q {
 		run := ep.admitRun(p, c)
-		if run == nil {
+		if run.none() {
 			continue
 		}
-		if next != nil {
+		if !next.none() {
 			go ep.runChain(p, next)
 		}
 		next = run
@@ -993,17 +1009,18 @@ func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
 		if len(m.A) != len(md.in) {
 			return nil, fmt.Errorf("%w: %s takes %d arguments, got %d", ErrBadMessage, m.M, len(md.in), len(m.A))
 		}
-		ctx, cancel := ep.callContext(time.Duration(m.TO))
-		defer cancel()
+		cc := ep.callContext(time.Duration(m.TO))
+		defer cc.end()
 		ep.mu.Lock()
 		dead := p.running == nil
 		if !dead {
-			p.running[m.ID] = cancel
+			p.running[m.ID] = cc
 		}
 		ep.mu.Unlock()
 		if dead {
-			cancel()
+			cc.cancel(context.Canceled)
 		}
+		ctx := context.Context(cc)
 		defer func() {
 			ep.mu.Lock()
 			if p.running != nil {
@@ -1012,7 +1029,8 @@ func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
 			ep.mu.Unlock()
 		}()
 		in := make([]reflect.Value, 1+len(md.in))
-		in[0] = reflect.ValueOf(ctx)
+		cc.self = cc
+		in[0] = reflect.ValueOf(&cc.self).Elem() // (typed context.Context: Call walks no method set)
 		for i, t := range md.in {
 			if f := lookupIface(t); f != nil {
 				v, d, err := ep.decodeRef(p, m.A[i], f, true)

@@ -235,7 +235,7 @@ func (ep *Endpoint) bgLoop() {
 			if err != nil && ctx.Err() == nil {
 				recvErr = err // the receiver closed (its node was closed?)
 			}
-			if run.s != nil || recvErr != nil {
+			if !run.s.none() || recvErr != nil {
 				break
 			}
 		}
@@ -244,7 +244,7 @@ func (ep *Endpoint) bgLoop() {
 			r.closed = true
 			r.cond.Broadcast()
 			r.mu.Unlock()
-			if run.s != nil {
+			if !run.s.none() {
 				ep.runChain(run.p, run.s)
 			}
 			return
@@ -252,7 +252,7 @@ func (ep *Endpoint) bgLoop() {
 		if r.holder == tBG {
 			ep.releaseTokenLocked()
 		}
-		if run.s == nil {
+		if run.s.none() {
 			continue
 		}
 		// Serve the call here; another reader reads meanwhile.
