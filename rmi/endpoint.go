@@ -686,13 +686,14 @@ func (ep *Endpoint) dispatch(m loft.Message, self *pending, run *job) {
 		}
 		if pd := ep.handle(p, msg, run); pd != nil && pd != self {
 			ep.handoffs.Add(1)
-			if bt.n > 0 {
-				// A caller waits for this reply: let it run before the
-				// rest of the batch (replies of a chain that only
-				// resolve promises), which would otherwise delay it on
-				// this P.
-				runtime.Gosched()
-			}
+			// A caller waits for this reply: let it run now, on this
+			// thread, before the rest of the batch (replies of a chain
+			// that only resolve promises) and before this reader goes
+			// back to wait for the next message, which over shared
+			// memory means spinning: on a small machine a spinning
+			// reader in each process leaves the caller no CPU, and the
+			// next message comes only once the caller has run.
+			runtime.Gosched()
 		}
 	}
 }

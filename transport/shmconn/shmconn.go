@@ -86,6 +86,10 @@ func (c *Conn) SetReadWaitHook(f func()) { c.waitHook = f }
 // minSpin is the shortest adaptive spin before parking.
 const minSpin = 500 * time.Nanosecond
 
+// maxSpin bounds the adaptive spin: a side whose parked waits end within
+// maxSpin (woken for data) spins about as long as they lasted next time.
+const maxSpin = 80 * time.Microsecond
+
 func (c *Config) spin() time.Duration {
 	if c == nil || c.Spin == 0 {
 		return 20 * time.Microsecond
@@ -341,9 +345,10 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 	}
 	for i := 0; ; i++ {
 		if word.Load() != seen {
-			// The spin paid off: spin the full time next time. (Stores
-			// only when something changes: each is a locked instruction.)
-			if spin.Load() != int64(c.spin) {
+			// The spin paid off: spin at least the full time next time
+			// (a budget grown by wait times, below, stays). Stores only
+			// when something changes: each is a locked instruction.
+			if spin.Load() < int64(c.spin) {
 				spin.Store(int64(c.spin))
 			}
 			fails := &c.rxFails
@@ -469,9 +474,11 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 			// again. (Without this, a side whose waits are a little
 			// longer than a shrunken budget, a server between requests
 			// say, stays at the floor and pays a wake-up each time.)
-			if !poll && time.Since(start) < c.spin {
-				spin.Store(int64(c.spin))
-				fails.Store(0)
+			if !poll {
+				if w := time.Since(start); w < maxSpin {
+					spin.Store(int64(min(maxSpin, max(c.spin, w+w/4))))
+					fails.Store(0)
+				}
 			}
 			return nil
 		case c.isGone():
