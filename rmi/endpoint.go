@@ -730,7 +730,12 @@ func (ep *Endpoint) handle(p *peer, m *wmsg, run *job) *pending {
 	case kCall:
 		if r := ep.admitRun(p, m); !r.none() {
 			if run == nil {
+				// (A caller reading for its own reply: the call runs
+				// now, on this thread, while the caller waits for the
+				// CPU, not the other way round: the reply the caller
+				// waits for typically needs this call's answer first.)
 				go ep.runChain(p, r)
+				runtime.Gosched()
 			} else {
 				if !run.s.none() {
 					go ep.runChain(run.p, run.s)
