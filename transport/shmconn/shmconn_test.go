@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -338,4 +339,54 @@ func FuzzCheckHeader(f *testing.F) {
 		copy(mem, hdr)
 		checkHeader(mem)
 	})
+}
+
+// TestSpinAdapts: a reader whose waits end within maxSpin of their start
+// spins longer than the configured base next time; once its waits keep
+// ending in long sleeps, its spin shrinks back below the base.
+func TestSpinAdapts(t *testing.T) {
+	if runtime.GOMAXPROCS(0) < 2 {
+		t.Skip("the writer busy-waits while the reader waits: needs two Ps")
+	}
+	base := 2 * time.Microsecond
+	a, b := pair(t, &Config{RingSize: 4096, Spin: base})
+	defer a.Close()
+	defer b.Close()
+	rd := b.(*Conn)
+	exchange := func(gap time.Duration) {
+		t.Helper()
+		errc := make(chan error, 1)
+		go func() {
+			var buf [1]byte
+			_, err := io.ReadFull(b, buf[:])
+			errc <- err
+		}()
+		// Busy-wait, not sleep: the reader must wait about gap.
+		for t0 := time.Now(); time.Since(t0) < gap; {
+		}
+		if _, err := a.Write([]byte{1}); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Short waits: one that parks and is woken within maxSpin grows the
+	// budget. (Bounded in rounds: on a loaded machine a wake-up can take
+	// longer than maxSpin, so a few tries may not count.)
+	grown := time.Duration(0)
+	for i := 0; i < 2000 && grown <= base; i++ {
+		exchange(10 * time.Microsecond)
+		grown = time.Duration(rd.rxSpin.Load())
+	}
+	if grown <= base || grown > maxSpin {
+		t.Fatalf("after short waits the spin is %v, want more than the base %v and at most %v", grown, base, maxSpin)
+	}
+	// Long waits: every one a miss; four misses halve the budget.
+	for range 40 {
+		exchange(2 * time.Millisecond)
+	}
+	if got := time.Duration(rd.rxSpin.Load()); got > base {
+		t.Fatalf("after long waits the spin is %v (it had grown to %v), want at most the base %v", got, grown, base)
+	}
 }
