@@ -185,5 +185,6 @@ func client(ctx context.Context) error {
 	if _, err := bad.Read(ctx); err != nil {
 		fmt.Println("pipelined Open(\"\").Read() failed as it should:", err)
 	}
+	rmi.Release(bad)
 	return nil
 }

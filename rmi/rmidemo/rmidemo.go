@@ -93,17 +93,28 @@ func (c *Counter) Progress(ctx context.Context, done, total int) error {
 }
 
 // Chain5 opens a file, follows Next three times and reads it: five calls,
-// pipelined when pctx comes from rmi.Pipeline.
+// pipelined when pctx comes from rmi.Pipeline. Every file it obtained is
+// released at the end (the releases ride on the next message to the
+// server).
 func Chain5(ctx, pctx context.Context, files Dir) error {
+	var got [4]File
+	defer func() {
+		for _, f := range got {
+			rmi.Release(f)
+		}
+	}()
 	f, err := files.Open(pctx, "f")
-	for i := 0; i < 3 && err == nil; i++ {
+	for i := 0; err == nil; i++ {
+		got[i] = f
+		if i == 3 {
+			break
+		}
 		f, err = f.Next(pctx)
 	}
 	if err != nil {
 		return err
 	}
 	s, err := f.Read(ctx)
-	rmi.Release(f)
 	if err == nil && s != "f+++" {
 		err = fmt.Errorf("chain read %q", s)
 	}
@@ -156,6 +167,7 @@ func Exercise(ctx context.Context, node *loft.Node, server string) (string, erro
 		return "", err
 	}
 	bad, _ := files.Open(rmi.Pipeline(ctx), "")
+	defer rmi.Release(bad)
 	if _, err := bad.Read(ctx); err == nil {
 		return "", fmt.Errorf("an error early in a pipelined chain did not reach its end")
 	}
