@@ -155,6 +155,7 @@ func (h *dlHeap) Pop() any {
 // call.
 func (ep *Endpoint) callContext(to time.Duration) *callCtx {
 	c := &callCtx{ep: ep}
+	c.self = c
 	if to <= 0 {
 		return c
 	}

@@ -1026,7 +1026,7 @@ func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
 		if dead {
 			cc.cancel(context.Canceled)
 		}
-		ctx := context.Context(cc)
+		ctx := cc.self
 		defer func() {
 			ep.mu.Lock()
 			if p.running != nil {
@@ -1035,7 +1035,6 @@ func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
 			ep.mu.Unlock()
 		}()
 		in := make([]reflect.Value, 1+len(md.in))
-		cc.self = cc
 		in[0] = reflect.ValueOf(&cc.self).Elem() // (typed context.Context: Call walks no method set)
 		for i, t := range md.in {
 			if f := lookupIface(t); f != nil {
