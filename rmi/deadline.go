@@ -5,6 +5,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/loft-ipc/loft/internal/callctx"
 )
 
 // A served call carries its caller's deadline (the TO of the call). A
@@ -16,93 +18,26 @@ import (
 // and re-armed only when a call comes with an earlier one (callers'
 // deadlines are typically far and later than those before them).
 
-// callCtx is the context of a served call. It is a context of its own
-// rather than one from context.WithCancelCause wrapped for the deadline:
-// one allocation per served call instead of four, and a Done channel made
-// only when something asks for it. It implements AfterFunc, so contexts
-// derived from it (and context.AfterFunc on it) need no goroutine to
-// follow it.
+// callCtx is the context of a served call: a callctx.Core (one allocation
+// per served call, a Done channel only if something asks for it, AfterFunc
+// so that derived contexts need no goroutine) with the caller's deadline.
 type callCtx struct {
-	mu     sync.Mutex
-	done   chan struct{} // made by Done, closed by cancel
-	err    error
-	afters []*afterFn
-	ep     *Endpoint
-	dl     dlEntry // dl.at is the deadline when hasDL
-	hasDL  bool
-	self   context.Context // cc itself, for serve's reflect.Value of type context.Context
+	callctx.Core
+	ep    *Endpoint
+	dl    dlEntry // dl.at is the deadline when hasDL
+	hasDL bool
+	self  context.Context // c itself, for serve's reflect.Value of type context.Context
 }
-
-type afterFn struct{ f func() }
 
 func (c *callCtx) Deadline() (time.Time, bool) { return c.dl.at, c.hasDL }
-
-func (c *callCtx) Done() <-chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.done == nil {
-		c.done = make(chan struct{})
-		if c.err != nil {
-			close(c.done)
-		}
-	}
-	return c.done
-}
-
-func (c *callCtx) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
-}
 
 func (c *callCtx) Value(key any) any { return nil }
 
 func (c *callCtx) String() string { return "rmi.callContext" }
 
-// AfterFunc runs f on a goroutine of its own once c is cancelled (at once
-// if it is). The returned stop unregisters f and reports whether it did.
-func (c *callCtx) AfterFunc(f func()) func() bool {
-	a := &afterFn{f: f}
-	c.mu.Lock()
-	if c.err != nil {
-		c.mu.Unlock()
-		go f()
-		return func() bool { return false }
-	}
-	c.afters = append(c.afters, a)
-	c.mu.Unlock()
-	return func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		for i, x := range c.afters {
-			if x == a {
-				c.afters = append(c.afters[:i], c.afters[i+1:]...)
-				return true
-			}
-		}
-		return false
-	}
-}
-
 // cancel ends c with err (context.Canceled or context.DeadlineExceeded);
 // only the first cancel counts.
-func (c *callCtx) cancel(err error) {
-	c.mu.Lock()
-	if c.err != nil {
-		c.mu.Unlock()
-		return
-	}
-	c.err = err
-	if c.done != nil {
-		close(c.done)
-	}
-	fs := c.afters
-	c.afters = nil
-	c.mu.Unlock()
-	for _, a := range fs {
-		go a.f()
-	}
-}
+func (c *callCtx) cancel(err error) { c.Cancel(err, nil) }
 
 // end is called when the call returns: it forgets the deadline and
 // cancels c.

@@ -2,31 +2,25 @@ package rpc
 
 import (
 	"context"
-	"sync"
 	"time"
+
+	"github.com/loft-ipc/loft/internal/callctx"
 )
 
-// callCtx is the context of one call on the server. It is cheaper than
-// context.WithCancel plus WithDeadline: it registers with no parent (the
-// server cancels every call itself when it closes), makes its Done channel
-// only if the handler asks for it, and arms a timer only for a deadline.
-// It implements the AfterFunc method that the context package uses to
-// propagate cancellation to derived contexts without a goroutine.
+// callCtx is the context of one call on the server: a callctx.Core (see
+// there why it is cheaper than context.WithCancel plus WithDeadline) with
+// the call's deadline, for which it arms a timer, and its CallInfo.
 type callCtx struct {
+	callctx.Core
 	base     context.Context // values only
 	info     CallInfo
 	deadline time.Time
 
-	mu       sync.Mutex
-	done     chan struct{}
-	err      error
+	// Under the Core's lock (set in Cancel's locked function, read with With).
 	timer    *time.Timer
-	afters   map[*afterFn]struct{}
 	byClient bool // cancelled by the client: the reply is not wanted
 	closing  bool // cancelled because the server is closing
 }
-
-type afterFn struct{ f func() }
 
 // CallInfo describes the call a handler is running. Get it with
 // CallInfoFrom(ctx).
@@ -52,27 +46,7 @@ func CallInfoFrom(ctx context.Context) (CallInfo, bool) {
 	return *ci, true
 }
 
-var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
-
 func (c *callCtx) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
-
-func (c *callCtx) Done() <-chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.done == nil {
-		if c.err != nil {
-			return closedChan
-		}
-		c.done = make(chan struct{})
-	}
-	return c.done
-}
-
-func (c *callCtx) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.err
-}
 
 func (c *callCtx) Value(key any) any {
 	if key == (callInfoKey{}) {
@@ -83,82 +57,50 @@ func (c *callCtx) Value(key any) any {
 
 func (c *callCtx) String() string { return "rpc.callCtx(" + c.info.Service + "." + c.info.Method + ")" }
 
-// AfterFunc runs f once the context is cancelled; see context.AfterFunc.
-func (c *callCtx) AfterFunc(f func()) func() bool {
-	c.mu.Lock()
-	if c.err != nil {
-		c.mu.Unlock()
-		go f()
-		return func() bool { return false }
-	}
-	a := &afterFn{f: f}
-	if c.afters == nil {
-		c.afters = map[*afterFn]struct{}{}
-	}
-	c.afters[a] = struct{}{}
-	c.mu.Unlock()
-	return func() bool {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if _, ok := c.afters[a]; ok {
-			delete(c.afters, a)
-			return true
-		}
-		return false
-	}
+// armDeadline arms the timer that cancels the call at its deadline.
+func (c *callCtx) armDeadline() {
+	// (Under the lock: a deadline already past fires at once, and the
+	// timer's cancel stops c.timer.)
+	c.With(func() {
+		c.timer = time.AfterFunc(time.Until(c.deadline), func() { c.cancel(context.DeadlineExceeded, false) })
+	})
 }
 
 // cancel ends the context with err; it reports whether it was still live.
 func (c *callCtx) cancel(err error, byClient bool) bool {
-	c.mu.Lock()
-	if c.err != nil {
-		c.mu.Unlock()
-		return false
-	}
-	c.err = err
-	c.byClient = byClient
-	if c.done != nil {
-		close(c.done)
-	}
-	if c.timer != nil {
-		c.timer.Stop()
-	}
-	afters := c.afters
-	c.afters = nil
-	c.mu.Unlock()
-	for a := range afters {
-		go a.f()
-	}
-	return true
+	return c.Cancel(err, func() {
+		c.byClient = byClient
+		if c.timer != nil {
+			c.timer.Stop()
+		}
+	})
 }
 
 // release stops the deadline timer once the handler returned.
 func (c *callCtx) release() {
-	c.mu.Lock()
-	if c.timer != nil {
-		c.timer.Stop()
-	}
-	c.mu.Unlock()
+	c.With(func() {
+		if c.timer != nil {
+			c.timer.Stop()
+		}
+	})
 }
 
-func (c *callCtx) cancelledByClient() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.byClient
+func (c *callCtx) cancelledByClient() (b bool) {
+	c.With(func() { b = c.byClient })
+	return b
 }
 
 // cancelClosing cancels the call because the server is closing.
 func (c *callCtx) cancelClosing() {
-	c.mu.Lock()
-	if c.err == nil {
+	c.Cancel(context.Canceled, func() {
 		c.closing = true
-	}
-	c.mu.Unlock()
-	c.cancel(context.Canceled, false)
+		if c.timer != nil {
+			c.timer.Stop()
+		}
+	})
 }
 
-func (c *callCtx) isClosing() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closing
+func (c *callCtx) isClosing() (b bool) {
+	c.With(func() { b = c.closing })
+	return b
 }

@@ -706,7 +706,7 @@ func (s *Server) startCall(e *envelope, from string, inline bool) {
 	}
 	if e.flags&flagDeadline != 0 {
 		c.deadline = time.Unix(0, e.deadline)
-		c.timer = time.AfterFunc(time.Until(c.deadline), func() { c.cancel(context.DeadlineExceeded, false) })
+		c.armDeadline()
 	}
 	s.inflight[key] = c
 	p.running++
