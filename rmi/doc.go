@@ -106,10 +106,26 @@
 // error of N fails every call queued on it, and every call made on the
 // promise afterwards (Delegate.Wait reports it too).
 //
+// # References in rpc calls and other messages
+//
+// Outside remote-object calls (an argument or result of an rpc call, a
+// field of a struct, a loft message) a reference travels as an rmi.Ref:
+// its home makes one with ExportRef for the node that will use it, which
+// turns it into a delegate with ImportRef:
+//
+//	ref, _ := rmi.ExportRef[Listener](ep, serverNodeID, myListener)
+//	rpc.Call[RunReq, RunResp](ctx, cli, "Run", RunReq{Steps: 5, Progress: ref})
+//	// in the handler: ci, _ := rpc.CallInfoFrom(ctx) tells the caller's node,
+//	// l, _ := rmi.ImportRef[Listener](ep, req.Progress); defer rmi.Release(l)
+//
+// A Ref is the same capability as any reference: valid only for the node
+// it was exported to. Import it once and Release the delegate.
+//
 // # Limits (not done)
 //
-//   - References are recognised only as direct parameters and results of
-//     a remote interface type, not inside structs, slices or maps.
+//   - References are recognised by themselves only as direct parameters
+//     and results of remote-object calls; anywhere else they travel as a
+//     Ref, made and turned back by hand (ExportRef, ImportRef).
 //   - A delegate passed to a third node is forwarded (the middle node
 //     exports its delegate), not handed off; a pipelined result that is the
 //     caller's own object fails.

@@ -237,6 +237,11 @@ func runChild(dir string, noShm bool) error {
 	if err := Publish[Svc](ep, "svc", &svc{ep: ep, nest: &nester{}}); err != nil {
 		return err
 	}
+	srv, err := serveRefs(ctx, node, ep)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
 	fmt.Printf("ready %s\n", node.ID())
 	io.Copy(io.Discard, os.Stdin)
 	return nil
