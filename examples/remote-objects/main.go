@@ -1,6 +1,7 @@
 // Command remote-objects shows loft's remote objects between two processes:
 // a progress listener passed to a long job and called back while the job
-// runs, and a pipelined chain of calls that costs about one round trip.
+// runs, a pipelined chain of calls that costs about one round trip, and the
+// listener passed again, this time in the request of an ordinary rpc call.
 //
 // Run it with: go run ./examples/remote-objects
 // It starts itself a second time as the server process.
@@ -19,6 +20,7 @@ import (
 
 	"github.com/loft-ipc/loft"
 	"github.com/loft-ipc/loft/rmi"
+	"github.com/loft-ipc/loft/rpc"
 )
 
 // The remote interfaces are ordinary Go interfaces; go generate writes
@@ -73,6 +75,34 @@ type file struct{ name string }
 
 func (f file) Read(ctx context.Context) (string, error) { return "contents of " + f.name, nil }
 
+// RunRequest is the request of the rpc procedure "jobs.Run": the listener
+// travels in it as an rmi.Ref.
+type RunRequest struct {
+	Steps    int
+	Progress rmi.Ref
+}
+
+// serveRPC serves "jobs.Run" over rpc: the same job, its listener imported
+// from the request.
+func serveRPC(ctx context.Context, node *loft.Node, ep *rmi.Endpoint) (*rpc.Server, error) {
+	srv, err := rpc.NewServer(node, "jobs", rpc.ServerOptions{})
+	if err != nil {
+		return nil, err
+	}
+	err = rpc.Register(srv, "Run", func(ctx context.Context, req RunRequest) (int, error) {
+		l, err := rmi.ImportRef[Listener](ep, req.Progress)
+		if err != nil {
+			return 0, err
+		}
+		defer rmi.Release(l)
+		return jobs{}.Run(ctx, req.Steps, l)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return srv, srv.Start(ctx)
+}
+
 // Client-side listener.
 type printer struct{}
 
@@ -112,6 +142,11 @@ func server(ctx context.Context) error {
 	if err := rmi.Publish[Dir](ep, "files", dir{}); err != nil {
 		return err
 	}
+	srv, err := serveRPC(ctx, node, ep)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
 	fmt.Println("ready", node.ID())
 	bufio.NewReader(os.Stdin).ReadString('\n') // until the client is done
 	return nil
@@ -186,5 +221,23 @@ func client(ctx context.Context) error {
 		fmt.Println("pipelined Open(\"\").Read() failed as it should:", err)
 	}
 	rmi.Release(bad)
+
+	// 3. The same listener in the request of an rpc call: an rmi.Ref made
+	// for the server's node, which the handler turns back into a delegate.
+	cli, err := rpc.Dial(ctx, node, "jobs", rpc.ClientOptions{})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ref, err := rmi.ExportRef[Listener](ep, serverID, printer{})
+	if err != nil {
+		return err
+	}
+	fmt.Println("the same job through rpc, the listener passed in the request:")
+	n, err = rpc.Call[RunRequest, int](ctx, cli, "Run", RunRequest{Steps: 2, Progress: ref})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("rpc job done: %d steps\n", n)
 	return nil
 }
