@@ -67,7 +67,7 @@ func (d *Delegate) finalize() {
 	d.ep.leaked.Add(1)
 	d.ep.live.Add(-1)
 	if ok {
-		d.ep.queueCtl(d.peer, append([]byte(nil), id[:]...), 0, 0)
+		d.ep.queueCtl(d.peer, &id, 0, 0)
 	}
 }
 
@@ -95,7 +95,7 @@ func (d *Delegate) Release() {
 	if !ok {
 		return // a promise: released when it resolves (resolve)
 	}
-	d.ep.queueCtl(d.peer, id[:], 0, 0) // sent with the next message to the peer, or soon
+	d.ep.queueCtl(d.peer, &id, 0, 0) // sent with the next message to the peer, or soon
 
 }
 
@@ -184,7 +184,7 @@ func (d *Delegate) resolve(id objID, err error) {
 		d.ep.queueCtl(d.peer, nil, d.callID, 0)
 	}
 	if rel {
-		d.ep.queueCtl(d.peer, append([]byte(nil), id[:]...), 0, 0)
+		d.ep.queueCtl(d.peer, &id, 0, 0)
 	}
 }
 

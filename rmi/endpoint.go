@@ -90,7 +90,7 @@ type peer struct {
 	answers  map[uint64]*answer
 	running  map[uint64]*callCtx // calls being served
 	inflight int
-	rel      [][]byte
+	rel      []objID
 	fin      []uint64
 	can      []uint64
 	held     []*wmsg    // replies of a pipelined chain, to ride on the next message
@@ -479,7 +479,12 @@ func (p *peer) sendAlong(ctx context.Context, m *wmsg) (int, error) {
 	}
 	p.ep.mu.Lock()
 	n := min(len(p.rel), maxRefBatch/3)
-	m.Rel, p.rel = append(m.Rel, p.rel[:n]...), p.rel[n:]
+	for i := range p.rel[:n] {
+		// (Slices of p.rel's array: later appends to p.rel[n:] write
+		// only past them.)
+		m.Rel = append(m.Rel, p.rel[i][:])
+	}
+	p.rel = p.rel[n:]
 	n = min(len(p.fin), maxRefBatch/3)
 	m.Fin, p.fin = append(m.Fin, p.fin[:n]...), p.fin[n:]
 	n = min(len(p.can), maxRefBatch/3)
@@ -1212,14 +1217,14 @@ func (ep *Endpoint) decodeRef(p *peer, raw cbor.RawMessage, f *iface, borrowed b
 // queueCtl adds control items for p. A cancel is sent at once; releases
 // and finished answers ride on the next message to p, or are sent by the
 // control loop within ctlDelay.
-func (ep *Endpoint) queueCtl(p *peer, rel []byte, fin, can uint64) {
+func (ep *Endpoint) queueCtl(p *peer, rel *objID, fin, can uint64) {
 	ep.mu.Lock()
 	if p.dead != nil {
 		ep.mu.Unlock()
 		return
 	}
 	if rel != nil {
-		p.rel = append(p.rel, rel)
+		p.rel = append(p.rel, *rel)
 	}
 	if fin != 0 {
 		p.fin = append(p.fin, fin)

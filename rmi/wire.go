@@ -595,7 +595,16 @@ func decodeRefRaw(raw []byte, r *wref) error {
 		r.K, r.ID = raw[2], raw[5:5+idLen:5+idLen]
 		return nil
 	}
-	return decMode.Unmarshal(raw, r)
+	return decodeRefSlow(raw, r)
+}
+
+// decodeRefSlow decodes a reference the general way. (Apart, so that only
+// this path's wref escapes to the heap, not every caller's.)
+func decodeRefSlow(raw []byte, r *wref) error {
+	var x wref
+	err := decMode.Unmarshal(raw, &x)
+	*r = x
+	return err
 }
 
 // marshalValue encodes v as encMode does; common basic types without
