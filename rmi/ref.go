@@ -50,6 +50,9 @@ func ExportRef[T any](ep *Endpoint, to string, obj T) (Ref, error) {
 	if any(obj) == nil {
 		return Ref{}, fmt.Errorf("rmi: ExportRef: nil %v", f.t)
 	}
+	if to == ep.node.ID() {
+		return Ref{}, fmt.Errorf("rmi: ExportRef: node %s is this endpoint's own node", to)
+	}
 	v.Set(reflect.ValueOf(obj))
 	p, err := ep.peer(to)
 	if err != nil {

@@ -193,6 +193,10 @@ func TestProcRefRefused(t *testing.T) {
 	if _, err := ImportRef[Counter](e.ep, own); !errors.Is(err, ErrForeignRef) {
 		t.Fatalf("a Ref of this node's own object: %v, want ErrForeignRef", err)
 	}
+	// Nor to this node itself.
+	if _, err := ExportRef[Counter](e.ep, e.node.ID(), &counter{}); err == nil {
+		t.Fatal("ExportRef to the endpoint's own node succeeded")
+	}
 	// A delegate cannot be exported as a Ref.
 	if _, err := ExportRef[Counter](e.ep, c.id, mine); err == nil {
 		t.Fatal("ExportRef of a delegate succeeded")
