@@ -2,8 +2,6 @@ package rmi
 
 import (
 	"testing"
-
-	"github.com/loft-ipc/loft"
 )
 
 // BenchmarkInProcess runs the benchmark chains between two nodes of one
@@ -13,16 +11,7 @@ import (
 func BenchmarkInProcess(b *testing.B) {
 	ctx := testCtx(b)
 	srv := newEnv(b, true)
-	node, err := loft.Open(ctx, loft.Options{Dir: srv.dir})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer node.Close()
-	ep, err := Open(ctx, node, Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ep.Close()
+	_, ep := srv.another(b)
 	if err := Publish[Svc](srv.ep, "svc", &svc{ep: srv.ep, nest: &nester{}}); err != nil {
 		b.Fatal(err)
 	}

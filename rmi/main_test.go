@@ -280,6 +280,21 @@ type env struct {
 func newEnv(t testing.TB, noShm bool) *env {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "rt")
+	node, ep := openEndpoint(t, dir, noShm)
+	return &env{dir: dir, node: node, ep: ep}
+}
+
+// another opens a second node of this process in e's runtime directory,
+// with an endpoint; both close when the test ends.
+func (e *env) another(t testing.TB) (*loft.Node, *Endpoint) {
+	t.Helper()
+	return openEndpoint(t, e.dir, false)
+}
+
+// openEndpoint opens a node in the runtime directory dir and an endpoint
+// on it; both close when the test ends.
+func openEndpoint(t testing.TB, dir string, noShm bool) (*loft.Node, *Endpoint) {
+	t.Helper()
 	node, err := loft.Open(context.Background(), loft.Options{Dir: dir, NoSharedMemory: noShm})
 	if err != nil {
 		t.Fatal(err)
@@ -293,7 +308,7 @@ func newEnv(t testing.TB, noShm bool) *env {
 		ep.Close()
 		node.Close()
 	})
-	return &env{dir: dir, node: node, ep: ep}
+	return node, ep
 }
 
 func testCtx(t testing.TB) context.Context {

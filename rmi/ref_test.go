@@ -59,6 +59,18 @@ func serveRefs(ctx context.Context, node *loft.Node, ep *Endpoint) (*rpc.Server,
 	return srv, srv.Start(ctx)
 }
 
+// dialRefs is an rpc client of node for the child's "refs" service,
+// closed when the test ends.
+func dialRefs(t *testing.T, ctx context.Context, node *loft.Node) *rpc.Client {
+	t.Helper()
+	cli, err := rpc.Dial(ctx, node, "refs", rpc.ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
 // TestProcRefOverRPC: a listener of this process passed as an argument of
 // an rpc call is called back from the child; a counter of the child
 // returned as an rpc result is called from here; all exports are gone
@@ -69,11 +81,7 @@ func TestProcRefOverRPC(t *testing.T) {
 	c := startChild(t, e.dir, false)
 	s := lookupSvc(t, ctx, e, c)
 	defer Release(s)
-	cli, err := rpc.Dial(ctx, e.node, "refs", rpc.ClientOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := dialRefs(t, ctx, e.node)
 
 	// Argument: the child calls our listener back, 3 times.
 	l := &progress{}
@@ -125,11 +133,6 @@ func TestProcRefRefused(t *testing.T) {
 	ctx := testCtx(t)
 	e := newEnv(t, false)
 	c := startChild(t, e.dir, false)
-	cli, err := rpc.Dial(ctx, e.node, "refs", rpc.ClientOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
 
 	// Made up: the child never exported it.
 	id := make([]byte, idLen)
@@ -145,21 +148,8 @@ func TestProcRefRefused(t *testing.T) {
 
 	// Exported to another node: a second node of this process gets a
 	// counter from the child, and this node tries to use it.
-	n2, err := loft.Open(ctx, loft.Options{Dir: e.dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n2.Close()
-	ep2, err := Open(ctx, n2, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ep2.Close()
-	cli2, err := rpc.Dial(ctx, n2, "refs", rpc.ClientOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli2.Close()
+	n2, ep2 := e.another(t)
+	cli2 := dialRefs(t, ctx, n2)
 	theirs, err := rpc.Call[struct{}, Ref](ctx, cli2, "Make", struct{}{})
 	if err != nil {
 		t.Fatal(err)

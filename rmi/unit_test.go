@@ -5,23 +5,12 @@ import (
 	"errors"
 	"runtime"
 	"testing"
-
-	"github.com/loft-ipc/loft"
 )
 
 // pair opens two endpoints in this process (loft's in-process transport).
 func pair(t *testing.T) (a, b *Endpoint) {
 	e := newEnv(t, false)
-	n2, err := loft.Open(context.Background(), loft.Options{Dir: e.dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ep2, err := Open(context.Background(), n2, Options{})
-	if err != nil {
-		n2.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ep2.Close(); n2.Close() })
+	_, ep2 := e.another(t)
 	if err := Publish[Svc](ep2, "svc", &svc{ep: ep2, nest: &nester{}}); err != nil {
 		t.Fatal(err)
 	}
