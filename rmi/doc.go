@@ -54,7 +54,11 @@
 // The reader only decodes and updates tables; an incoming call never runs
 // on it: a background reader that received a call passes reading on to
 // another (starting one if none is idle) and then serves the call itself,
-// a caller reading for its reply starts a goroutine for it. No lock is
+// a caller reading for its reply starts a goroutine for it and lets it
+// run first (the reply it waits for typically needs that call's answer).
+// A reader that hands a reply to its waiting caller also lets the caller
+// run first: on a small machine, with a reader spinning on shared memory
+// in each process, the caller would otherwise wait for a core. No lock is
 // held while application code runs. So P may call Q.m(x) with x one of
 // P's objects, and m may call x, which runs in P while P waits for m, at
 // any depth. Options.MaxIncoming bounds the calls running per peer; beyond
