@@ -69,3 +69,51 @@ func TestKeepEmptyFirst(t *testing.T) {
 		t.Fatalf("%d chunks for no small message", s.chunks.len())
 	}
 }
+
+// TestKeepBigReusesOnlyAcknowledged: the copy of a large message is reused
+// for a later one only once an ACK covered it, and then with its content
+// replaced; copies of messages not yet acknowledged are never handed out.
+func TestKeepBigReusesOnlyAcknowledged(t *testing.T) {
+	s := newSender(nil, kindChannel, "keepbig", "")
+	l := &link{s: s, limit: 100}
+	s.links = []*link{l}
+	big := func(seed byte) []byte { return bytes.Repeat([]byte{seed}, 100<<10) }
+	var kept [][]byte
+	for id := uint64(1); id <= 3; id++ {
+		s.nextID = id
+		c := s.keep(id, big(byte(id)))
+		l.unack.push(retained{id: id, data: c})
+		l.sent++
+		kept = append(kept, c)
+	}
+	// Nothing acknowledged: a fourth copy is fresh, the three stay intact.
+	s.nextID = 4
+	c4 := s.keep(4, big(4))
+	for i, c := range kept {
+		if &c[0] == &c4[0] {
+			t.Fatalf("copy %d, not acknowledged, was handed out again", i+1)
+		}
+	}
+	l.unack.push(retained{id: 4, data: c4})
+	l.sent++
+	// Acknowledge the first two: their copies, and only theirs, come back.
+	if err := s.ack(l, 2, 100); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.bigFree) != 2 {
+		t.Fatalf("%d copies taken back after an ACK of 2, want 2", len(s.bigFree))
+	}
+	for i := 0; i < 2; i++ {
+		s.nextID = uint64(5 + i)
+		c := s.keep(s.nextID, big(byte(5+i)))
+		if &c[0] != &kept[0][0] && &c[0] != &kept[1][0] {
+			t.Fatalf("message %d got a fresh copy while acknowledged ones waited", 5+i)
+		}
+		if !bytes.Equal(c, big(byte(5+i))) {
+			t.Fatalf("message %d: a reused copy does not hold its content", 5+i)
+		}
+	}
+	if !bytes.Equal(kept[2], big(3)) || !bytes.Equal(c4, big(4)) {
+		t.Fatal("a copy not yet acknowledged was overwritten")
+	}
+}

@@ -849,5 +849,8 @@ func (q *ring[T]) drop(n int) {
 
 func (q *ring[T]) peek() T { return q.buf[q.head] }
 
+// at returns the item i places after the head (i < len).
+func (q *ring[T]) at(i int) T { return q.buf[(q.head+i)&(len(q.buf)-1)] }
+
 // back returns the last item (len > 0).
 func (q *ring[T]) back() *T { return &q.buf[(q.head+q.n-1)&(len(q.buf)-1)] }

@@ -40,6 +40,8 @@ type Sender struct {
 	pending  map[string]bool          // node ids being attached
 	arena    []byte                   // retention chunk, see keep
 	chunks   ring[keptChunk]          // retention chunks in use, oldest first; arena is the last
+	bigFree  [][]byte                 // copies of large messages, acknowledged, to reuse (see keepBig)
+	sentBig  bool                     // keepBig was called: ACKs look for copies to take back
 	floorID  uint64                   // see floorFunc
 	floorFn  func() uint64            // s.floorNow, bound once
 	sentN    uint64                   // messages accepted, guarded by mu
@@ -47,6 +49,40 @@ type Sender struct {
 	acked       atomic.Uint64
 	lost        atomic.Uint64
 	redelivered atomic.Uint64
+}
+
+// maxBigFree bounds the acknowledged copies of large messages a Sender
+// keeps for reuse.
+const maxBigFree = 4
+
+// keepBig copies a large message (more than retainChunk/8 bytes) into a
+// buffer of its own: an acknowledged one of about its size if there is
+// one. A fresh one is zeroed by the allocator and, for a large message,
+// faulted in page by page: for 1 MiB messages that cost as much as the
+// copy. Caller holds s.mu.
+func (s *Sender) keepBig(data []byte) []byte {
+	s.sentBig = true
+	for i, b := range s.bigFree {
+		if cap(b) >= len(data) && cap(b) <= 2*len(data) {
+			last := len(s.bigFree) - 1
+			s.bigFree[i], s.bigFree[last] = s.bigFree[last], nil
+			s.bigFree = s.bigFree[:last]
+			return append(b[:0], data...)
+		}
+	}
+	return append([]byte(nil), data...)
+}
+
+// freeBig takes back the copies of large messages among the n oldest
+// unacknowledged messages of l, which an ACK has just acknowledged, for
+// keepBig to reuse: they were written before the receiver could take them,
+// and nothing else refers to them. Caller holds s.mu.
+func (s *Sender) freeBig(l *link, n int) {
+	for i := 0; i < n && len(s.bigFree) < maxBigFree; i++ {
+		if r := l.unack.at(i); !r.loan && len(r.data) > retainChunk/8 {
+			s.bigFree = append(s.bigFree, r.data[:0:cap(r.data)])
+		}
+	}
 }
 
 // SenderStats are a sender's counters.
@@ -119,7 +155,7 @@ func (s *Sender) keep(id uint64, data []byte) []byte {
 		return data // nothing to keep, and no chunk to note id in
 	}
 	if len(data) > retainChunk/8 {
-		return append([]byte(nil), data...)
+		return s.keepBig(data)
 	}
 	if len(s.arena)+len(data) > cap(s.arena) {
 		if s.chunks.len() > 1 && s.chunks.peek().last < s.floorLocked() {
@@ -287,7 +323,11 @@ func (s *Sender) ack(l *link, taken, limit uint64) error {
 		s.acked.Add(n)
 		l.taken = taken
 		if len(s.syncs) == 0 {
-			l.unack.drop(int(min(n, uint64(l.unack.len()))))
+			k := int(min(n, uint64(l.unack.len())))
+			if s.sentBig {
+				s.freeBig(l, k)
+			}
+			l.unack.drop(k)
 		} else {
 			for i := uint64(0); i < n && l.unack.len() > 0; i++ {
 				r := l.unack.pop()
