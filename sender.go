@@ -27,33 +27,37 @@ type Sender struct {
 	stream uint64 // random id of this sender for de-duplication
 	bcast  bool   // topic: every live link gets every message
 
-	mu       sync.Mutex
-	links    []*link
-	rr       int
-	nextID   uint64
-	orphans  ring[retained] // unacknowledged messages of dead links, to send again
-	hadLinks bool
-	closed   bool
-	changed  chan struct{} // closed and replaced when links or credit change
-	waiters  int
-	syncs    map[uint64]chan struct{} // synchronous sends waiting for their ack
-	pending  map[string]bool          // node ids being attached
-	arena    []byte                   // retention chunk, see keep
-	chunks   ring[keptChunk]          // retention chunks in use, oldest first; arena is the last
-	bigFree  [][]byte                 // copies of large messages, acknowledged, to reuse (see keepBig)
-	sentBig  bool                     // keepBig was called: ACKs look for copies to take back
-	floorID  uint64                   // see floorFunc
-	floorFn  func() uint64            // s.floorNow, bound once
-	sentN    uint64                   // messages accepted, guarded by mu
+	mu           sync.Mutex
+	links        []*link
+	rr           int
+	nextID       uint64
+	orphans      ring[retained] // unacknowledged messages of dead links, to send again
+	hadLinks     bool
+	closed       bool
+	changed      chan struct{} // closed and replaced when links or credit change
+	waiters      int
+	syncs        map[uint64]chan struct{} // synchronous sends waiting for their ack
+	pending      map[string]bool          // node ids being attached
+	arena        []byte                   // retention chunk, see keep
+	chunks       ring[keptChunk]          // retention chunks in use, oldest first; arena is the last
+	bigFree      [][]byte                 // copies of large messages, acknowledged, to reuse (see keepBig)
+	sentBig      bool                     // keepBig was called: ACKs look for copies to take back
+	bigFreeBytes int                      // the capacity of bigFree's copies
+	floorID      uint64                   // see floorFunc
+	floorFn      func() uint64            // s.floorNow, bound once
+	sentN        uint64                   // messages accepted, guarded by mu
 
 	acked       atomic.Uint64
 	lost        atomic.Uint64
 	redelivered atomic.Uint64
 }
 
-// maxBigFree bounds the acknowledged copies of large messages a Sender
-// keeps for reuse.
-const maxBigFree = 4
+// maxBigFree and maxBigFreeBytes bound the acknowledged copies of large
+// messages a Sender keeps for reuse, in number and in bytes.
+const (
+	maxBigFree      = 4
+	maxBigFreeBytes = 16 << 20
+)
 
 // keepBig copies a large message (more than retainChunk/8 bytes) into a
 // buffer of its own: an acknowledged one of about its size if there is
@@ -67,6 +71,7 @@ func (s *Sender) keepBig(data []byte) []byte {
 			last := len(s.bigFree) - 1
 			s.bigFree[i], s.bigFree[last] = s.bigFree[last], nil
 			s.bigFree = s.bigFree[:last]
+			s.bigFreeBytes -= cap(b)
 			return append(b[:0], data...)
 		}
 	}
@@ -79,8 +84,9 @@ func (s *Sender) keepBig(data []byte) []byte {
 // and nothing else refers to them. Caller holds s.mu.
 func (s *Sender) freeBig(l *link, n int) {
 	for i := 0; i < n && len(s.bigFree) < maxBigFree; i++ {
-		if r := l.unack.at(i); !r.loan && len(r.data) > retainChunk/8 {
+		if r := l.unack.at(i); !r.loan && len(r.data) > retainChunk/8 && s.bigFreeBytes+cap(r.data) <= maxBigFreeBytes {
 			s.bigFree = append(s.bigFree, r.data[:0:cap(r.data)])
+			s.bigFreeBytes += cap(r.data)
 		}
 	}
 }
