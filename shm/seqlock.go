@@ -182,6 +182,12 @@ func (s *Seqlock[T]) load(ctx context.Context, bounded bool) (T, error) {
 				var zero T
 				return zero, err
 			}
+			if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+				// The deadline passed and its timer has not fired yet
+				// (a loaded machine): the caller's bound comes first.
+				var zero T
+				return zero, context.DeadlineExceeded
+			}
 			if time.Since(since) >= maxSlice {
 				since = time.Now()
 				w := atomic.LoadUint64(s.w.p)

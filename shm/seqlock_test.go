@@ -197,10 +197,20 @@ func TestSeqlockDeadWriter(t *testing.T) {
 	atomic.StoreUint64(s.w.p, uint64(pid)|uint64(tag+1)<<32)
 	atomic.AddUint32(s.seq, 1)
 	atomic.StoreUint64(&s.data[3], 99)
-	res := make(chan seqVal)
+	res := make(chan seqVal, 1)
 	go func() { res <- s.Load() }()
+	// If the test fails before the repairing Store, repair now, before the
+	// region is unmapped under the Load (cleanups run last first).
+	repaired := false
+	t.Cleanup(func() {
+		if !repaired {
+			s.Store(makeSeqVal(2))
+			<-res
+		}
+	})
 	select {
 	case v := <-res:
+		repaired = true // (nothing left to wait for)
 		t.Fatalf("Load returned %v while a Store was unfinished", v.W)
 	case <-time.After(30 * time.Millisecond): // a negative check, not synchronisation
 	}
@@ -215,6 +225,7 @@ func TestSeqlockDeadWriter(t *testing.T) {
 		t.Fatalf("LoadContext with a 5ms deadline: %v, want DeadlineExceeded", err)
 	}
 	s.Store(makeSeqVal(2))
+	repaired = true
 	if v := <-res; v != makeSeqVal(2) {
 		t.Fatalf("Load after the repairing Store: %v", v)
 	}
