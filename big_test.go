@@ -85,19 +85,10 @@ func fill(b []byte, seed int) {
 func TestBigCopiesReused(t *testing.T) {
 	for _, tr := range []string{"shm", "unix"} {
 		t.Run(tr, func(t *testing.T) {
-			dir := runtimeDir(t)
-			rn := openNode(t, dir, Options{Dir: dir, NoSharedMemory: tr != "shm", NoInProcess: true})
-			sn := openNode(t, dir, Options{NoSharedMemory: tr != "shm", NoInProcess: true})
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			r, err := rn.Receive(ctx, "big", ChannelOptions{Capacity: 4})
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := sn.Sender(ctx, "big")
-			if err != nil {
-				t.Fatal(err)
-			}
+			opts := Options{NoSharedMemory: tr != "shm", NoInProcess: true}
+			r, s := linked(t, ctx, "big", opts, opts, ChannelOptions{Capacity: 4})
 			const n = 200
 			size := func(i int) int { return 200<<10 + (i%5)*100<<10 } // 200 to 600 KiB
 			errc := make(chan error, 1)

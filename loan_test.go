@@ -15,20 +15,10 @@ func TestLoanRoundTrip(t *testing.T) {
 	for _, shm := range []bool{true, false} {
 		name := map[bool]string{true: "shm", false: "unix"}[shm]
 		t.Run(name, func(t *testing.T) {
-			dir := runtimeDir(t)
-			rn := openNode(t, dir, Options{NoSharedMemory: !shm, NoInProcess: true})
-			sn := openNode(t, dir, Options{NoSharedMemory: !shm, NoInProcess: true, LoanPoolSize: 1 << 20})
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			r, err := rn.Receive(ctx, "loans", ChannelOptions{Capacity: 64})
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := sn.Sender(ctx, "loans")
-			if err != nil {
-				t.Fatal(err)
-			}
-			waitReceivers(t, s, 1)
+			r, s := linked(t, ctx, "loans", Options{NoSharedMemory: !shm, NoInProcess: true},
+				Options{NoSharedMemory: !shm, NoInProcess: true, LoanPoolSize: 1 << 20}, ChannelOptions{Capacity: 64})
 			// 40 loans of 300 KiB through a 1 MiB pool: only 3 fit at once,
 			// so the sender must wait for the receiver's releases.
 			const N, size = 40, 300 << 10

@@ -103,6 +103,24 @@ func TestProcCompetingReceivers(t *testing.T) {
 	t.Logf("split: %d / %d", len(per[a]), len(per[b]))
 }
 
+// linked opens two nodes of this process in a new runtime directory, a
+// receiver of channel name on the first and a sender to it on the second,
+// and waits until the sender is attached.
+func linked(t testing.TB, ctx context.Context, name string, ropts, sopts Options, copts ChannelOptions) (*Receiver, *Sender) {
+	t.Helper()
+	dir := runtimeDir(t)
+	r, err := openNode(t, dir, ropts).Receive(ctx, name, copts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := openNode(t, dir, sopts).Sender(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReceivers(t, s, 1)
+	return r, s
+}
+
 func waitReceivers(t testing.TB, s *Sender, n int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
