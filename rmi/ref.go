@@ -44,7 +44,7 @@ func ExportRef[T any](ep *Endpoint, to string, obj T) (Ref, error) {
 		return Ref{}, fmt.Errorf("rmi: ExportRef: %v is not a registered remote interface", reflect.TypeFor[T]())
 	}
 	if DelegateOf(obj) != nil {
-		return Ref{}, fmt.Errorf("rmi: ExportRef: %v is a delegate; only objects of this node can be exported", reflect.TypeOf(obj))
+		return Ref{}, fmt.Errorf("rmi: ExportRef: %v is a delegate; only objects of this node can be exported (pass the delegate in a remote-object call instead, which forwards it)", reflect.TypeOf(obj))
 	}
 	v := reflect.New(f.t).Elem()
 	if any(obj) == nil {
@@ -84,7 +84,7 @@ func ImportRef[T any](ep *Endpoint, ref Ref) (T, error) {
 	case ref.Iface != f.name:
 		return zero, fmt.Errorf("%w: the Ref is a %s, not a %s", ErrBadMessage, ref.Iface, f.name)
 	case ref.Home == ep.node.ID():
-		return zero, fmt.Errorf("%w: the Ref names an object of this node", ErrForeignRef)
+		return zero, fmt.Errorf("%w: the Ref names an object of this node (use the object itself; a Ref is for another node)", ErrForeignRef)
 	}
 	p, err := ep.peer(ref.Home)
 	if err != nil {
