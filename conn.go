@@ -65,8 +65,9 @@ type conn struct {
 	pool    *outPool           // loans we send, created on first use
 	inPools map[uint64]*inPool // loans the peer sends
 
-	fdq  []int    // files received and not yet claimed by a frame (reader only)
-	recs []record // the records of a DATA frame being delivered (reader only)
+	fdq    []int    // files received and not yet claimed by a frame (reader only)
+	recs   []record // the records of a DATA frame being delivered (reader only)
+	carved []byte   // the rest of the chunk lent messages are copied into (reader only)
 
 	// Reading. One goroutine at a time holds the read baton and reads and
 	// handles frames: the conn's background reader, or a goroutine in
@@ -1315,7 +1316,7 @@ func (c *conn) handle(f wire.Frame) error {
 	case wire.TPool:
 		return c.handlePool(d, f.Flags)
 	case wire.TLoan:
-		return c.handleLoan(d)
+		return c.handleLoan(d, f.Flags)
 	case wire.TRelease:
 		return c.handleRelease(d)
 	case wire.TPing:

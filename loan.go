@@ -58,6 +58,7 @@ type outPool struct {
 	used  []bool        // per block
 	spans map[int]int   // offset of a live loan -> blocks
 	sent  map[int]bool  // loans handed to the peer, not yet released
+	lent  map[int]uint8 // lent ranges (see lend): what of them happened
 	freed chan struct{} // closed and replaced when blocks are freed
 	dead  bool
 }
@@ -97,6 +98,7 @@ func newOutPool(size int) (*outPool, int, error) {
 		used:  make([]bool, size/loanBlock),
 		spans: map[int]int{},
 		sent:  map[int]bool{},
+		lent:  map[int]uint8{},
 		freed: make(chan struct{}),
 	}
 	return p, fd, nil
@@ -117,23 +119,9 @@ func (p *outPool) alloc(ctx context.Context, n int, c *conn) (int, error) {
 			p.mu.Unlock()
 			return 0, fmt.Errorf("%w: the connection carrying the loan pool closed", ErrPeerGone)
 		}
-		run := 0
-		for i, u := range p.used {
-			if u {
-				run = 0
-				continue
-			}
-			run++
-			if run == blocks {
-				start := i - blocks + 1
-				for j := start; j <= i; j++ {
-					p.used[j] = true
-				}
-				p.spans[start*loanBlock] = blocks
-				p.m.refs.Add(1)
-				p.mu.Unlock()
-				return start * loanBlock, nil
-			}
+		if off, ok := p.takeLocked(blocks); ok {
+			p.mu.Unlock()
+			return off, nil
 		}
 		ch := p.freed
 		p.mu.Unlock()
@@ -149,6 +137,87 @@ func (p *outPool) alloc(ctx context.Context, n int, c *conn) (int, error) {
 	}
 }
 
+// takeLocked reserves the first run of blocks free blocks. Caller holds
+// p.mu.
+func (p *outPool) takeLocked(blocks int) (int, bool) {
+	run := 0
+	for i, u := range p.used {
+		if u {
+			run = 0
+			continue
+		}
+		run++
+		if run == blocks {
+			start := i - blocks + 1
+			for j := start; j <= i; j++ {
+				p.used[j] = true
+			}
+			p.spans[start*loanBlock] = blocks
+			p.m.refs.Add(1)
+			return start * loanBlock, true
+		}
+	}
+	return 0, false
+}
+
+// Lent ranges: a large Send over shared memory copies the message into the
+// pool and sends a LOAN with FlagCopy instead of framing the bytes (see
+// Sender.lendLocked). The receiver copies the bytes out when the frame
+// arrives and RELEASEs the range at once; the sender keeps the range as its
+// retained copy until the message is acknowledged. The range is free once
+// both have happened.
+const (
+	lentReleased uint8 = 1 << iota // the receiver copied the bytes out
+	lentRetired                    // the sender no longer retains them
+)
+
+// lend reserves n bytes for a lent range without waiting: false when the
+// pool is full or dead (the message is then framed as usual).
+func (p *outPool) lend(n int) (int, bool) {
+	blocks := max(1, (n+loanBlock-1)/loanBlock)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.dead || blocks > len(p.used) {
+		return 0, false
+	}
+	off, ok := p.takeLocked(blocks)
+	if ok {
+		p.lent[off] = 0
+		p.sent[off] = true // the connection's end takes it back like a loan
+	}
+	return off, ok
+}
+
+// settle records what of a lent range happened (lentReleased or
+// lentRetired) and frees the range once both have. It reports false if off
+// is not a lent range or that already happened.
+func (p *outPool) settle(off int, what uint8) bool {
+	p.mu.Lock()
+	st, ok := p.lent[off]
+	if !ok || st&what != 0 {
+		p.mu.Unlock()
+		return false
+	}
+	st |= what
+	p.lent[off] = st
+	p.mu.Unlock()
+	if st == lentReleased|lentRetired {
+		p.free(off)
+	}
+	return true
+}
+
+// release handles a RELEASE of off: a loan is freed, a lent range settled.
+func (p *outPool) release(off int) bool {
+	p.mu.Lock()
+	_, lent := p.lent[off]
+	p.mu.Unlock()
+	if lent {
+		return p.settle(off, lentReleased)
+	}
+	return p.free(off)
+}
+
 // free gives a loan's blocks back; false if off is not a live loan.
 func (p *outPool) free(off int) bool {
 	p.mu.Lock()
@@ -156,6 +225,7 @@ func (p *outPool) free(off int) bool {
 	if ok {
 		delete(p.spans, off)
 		delete(p.sent, off)
+		delete(p.lent, off)
 		for j := off / loanBlock; j < off/loanBlock+blocks; j++ {
 			p.used[j] = false
 		}
@@ -443,8 +513,9 @@ func (r *loanRef) release() {
 	r.m.unref()
 }
 
-// handleLoan delivers a loaned message.
-func (c *conn) handleLoan(d *wire.Decoder) error {
+// handleLoan delivers a loaned message. A lent one (FlagCopy) is copied out
+// and its range released at once: the message is then like any other.
+func (c *conn) handleLoan(d *wire.Decoder, flags uint16) error {
 	att := uint32(d.Uvarint())
 	floor := d.Uvarint()
 	id := d.Uvarint()
@@ -457,15 +528,18 @@ func (c *conn) handleLoan(d *wire.Decoder) error {
 	c.lmu.Lock()
 	p := c.inPools[pool]
 	a := c.inAtts[att]
+	if p != nil {
+		p.m.refs.Add(1) // while the map holds the pool, its mapping is there
+	}
 	c.lmu.Unlock()
 	if p == nil {
 		return protoErr("LOAN in unknown pool %d", pool)
 	}
+	ref := &loanRef{c: c, m: p.m, pool: pool, off: off}
 	if off > p.size || n > p.size-off {
+		p.m.unref()
 		return protoErr("LOAN of %d bytes at %d outside a pool of %d", n, off, p.size)
 	}
-	ref := &loanRef{c: c, m: p.m, pool: pool, off: off}
-	p.m.refs.Add(1)
 	if a == nil {
 		ref.release()
 		return nil
@@ -475,7 +549,29 @@ func (c *conn) handleLoan(d *wire.Decoder) error {
 		return protoErr("loaned message of %d bytes above the %d-byte limit of %q", n, a.r.opts.MaxMessageSize, a.r.name)
 	}
 	m := Message{Data: p.m.mem[off : off+n : off+n], From: a.remote, ID: id, loan: ref}
+	if flags&wire.FlagCopy != 0 {
+		m.Data, m.loan = c.carve(m.Data), nil
+		ref.release()
+	}
 	return a.r.deliverOne(a, floor, m)
+}
+
+// carveChunk is the size of the chunks lent messages are copied into.
+const carveChunk = 8 << 20
+
+// carve returns a copy of b on the Go heap, cut from a chunk shared with
+// the lent messages before and after it, as wire.Reader does for framed
+// ones: a fresh allocation per large message made the collector run every
+// few messages and the kernel fault its pages in again each time. Reader
+// only (the baton holder).
+func (c *conn) carve(b []byte) []byte {
+	if len(b) > len(c.carved) {
+		c.carved = make([]byte, max(carveChunk, len(b)))
+	}
+	d := c.carved[:len(b):len(b)]
+	c.carved = c.carved[len(b):]
+	copy(d, b)
+	return d
 }
 
 // handleRelease frees a loan the peer is done with.
@@ -488,7 +584,7 @@ func (c *conn) handleRelease(d *wire.Decoder) error {
 	c.lmu.Lock()
 	p := c.pool
 	c.lmu.Unlock()
-	if p == nil || p.id != pool || off > uint64(len(p.m.mem)) || !p.free(int(off)) {
+	if p == nil || p.id != pool || off > uint64(len(p.m.mem)) || !p.release(int(off)) {
 		return protoErr("RELEASE of %d in pool %d: not a live loan", off, pool)
 	}
 	return nil

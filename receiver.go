@@ -345,10 +345,14 @@ func (r *Receiver) wakeupLocked(a *inAtt) bool {
 	return w > 0
 }
 
-// deliverOne queues one message (a loaned one).
+// deliverOne queues one message (a loaned or lent one).
 func (r *Receiver) deliverOne(a *inAtt, floor uint64, m Message) error {
+	var x *qextra
+	if m.Files != nil || m.loan != nil {
+		x = &qextra{files: m.Files, loan: m.loan}
+	}
 	r.mu.Lock()
-	err := r.enqueueLocked(a, floor, m.ID, m.Data, &qextra{files: m.Files, loan: m.loan})
+	err := r.enqueueLocked(a, floor, m.ID, m.Data, x)
 	wake := r.wakeupLocked(a)
 	r.mu.Unlock()
 	if wake {

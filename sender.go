@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -46,6 +47,7 @@ type Sender struct {
 	floorID      uint64                   // see floorFunc
 	floorFn      func() uint64            // s.floorNow, bound once
 	sentN        uint64                   // messages accepted, guarded by mu
+	lentN        uint64                   // of them, lent (see lendLocked), guarded by mu
 
 	acked       atomic.Uint64
 	lost        atomic.Uint64
@@ -97,6 +99,7 @@ type SenderStats struct {
 	Acked       uint64 // messages a receiver acknowledged
 	Lost        uint64 // AtMostOnce messages in flight when their receiver died
 	Redelivered uint64 // messages sent again after their receiver died or the connection broke
+	Lent        uint64 // large messages carried through the shared-memory loan pool instead of the ring
 	Pending     int    // messages sent and not yet acknowledged, orphans included
 	Receivers   int    // live receivers attached now
 }
@@ -111,8 +114,71 @@ type link struct {
 	taken  uint64 // acknowledged
 	limit  uint64 // credit limit: send while sent < limit
 	unack  ring[retained]
+	lent   ring[lentRange] // ranges lent to this link's messages, oldest first
 	dead   bool
 	remote string
+}
+
+// lentRange is a loan pool range a Send lent a large message (see
+// Sender.lendLocked); it is retired once the message is acknowledged or its
+// link is gone.
+type lentRange struct {
+	seq uint64 // the message's place on its link (link.sent before it)
+	off int
+	p   *outPool
+}
+
+// lendLocked copies a large message into the loan pool of l's connection
+// when that is shared memory and the pool has room, and queues a LOAN with
+// FlagCopy instead of a DATA frame: the bytes then cross once, with no
+// retained copy on the heap and no checksum over them (the receiver copies
+// them out of the pool). It reports false, having done nothing, otherwise.
+// If it returns a conn, the caller must call its flushNow once s.mu is
+// released, as for putLocked.
+func (s *Sender) lendLocked(l *link, id uint64, data []byte) (bool, *conn) {
+	c := l.c
+	if c.fc == nil || len(data) < bigMessage || s.bcast {
+		return false, nil
+	}
+	p, err := c.loanPool()
+	if err != nil {
+		return false, nil
+	}
+	off, ok := p.lend(len(data))
+	if !ok {
+		return false, nil
+	}
+	mem := p.m.mem[off : off+len(data) : off+len(data)]
+	copy(mem, data)
+	pl := binary.AppendUvarint(make([]byte, 0, 48), uint64(l.id))
+	pl = binary.AppendUvarint(pl, min(s.floorLocked(), id))
+	pl = binary.AppendUvarint(pl, id)
+	pl = binary.AppendUvarint(pl, p.id)
+	pl = binary.AppendUvarint(pl, uint64(off))
+	pl = binary.AppendUvarint(pl, uint64(len(data)))
+	c.wmu.Lock()
+	c.closeOpenLocked()
+	c.out = wire.AppendFrame(c.out, wire.TLoan, wire.FlagCopy, pl)
+	w := c.wakeLocked()
+	c.wmu.Unlock()
+	l.lent.push(lentRange{seq: l.sent, off: off, p: p})
+	l.sent++
+	s.lentN++
+	if l.props.Delivery != AtMostOnce {
+		l.unack.push(retained{id: id, data: mem, loan: true})
+	}
+	if w {
+		return true, c
+	}
+	return true, nil
+}
+
+// retireLocked retires the ranges lent to l's messages before place upTo.
+func (l *link) retireLocked(upTo uint64) {
+	for l.lent.len() > 0 && l.lent.peek().seq < upTo {
+		r := l.lent.pop()
+		r.p.settle(r.off, lentRetired)
+	}
 }
 
 type retained struct {
@@ -185,7 +251,7 @@ func (s *Sender) Name() string { return s.name }
 // Stats returns the sender's counters.
 func (s *Sender) Stats() SenderStats {
 	s.mu.Lock()
-	sent := s.sentN
+	sent, lent := s.sentN, s.lentN
 	p := s.orphans.len()
 	live := 0
 	for _, l := range s.links {
@@ -200,6 +266,7 @@ func (s *Sender) Stats() SenderStats {
 		Acked:       s.acked.Load(),
 		Lost:        s.lost.Load(),
 		Redelivered: s.redelivered.Load(),
+		Lent:        lent,
 		Pending:     p,
 		Receivers:   live,
 	}
@@ -285,6 +352,7 @@ func (s *Sender) linkDown(l *link, cause error) {
 			r.data, r.loan = append([]byte(nil), r.data...), false
 		}
 	}
+	l.retireLocked(math.MaxUint64)
 	if l.props.Delivery == AtMostOnce || s.bcast {
 		if n := l.sent - l.taken; n > 0 {
 			s.lost.Add(n)
@@ -328,6 +396,9 @@ func (s *Sender) ack(l *link, taken, limit uint64) error {
 		n := taken - l.taken
 		s.acked.Add(n)
 		l.taken = taken
+		if l.lent.len() > 0 {
+			l.retireLocked(taken)
+		}
 		if len(s.syncs) == 0 {
 			k := int(min(n, uint64(l.unack.len())))
 			if s.sentBig {
@@ -531,10 +602,16 @@ func (s *Sender) send(ctx context.Context, data []byte, fds []int, block bool) e
 					}
 					s.nextID++
 					id := s.nextID
-					if l.props.Delivery != AtMostOnce || len(data) >= bigMessage {
-						data = s.keep(id, data) // large payloads are written from this copy
+					lent, fc := false, (*conn)(nil)
+					if fds == nil {
+						lent, fc = s.lendLocked(l, id, data)
 					}
-					fc := s.putLocked(l, id, data, fds)
+					if !lent {
+						if l.props.Delivery != AtMostOnce || len(data) >= bigMessage {
+							data = s.keep(id, data) // large payloads are written from this copy
+						}
+						fc = s.putLocked(l, id, data, fds)
+					}
 					s.sentN++
 					if l.props.Capacity == 0 && block {
 						if fc != nil {
@@ -631,6 +708,9 @@ func (s *Sender) Close() error {
 	s.closed = true
 	links := s.links
 	s.links = nil
+	for _, l := range links {
+		l.retireLocked(math.MaxUint64)
+	}
 	for _, ch := range s.syncs {
 		close(ch)
 	}

@@ -89,6 +89,10 @@ const (
 	// id: the dialler uses that connection instead, so that two nodes talk
 	// over one connection. The acceptor closes this one after sending it.
 	FlagUseMine uint16 = 1 << 2
+	// FlagCopy marks a LOAN that a plain send made (a large message over
+	// shared memory): the receiver copies the bytes out as the frame
+	// arrives and releases the range at once, whatever the application does.
+	FlagCopy uint16 = 1 << 3
 )
 
 // Errors returned by a Reader. Each is wrapped with detail; match with errors.Is.
