@@ -550,14 +550,7 @@ func (c *conn) markAck(a *inAtt, urgent bool) {
 		c.dirty = append(c.dirty, a)
 	}
 	if !urgent {
-		if !c.ackArmed {
-			c.ackArmed = true
-			if c.ackTimer == nil {
-				c.ackTimer = time.AfterFunc(ackDelay, c.ackDue)
-			} else {
-				c.ackTimer.Reset(ackDelay)
-			}
-		}
+		c.armLazyLocked()
 		c.wmu.Unlock()
 		return
 	}
@@ -575,10 +568,34 @@ func (c *conn) markAck(a *inAtt, urgent bool) {
 // readHandBack.
 const ackDelay = 20 * time.Millisecond
 
+// armLazyLocked makes sure what waits for the next write (lazy ACKs,
+// lazy frames) goes within ackDelay. Caller holds wmu.
+func (c *conn) armLazyLocked() {
+	if !c.ackArmed {
+		c.ackArmed = true
+		if c.ackTimer == nil {
+			c.ackTimer = time.AfterFunc(ackDelay, c.ackDue)
+		} else {
+			c.ackTimer.Reset(ackDelay)
+		}
+	}
+}
+
+// sendLazy queues a control frame that need not go at once: it rides on
+// the next write (a reply, an ACK), or goes within ackDelay, without a
+// write of its own.
+func (c *conn) sendLazy(t wire.Type, payload []byte) {
+	c.wmu.Lock()
+	c.closeOpenLocked()
+	c.out = wire.AppendFrame(c.out, t, 0, payload)
+	c.armLazyLocked()
+	c.wmu.Unlock()
+}
+
 func (c *conn) ackDue() {
 	c.wmu.Lock()
 	c.ackArmed = false
-	w := len(c.dirty) > 0 && c.wakeLocked()
+	w := (len(c.dirty) > 0 || len(c.out) > 0) && c.wakeLocked()
 	c.wmu.Unlock()
 	if w {
 		c.signal()

@@ -501,14 +501,23 @@ type loanRef struct {
 	done atomic.Bool
 }
 
-func (r *loanRef) release() {
+func (r *loanRef) release() { r.releaseNow(true) }
+
+// releaseNow sends the RELEASE at once, or lazily (see conn.sendLazy) when
+// nobody waits for it: a lent range, which the sender needs back only once
+// the message's ACK, which carries the RELEASE along, comes too.
+func (r *loanRef) releaseNow(now bool) {
 	if r == nil || !r.done.CompareAndSwap(false, true) {
 		return
 	}
 	if !r.c.isClosed() {
 		p := binary.AppendUvarint(nil, r.pool)
 		p = binary.AppendUvarint(p, r.off)
-		r.c.sendFrame(wire.TRelease, p)
+		if now {
+			r.c.sendFrame(wire.TRelease, p)
+		} else {
+			r.c.sendLazy(wire.TRelease, p)
+		}
 	}
 	r.m.unref()
 }
@@ -551,7 +560,7 @@ func (c *conn) handleLoan(d *wire.Decoder, flags uint16) error {
 	m := Message{Data: p.m.mem[off : off+n : off+n], From: a.remote, ID: id, loan: ref}
 	if flags&wire.FlagCopy != 0 {
 		m.Data, m.loan = c.carve(m.Data), nil
-		ref.release()
+		ref.releaseNow(false)
 	}
 	return a.r.deliverOne(a, floor, m)
 }
