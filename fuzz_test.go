@@ -19,12 +19,19 @@ func FuzzConnFrames(f *testing.F) {
 	f.Add(append(attachFrame(2, kindTopic, "fz"), wire.AppendFrame(nil, wire.TAck, 0, []byte{2, 1, 1})...))
 	f.Add(wire.AppendFrame(nil, wire.TData, wire.FlagFiles, []byte{1, 1, 1, 1, 'a', 3}))
 	f.Add(wire.AppendFrame(nil, wire.TPing, 0, nil))
+	f.Add(append(attachFrame(3, kindChannel, "fz-once"), dataFrame(3, []byte("a"), []byte("bb"), []byte{})...))
 	n, err := Open(context.Background(), Options{Dir: filepath.Join(f.TempDir(), "rt")})
 	if err != nil {
 		f.Fatal(err)
 	}
 	defer n.Close()
 	r, err := n.Receive(context.Background(), "fz", ChannelOptions{Capacity: 4, MaxMessageSize: 64})
+	if err != nil {
+		f.Fatal(err)
+	}
+	// DATA frames to "fz" are queued as runs, to "fz-once" (ExactlyOnce)
+	// message by message.
+	once, err := n.Receive(context.Background(), "fz-once", ChannelOptions{Capacity: 4, MaxMessageSize: 64, Delivery: ExactlyOnce})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -44,9 +51,11 @@ func FuzzConnFrames(f *testing.F) {
 			}
 		}
 		c.close(nil)
-		for {
-			if _, err := r.TryRecv(); err != nil {
-				break
+		for _, x := range []*Receiver{r, once} {
+			for {
+				if _, err := x.TryRecv(); err != nil {
+					break
+				}
 			}
 		}
 	})
