@@ -906,17 +906,6 @@ func (q *ring[T]) pop() T {
 	return v
 }
 
-// drop removes the first n items (n <= len).
-func (q *ring[T]) drop(n int) {
-	for n > 0 {
-		k := min(n, len(q.buf)-q.head)
-		clear(q.buf[q.head : q.head+k])
-		q.head = (q.head + k) & (len(q.buf) - 1)
-		q.n -= k
-		n -= k
-	}
-}
-
 func (q *ring[T]) peek() T { return q.buf[q.head] }
 
 // front returns the first item in place (len > 0).

@@ -85,8 +85,10 @@ func (s *Sender) keepBig(data []byte) []byte {
 // keepBig to reuse: they were written before the receiver could take them,
 // and nothing else refers to them. Caller holds s.mu.
 func (s *Sender) freeBig(l *link, n int) {
-	for i := 0; i < n && len(s.bigFree) < maxBigFree; i++ {
-		if r := l.unack.at(i); !r.loan && len(r.data) > retainChunk/8 && s.bigFreeBytes+cap(r.data) <= maxBigFreeBytes {
+	for i, seen := 0, 0; seen < n && i < l.unack.len() && len(s.bigFree) < maxBigFree; i++ {
+		r := l.unack.at(i)
+		seen += max(r.n, 1)
+		if r.n == 0 && !r.loan && len(r.data) > retainChunk/8 && s.bigFreeBytes+cap(r.data) <= maxBigFreeBytes {
 			s.bigFree = append(s.bigFree, r.data[:0:cap(r.data)])
 			s.bigFreeBytes += cap(r.data)
 		}
@@ -110,10 +112,11 @@ type link struct {
 	c      *conn
 	id     uint32
 	props  ChannelOptions
-	sent   uint64 // messages put on this link
-	taken  uint64 // acknowledged
-	limit  uint64 // credit limit: send while sent < limit
-	unack  ring[retained]
+	sent   uint64          // messages put on this link
+	taken  uint64          // acknowledged
+	limit  uint64          // credit limit: send while sent < limit
+	unack  ring[retained]  // messages and runs not yet acknowledged, oldest first
+	unackN int             // messages in unack
 	lent   ring[lentRange] // ranges lent to this link's messages, oldest first
 	dead   bool
 	remote string
@@ -138,7 +141,7 @@ type lentRange struct {
 func (s *Sender) lendLocked(l *link, id uint64, data []byte) (bool, *conn) {
 	c := l.c
 	if c.fc == nil || len(data) < bigMessage || s.bcast {
-		return false, nil
+		return false, nil // (checked by the caller too, on the hot path)
 	}
 	p, err := c.loanPool()
 	if err != nil {
@@ -166,6 +169,7 @@ func (s *Sender) lendLocked(l *link, id uint64, data []byte) (bool, *conn) {
 	s.lentN++
 	if l.props.Delivery != AtMostOnce {
 		l.unack.push(retained{id: id, data: mem, loan: true})
+		l.unackN++
 	}
 	if w {
 		return true, c
@@ -181,10 +185,80 @@ func (l *link) retireLocked(upTo uint64) {
 	}
 }
 
+// retained is an unacknowledged message kept to send again, or a run of
+// them: small messages sent one after another on a link, with consecutive
+// ids, whose copies lie one after another in a retention chunk, share one
+// entry (see pushUnack). A link's queue of them is as deep as its window,
+// and one entry per message made it too large for the CPU's cache: pushing
+// it was an eighth of sending.
 type retained struct {
-	id   uint64
-	data []byte
-	loan bool // data lives in a loan pool: copy it out before sending again
+	id   uint64 // the message's id; a run's first
+	data []byte // the message; a run's records: uvarint length, bytes
+	n    int    // messages in a run; 0 for a single message
+	loan bool   // data lives in a loan pool: copy it out before sending again
+}
+
+// next returns the run's first message and its size in data.
+func (r *retained) next() ([]byte, int) {
+	ln, k := binary.Uvarint(r.data)
+	return r.data[k : k+int(ln) : k+int(ln)], k + int(ln)
+}
+
+// pushUnack retains message id, extending the last run when rec (its
+// record in a retention chunk, or nil) follows that run's records.
+func (l *link) pushUnack(id uint64, data, rec []byte) {
+	l.unackN++
+	if rec == nil {
+		l.unack.push(retained{id: id, data: data})
+		return
+	}
+	if l.unack.len() > 0 {
+		b := l.unack.back()
+		if n := len(b.data); b.n > 0 && b.id+uint64(b.n) == id && n < cap(b.data) && &b.data[:n+1][n] == &rec[0] {
+			b.data = b.data[:n+len(rec)]
+			b.n++
+			return
+		}
+	}
+	l.unack.push(retained{id: id, data: rec, n: 1})
+}
+
+// popUnack removes the oldest retained message and returns it (unackN > 0).
+func (l *link) popUnack() retained {
+	l.unackN--
+	f := l.unack.front()
+	if f.n == 0 {
+		return l.unack.pop()
+	}
+	data, k := f.next()
+	r := retained{id: f.id, data: data}
+	if f.n--; f.n == 0 {
+		l.unack.pop()
+	} else {
+		f.id++
+		f.data = f.data[k:]
+	}
+	return r
+}
+
+// dropUnack removes the k oldest retained messages (k <= unackN).
+func (l *link) dropUnack(k int) {
+	l.unackN -= k
+	for k > 0 {
+		f := l.unack.front()
+		if f.n <= k {
+			k -= max(f.n, 1)
+			l.unack.pop()
+			continue
+		}
+		for range k {
+			_, w := f.next()
+			f.data = f.data[w:]
+		}
+		f.id += uint64(k)
+		f.n -= k
+		k = 0
+	}
 }
 
 func newSender(n *Node, kind, name, target string) *Sender {
@@ -223,13 +297,20 @@ const retainChunk = 64 << 10
 // acknowledged, orphans included) is past its last one; nothing but
 // retention refers to a chunk (frames copy the data).
 func (s *Sender) keep(id uint64, data []byte) []byte {
+	data, _ = s.keepRec(id, data)
+	return data
+}
+
+// keepRec is keep that also returns, for a message copied into a chunk,
+// its record there (uvarint length, bytes; see pushUnack), nil otherwise.
+func (s *Sender) keepRec(id uint64, data []byte) ([]byte, []byte) {
 	if len(data) == 0 {
-		return data // nothing to keep, and no chunk to note id in
+		return data, nil // nothing to keep, and no chunk to note id in
 	}
 	if len(data) > retainChunk/8 {
-		return s.keepBig(data)
+		return s.keepBig(data), nil
 	}
-	if len(s.arena)+len(data) > cap(s.arena) {
+	if len(s.arena)+len(data)+binary.MaxVarintLen32 > cap(s.arena) {
 		if s.chunks.len() > 1 && s.chunks.peek().last < s.floorLocked() {
 			c := s.chunks.pop()
 			c.buf = c.buf[:0]
@@ -240,9 +321,12 @@ func (s *Sender) keep(id uint64, data []byte) []byte {
 		s.arena = s.chunks.back().buf
 	}
 	off := len(s.arena)
+	s.arena = binary.AppendUvarint(s.arena, uint64(len(data)))
+	at := len(s.arena)
 	s.arena = append(s.arena, data...)
 	s.chunks.back().last = id
-	return s.arena[off:len(s.arena):len(s.arena)]
+	// The record keeps the chunk's capacity: a run grows over the next.
+	return s.arena[at:len(s.arena):len(s.arena)], s.arena[off:len(s.arena)]
 }
 
 // Name returns the name sent to.
@@ -255,7 +339,7 @@ func (s *Sender) Stats() SenderStats {
 	p := s.orphans.len()
 	live := 0
 	for _, l := range s.links {
-		p += l.unack.len()
+		p += l.unackN
 		if !l.dead {
 			live++
 		}
@@ -348,7 +432,7 @@ func (s *Sender) linkDown(l *link, cause error) {
 	}
 	for i := 0; i < l.unack.len(); i++ {
 		// A loan's memory goes with its connection: keep a copy to resend.
-		if r := &l.unack.buf[(l.unack.head+i)%len(l.unack.buf)]; r.loan {
+		if r := &l.unack.buf[(l.unack.head+i)%len(l.unack.buf)]; r.loan { // never a run
 			r.data, r.loan = append([]byte(nil), r.data...), false
 		}
 	}
@@ -363,20 +447,21 @@ func (s *Sender) linkDown(l *link, cause error) {
 		}
 		clear(s.syncs)
 	} else {
-		// Orphans keep their order: older orphans first, then this link's.
+		// Orphans keep their order: older orphans first, then this link's,
+		// one entry per message (no id of another link lies inside a run).
 		var merged ring[retained]
-		a, b := s.orphans, l.unack
-		for a.len() > 0 || b.len() > 0 {
-			if b.len() == 0 || a.len() > 0 && a.peek().id < b.peek().id {
+		a := s.orphans
+		for a.len() > 0 || l.unackN > 0 {
+			if l.unackN == 0 || a.len() > 0 && a.peek().id < l.unack.peek().id {
 				merged.push(a.pop())
 			} else {
-				merged.push(b.pop())
+				merged.push(l.popUnack())
 			}
 		}
 		s.orphans = merged
 		s.resendLocked()
 	}
-	l.unack = ring[retained]{}
+	l.unack, l.unackN = ring[retained]{}, 0
 	s.node.log.Debug("receiver link down", "name", s.name, "peer", l.remote, "err", cause)
 	s.notifyLocked()
 	s.node.kickDiscovery()
@@ -400,14 +485,14 @@ func (s *Sender) ack(l *link, taken, limit uint64) error {
 			l.retireLocked(taken)
 		}
 		if len(s.syncs) == 0 {
-			k := int(min(n, uint64(l.unack.len())))
+			k := int(min(n, uint64(l.unackN)))
 			if s.sentBig {
 				s.freeBig(l, k)
 			}
-			l.unack.drop(k)
+			l.dropUnack(k)
 		} else {
-			for i := uint64(0); i < n && l.unack.len() > 0; i++ {
-				r := l.unack.pop()
+			for i := uint64(0); i < n && l.unackN > 0; i++ {
+				r := l.popUnack()
 				if ch, ok := s.syncs[r.id]; ok {
 					close(ch)
 					delete(s.syncs, r.id)
@@ -454,7 +539,8 @@ func (s *Sender) pickLocked() *link {
 
 // putLocked queues one message on l. If it returns a conn, the caller must
 // call its flushNow once s.mu is released.
-func (s *Sender) putLocked(l *link, id uint64, data []byte, fds []int) *conn {
+// rec is data's record in a retention chunk, if keepRec copied it there.
+func (s *Sender) putLocked(l *link, id uint64, data, rec []byte, fds []int) *conn {
 	c := l.c
 	var head []byte
 	if fds != nil || len(data) >= bigMessage {
@@ -485,7 +571,7 @@ func (s *Sender) putLocked(l *link, id uint64, data []byte, fds []int) *conn {
 	c.wmu.Unlock()
 	l.sent++
 	if l.props.Delivery != AtMostOnce && !s.bcast {
-		l.unack.push(retained{id: id, data: data})
+		l.pushUnack(id, data, rec)
 	}
 	if w {
 		return c
@@ -511,7 +597,7 @@ func (s *Sender) resendLocked() {
 		}
 		r := s.orphans.pop()
 		s.redelivered.Add(1)
-		if c := s.putLocked(l, r.id, r.data, nil); c != nil {
+		if c := s.putLocked(l, r.id, r.data, nil, nil); c != nil {
 			c.signal()
 		}
 	}
@@ -603,14 +689,15 @@ func (s *Sender) send(ctx context.Context, data []byte, fds []int, block bool) e
 					s.nextID++
 					id := s.nextID
 					lent, fc := false, (*conn)(nil)
-					if fds == nil {
+					if fds == nil && len(data) >= bigMessage && l.c.fc != nil {
 						lent, fc = s.lendLocked(l, id, data)
 					}
 					if !lent {
+						var rec []byte
 						if l.props.Delivery != AtMostOnce || len(data) >= bigMessage {
-							data = s.keep(id, data) // large payloads are written from this copy
+							data, rec = s.keepRec(id, data) // large payloads are written from this copy
 						}
-						fc = s.putLocked(l, id, data, fds)
+						fc = s.putLocked(l, id, data, rec, fds)
 					}
 					s.sentN++
 					if l.props.Capacity == 0 && block {
@@ -689,7 +776,7 @@ func (s *Sender) broadcastLocked(data []byte) bool {
 		data = s.keep(s.nextID, data) // written from this copy, not the caller's
 	}
 	for _, l := range s.links {
-		if c := s.putLocked(l, s.nextID, data, nil); c != nil {
+		if c := s.putLocked(l, s.nextID, data, nil, nil); c != nil {
 			c.signal()
 		}
 	}
