@@ -378,6 +378,7 @@ func (s *Sender) SendLoan(ctx context.Context, loan *Loan) error {
 	s.sentN++
 	if l.props.Delivery != AtMostOnce {
 		l.unack.push(retained{id: id, data: loan.Bytes(), loan: true})
+		l.unackN++
 	}
 	s.mu.Unlock()
 	return nil

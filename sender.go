@@ -527,6 +527,12 @@ func (s *Sender) floorLocked() uint64 {
 // pickLocked returns a live link with credit, round robin.
 func (s *Sender) pickLocked() *link {
 	n := len(s.links)
+	if n == 1 { // the common case, without the divisions below
+		if l := s.links[0]; l.sent < l.limit {
+			return l
+		}
+		return nil
+	}
 	for i := 0; i < n; i++ {
 		l := s.links[(s.rr+i)%n]
 		if l.sent < l.limit {
