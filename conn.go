@@ -41,7 +41,9 @@ type conn struct {
 	unsealed      [][2]int // [start, end) in out of DATA frames still to seal
 	unsealedSpare [][2]int
 	openAtt       uint32
-	openOff       int // offset of the open DATA frame, -1 if none
+	openOff       int    // offset of the open DATA frame, -1 if none
+	openSeq       bool   // the open DATA frame is sequential (wire.FlagSeq)
+	openNext      uint64 // the id a message must have to join it
 	marks         []fileMark
 	segs          []bigSeg
 	segBytes      int
@@ -470,17 +472,39 @@ const maxOpenFrame = 64 << 10
 
 // appendData queues one message on attachment att. Caller holds wmu.
 // floor gives the sender's lowest unacknowledged id (for de-duplication);
-// it is only called when a new frame starts.
+// it is only called when a new frame starts. A frame opened for a message
+// is sequential (FlagSeq: the first id once, then lengths and bytes) and
+// stays so while the ids that follow are consecutive; a message whose id
+// is not the next opens a frame with an id per record.
 func (c *conn) appendDataLocked(att uint32, floor func() uint64, id uint64, data []byte) {
-	if c.openOff < 0 || c.openAtt != att || len(c.out)-c.openOff > maxOpenFrame {
-		c.closeOpenLocked()
-		c.openOff = len(c.out)
-		c.openAtt = att
-		c.out = wire.AppendHeader(c.out, wire.TData, 0)
-		c.out = binary.AppendUvarint(c.out, uint64(att))
-		c.out = binary.AppendUvarint(c.out, floor())
+	if c.openOff >= 0 && c.openAtt == att && len(c.out)-c.openOff <= maxOpenFrame {
+		if !c.openSeq {
+			c.out = binary.AppendUvarint(c.out, id)
+			c.out = binary.AppendUvarint(c.out, uint64(len(data)))
+			c.out = append(c.out, data...)
+			return
+		}
+		if id == c.openNext {
+			c.openNext++
+			c.out = binary.AppendUvarint(c.out, uint64(len(data)))
+			c.out = append(c.out, data...)
+			return
+		}
 	}
-	c.out = binary.AppendUvarint(c.out, id)
+	seq := c.openOff < 0 || c.openAtt != att || !c.openSeq || len(c.out)-c.openOff > maxOpenFrame
+	c.closeOpenLocked()
+	c.openOff = len(c.out)
+	c.openAtt = att
+	c.openSeq = seq
+	c.openNext = id + 1
+	flags := uint16(0)
+	if seq {
+		flags = wire.FlagSeq
+	}
+	c.out = wire.AppendHeader(c.out, wire.TData, flags)
+	c.out = binary.AppendUvarint(c.out, uint64(att))
+	c.out = binary.AppendUvarint(c.out, floor())
+	c.out = binary.AppendUvarint(c.out, id) // the first id, or this record's
 	c.out = binary.AppendUvarint(c.out, uint64(len(data)))
 	c.out = append(c.out, data...)
 }
@@ -1262,11 +1286,10 @@ func (c *conn) handle(f wire.Frame) error {
 			// The attachment was detached while data was in flight.
 			return nil
 		}
-		var fds []int
 		if f.Flags&wire.FlagFiles != 0 {
 			return a.r.deliverFiles(a, floor, d, c)
 		}
-		return a.r.deliver(a, floor, d, fds)
+		return a.r.deliver(a, floor, d, f.Flags&wire.FlagSeq != 0)
 	case wire.TAck:
 		att := uint32(d.Uvarint())
 		taken := d.Uvarint()

@@ -20,6 +20,8 @@ func FuzzConnFrames(f *testing.F) {
 	f.Add(wire.AppendFrame(nil, wire.TData, wire.FlagFiles, []byte{1, 1, 1, 1, 'a', 3}))
 	f.Add(wire.AppendFrame(nil, wire.TPing, 0, nil))
 	f.Add(append(attachFrame(3, kindChannel, "fz-once"), dataFrame(3, []byte("a"), []byte("bb"), []byte{})...))
+	f.Add(append(attachFrame(1, kindChannel, "fz"), seqDataFrame(1, 7, []byte("a"), []byte("bb"))...))
+	f.Add(append(attachFrame(3, kindChannel, "fz-once"), seqDataFrame(3, 1, []byte("a"), nil)...))
 	n, err := Open(context.Background(), Options{Dir: filepath.Join(f.TempDir(), "rt")})
 	if err != nil {
 		f.Fatal(err)

@@ -71,7 +71,8 @@ type qitem struct {
 	id    uint64
 	att   *inAtt
 	extra *qextra
-	run   int // records left in a run; 0 for a single message
+	run   int  // records left in a run; 0 for a single message
+	seq   bool // a run of a sequential frame: records are length, bytes; id is the next's
 }
 
 // record is one message of a DATA frame, decoded.
@@ -293,26 +294,39 @@ func (r *Receiver) detach(a *inAtt) {
 	r.mu.Unlock()
 }
 
-// deliver queues the messages of one DATA frame. It runs on the conn's
-// reader goroutine.
-func (r *Receiver) deliver(a *inAtt, floor uint64, d *wire.Decoder, _ []int) error {
-	// Decode the records first, then queue them under one short hold of
-	// the lock: a Recv taking messages meanwhile waits less.
+// deliver queues the messages of one DATA frame (seq: a sequential one,
+// see wire.FlagSeq). It runs on the conn's reader goroutine.
+func (r *Receiver) deliver(a *inAtt, floor uint64, d *wire.Decoder, seq bool) error {
 	max := uint64(r.opts.MaxMessageSize)
-	if r.opts.Delivery != ExactlyOnce && r.opts.OnFull != DropOldest {
-		return r.deliverRun(a, d.Rest(), max)
-	}
-	recs := a.c.recs[:0]
-	// Records are uvarint id, uvarint length, bytes (wire/SPEC.md), parsed
-	// here in one loop: the Decoder's checks per field cost a tenth of a
-	// message's receiving.
 	p := d.Rest()
-	for len(p) > 0 {
+	var next uint64
+	if seq {
 		id, n := binary.Uvarint(p)
 		if n <= 0 {
-			return fmt.Errorf("%w: bad message id in a DATA frame for %q", wire.ErrMalformed, r.name)
+			return fmt.Errorf("%w: bad first message id in a DATA frame for %q", wire.ErrMalformed, r.name)
 		}
-		p = p[n:]
+		p, next = p[n:], id
+	}
+	if r.opts.Delivery != ExactlyOnce && r.opts.OnFull != DropOldest {
+		return r.deliverRun(a, p, max, seq, next)
+	}
+	// Decode the records first, then queue them under one short hold of
+	// the lock: a Recv taking messages meanwhile waits less.
+	recs := a.c.recs[:0]
+	// Records are [uvarint id,] uvarint length, bytes (wire/SPEC.md),
+	// parsed here in one loop: the Decoder's checks per field cost a tenth
+	// of a message's receiving.
+	for len(p) > 0 {
+		id := next
+		if !seq {
+			var n int
+			id, n = binary.Uvarint(p)
+			if n <= 0 {
+				return fmt.Errorf("%w: bad message id in a DATA frame for %q", wire.ErrMalformed, r.name)
+			}
+			p = p[n:]
+		}
+		next++
 		ln, n := binary.Uvarint(p)
 		if n <= 0 || ln > uint64(len(p)-n) || ln > max {
 			return fmt.Errorf("%w: a message larger than the %d-byte limit of %q, or a truncated frame", wire.ErrMalformed, max, r.name)
@@ -343,14 +357,16 @@ func (r *Receiver) deliver(a *inAtt, floor uint64, d *wire.Decoder, _ []int) err
 // deliverRun queues the records of a DATA frame as one run, checked here
 // and decoded as they are taken, for channels that decide nothing per
 // message when it arrives (no de-duplication, no dropping).
-func (r *Receiver) deliverRun(a *inAtt, recs []byte, max uint64) error {
+func (r *Receiver) deliverRun(a *inAtt, recs []byte, max uint64, seq bool, first uint64) error {
 	n := 0
 	for p := recs; len(p) > 0; n++ {
-		_, k := binary.Uvarint(p)
-		if k <= 0 {
-			return fmt.Errorf("%w: bad message id in a DATA frame for %q", wire.ErrMalformed, r.name)
+		if !seq {
+			_, k := binary.Uvarint(p)
+			if k <= 0 {
+				return fmt.Errorf("%w: bad message id in a DATA frame for %q", wire.ErrMalformed, r.name)
+			}
+			p = p[k:]
 		}
-		p = p[k:]
 		ln, k := binary.Uvarint(p)
 		if k <= 0 || ln > uint64(len(p)-k) || ln > max {
 			return fmt.Errorf("%w: a message larger than the %d-byte limit of %q, or a truncated frame", wire.ErrMalformed, max, r.name)
@@ -367,7 +383,7 @@ func (r *Receiver) deliverRun(a *inAtt, recs []byte, max uint64) error {
 		r.mu.Unlock()
 		return protoErr("sender %s overran its credit on %q (%d > %d)", a.remote, r.name, a.received, a.limit)
 	}
-	r.q.push(qitem{data: recs, att: a, run: n})
+	r.q.push(qitem{data: recs, att: a, run: n, seq: seq, id: first})
 	r.qn += n
 	wake := r.wakeupLocked(a)
 	r.mu.Unlock()
@@ -646,8 +662,14 @@ func (r *Receiver) takeLaterLocked(later bool, m *Message) (*inAtt, uint64, bool
 	var a *inAtt
 	if f := r.q.front(); f.run > 0 {
 		// The next record of a run (checked by deliverRun).
-		id, n := binary.Uvarint(f.data)
-		p := f.data[n:]
+		p, id := f.data, f.id
+		if f.seq {
+			f.id++
+		} else {
+			var n int
+			id, n = binary.Uvarint(p)
+			p = p[n:]
+		}
 		ln, n := binary.Uvarint(p)
 		p = p[n:]
 		a = f.att

@@ -60,19 +60,20 @@ func TestQueueRuns(t *testing.T) {
 		dataFrame(1, msgs("a", 3)...),
 		dataFrame(2, msgs("b", 2)...),
 		oneDataFrame(1, 1, 4, []byte("a4")), // a single record
+		seqDataFrame(2, 3, []byte("b3"), []byte("b4")),
 	)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The feeding conn is gone (its senders detached), but what it
 	// delivered stays queued.
-	if q := r.Stats().Queued; q != 6 {
-		t.Fatalf("Queued = %d, want 6", q)
+	if q := r.Stats().Queued; q != 8 {
+		t.Fatalf("Queued = %d, want 8", q)
 	}
 	want := []struct {
 		data string
 		id   uint64
-	}{{"a1", 1}, {"a2", 2}, {"a3", 3}, {"b1", 1}, {"b2", 2}, {"a4", 4}}
+	}{{"a1", 1}, {"a2", 2}, {"a3", 3}, {"b1", 1}, {"b2", 2}, {"a4", 4}, {"b3", 3}, {"b4", 4}}
 	for i, w := range want {
 		m, err := r.TryRecv()
 		if err != nil {
@@ -86,7 +87,7 @@ func TestQueueRuns(t *testing.T) {
 		}
 	}
 	if _, err := r.TryRecv(); !errors.Is(err, ErrEmpty) {
-		t.Fatalf("queue not empty after the six: %v", err)
+		t.Fatalf("queue not empty after the eight: %v", err)
 	}
 	// Nine records against a credit of eight: the frame is refused.
 	err = feed(n, attachFrame(1, kindChannel, "runs"), dataFrame(1, msgs("x", 9)...))
@@ -95,6 +96,55 @@ func TestQueueRuns(t *testing.T) {
 	}
 	if q := r.Stats().Queued; q != 0 {
 		t.Fatalf("a refused run queued %d messages", q)
+	}
+}
+
+// seqDataFrame is a sequential DATA frame (wire.FlagSeq) for att: the
+// messages have ids first, first+1, ...
+func seqDataFrame(att uint32, first uint64, msgs ...[]byte) []byte {
+	p := binary.AppendUvarint(nil, uint64(att))
+	p = binary.AppendUvarint(p, 1)
+	p = binary.AppendUvarint(p, first)
+	for _, m := range msgs {
+		p = wire.AppendBytes(p, m)
+	}
+	return wire.AppendFrame(nil, wire.TData, wire.FlagSeq, p)
+}
+
+// TestSeqFramesExactlyOnce: sequential frames are de-duplicated message by
+// message like the others.
+func TestSeqFramesExactlyOnce(t *testing.T) {
+	n, err := Open(context.Background(), Options{Dir: filepath.Join(t.TempDir(), "rt")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	r, err := n.Receive(context.Background(), "once", ChannelOptions{Capacity: 8, Delivery: ExactlyOnce})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = feed(n,
+		attachFrame(1, kindChannel, "once"),
+		seqDataFrame(1, 1, []byte("m1"), []byte("m2"), []byte("m3")),
+		seqDataFrame(1, 2, []byte("m2"), []byte("m3"), []byte("m4")), // 2 and 3 again
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(1); i <= 4; i++ {
+		m, err := r.TryRecv()
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if m.ID != i || string(m.Data) != fmt.Sprintf("m%d", i) {
+			t.Fatalf("got %q id %d, want m%d", m.Data, m.ID, i)
+		}
+	}
+	if _, err := r.TryRecv(); !errors.Is(err, ErrEmpty) {
+		t.Fatalf("a duplicate came through: %v", err)
+	}
+	if d := r.Stats().Duplicates; d != 2 {
+		t.Fatalf("Duplicates = %d, want 2", d)
 	}
 }
 

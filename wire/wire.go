@@ -93,6 +93,10 @@ const (
 	// shared memory): the receiver copies the bytes out as the frame
 	// arrives and releases the range at once, whatever the application does.
 	FlagCopy uint16 = 1 << 3
+	// FlagSeq marks a DATA frame whose messages have consecutive ids: the
+	// payload gives the first id once, and each record is only a length
+	// and bytes. A stream from one sender to one receiver travels so.
+	FlagSeq uint16 = 1 << 4
 )
 
 // Errors returned by a Reader. Each is wrapped with detail; match with errors.Is.
