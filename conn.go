@@ -965,7 +965,16 @@ const ackNowFor = 50 * time.Millisecond
 // ackingNow reports whether a peer asked for ACKs at once (see ackNowFor).
 func (c *conn) ackingNow() bool {
 	until := c.ackNow.Load()
-	return until != 0 && monoNow() < until
+	if until == 0 {
+		return false
+	}
+	if monoNow() < until {
+		return true
+	}
+	// Expired: back to zero, or every message after a peer's Flush would
+	// read the clock.
+	c.ackNow.CompareAndSwap(until, 0)
+	return false
 }
 
 // askAcks asks the peer for the ACKs it owes and for ACKs at once for a
