@@ -142,7 +142,12 @@ func runChild(role string, args []string) error {
 		}
 		printf("ready %s\n", n.ID())
 		return r.Handle(ctx, 1, func(_ context.Context, m Message) {
-			printf("got %s %s\n", m.From, m.Data)
+			id, err := soakID(m.Data)
+			if err != nil {
+				printf("bad %v\n", err)
+				return
+			}
+			printf("got %s %s\n", m.From, id)
 		})
 	case "soak-send":
 		// Send ids from start on; report every id up to which a Flush
@@ -154,7 +159,7 @@ func runChild(role string, args []string) error {
 		}
 		printf("ready %s\n", n.ID())
 		for i := start; ; i++ {
-			if err := s.Send(ctx, []byte(strconv.Itoa(i))); err != nil {
+			if err := s.Send(ctx, soakPayload(i)); err != nil {
 				return err
 			}
 			if i%25 == 24 {

@@ -1,8 +1,10 @@
 package loft
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -78,7 +80,7 @@ func soakKillReceiver(t *testing.T, dir string, round int) {
 	sendErr := make(chan error, 1)
 	go func() {
 		for i := 0; i < total; {
-			err := s.Send(ctx, []byte(strconv.Itoa(i)))
+			err := s.Send(ctx, soakPayload(i))
 			if errors.Is(err, ErrPeerGone) {
 				waitReceivers(t, s, 1) // the message was not accepted: retry once one is back
 				continue
@@ -101,7 +103,7 @@ func soakKillReceiver(t *testing.T, dir string, round int) {
 			if !ok {
 				t.Fatal("receiver exited early")
 			}
-			if v, ok := gotID(l); ok {
+			if v, ok := soakGot(t, l); ok {
 				seen[v] = true
 			}
 		case <-ctx.Done():
@@ -110,7 +112,7 @@ func soakKillReceiver(t *testing.T, dir string, round int) {
 	}
 	victim.Kill()
 	for l := range victim.Lines {
-		if v, ok := gotID(l); ok {
+		if v, ok := soakGot(t, l); ok {
 			seen[v] = true
 		}
 	}
@@ -119,7 +121,7 @@ func soakKillReceiver(t *testing.T, dir string, round int) {
 	for len(seen) < total {
 		select {
 		case l := <-next.Lines:
-			if v, ok := gotID(l); ok {
+			if v, ok := soakGot(t, l); ok {
 				seen[v] = true
 			}
 		case <-ctx.Done():
@@ -129,9 +131,58 @@ func soakKillReceiver(t *testing.T, dir string, round int) {
 	if err := <-sendErr; err != nil {
 		t.Fatalf("round %d: %v", round, err)
 	}
+	if st := s.Stats(); st.Lent == 0 {
+		t.Fatalf("round %d: no large message went through the loan pool: %+v", round, st)
+	}
 	s.Close()
 	n.Close()
 	next.Kill()
+}
+
+// soakPayload is message i of a soak: its id, and for every fourth one
+// 40 KiB of byte(i) after a '|', so that large messages (lent over shared
+// memory) are in flight when a side dies too.
+func soakPayload(i int) []byte {
+	b := strconv.AppendInt(nil, int64(i), 10)
+	if i%4 == 3 {
+		b = append(b, '|')
+		b = append(b, bytes.Repeat([]byte{byte(i)}, 40<<10)...)
+	}
+	return b
+}
+
+// soakID checks a soak payload and returns its id as text.
+func soakID(b []byte) (string, error) {
+	id, pad, large := bytes.Cut(b, []byte{'|'})
+	i, err := strconv.Atoi(string(id))
+	if err != nil {
+		return "", fmt.Errorf("soak message %.20q has no id", b)
+	}
+	if large != (i%4 == 3) || large && (len(pad) != 40<<10 || bytes.Count(pad, []byte{byte(i)}) != len(pad)) {
+		return "", fmt.Errorf("soak message %d arrived damaged (%d bytes)", i, len(b))
+	}
+	return string(id), nil
+}
+
+// soakMessage checks a soak message and returns its id.
+func soakMessage(t *testing.T, m Message) int {
+	t.Helper()
+	id, err := soakID(m.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := strconv.Atoi(id)
+	return v
+}
+
+// soakGot parses a "got" line of a soak receiver, failing the test on a
+// "bad" one.
+func soakGot(t *testing.T, l string) (int, bool) {
+	t.Helper()
+	if strings.HasPrefix(l, "bad ") {
+		t.Fatal(l)
+	}
+	return gotID(l)
 }
 
 func gotID(l string) (int, bool) {
@@ -161,8 +212,7 @@ func soakKillSender(t *testing.T, dir string, round int) {
 		if err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}
-		v, _ := strconv.Atoi(string(m.Data))
-		got[v] = true
+		got[soakMessage(t, m)] = true
 	}
 	victim.Kill()
 	for l := range victim.Lines {
@@ -182,8 +232,7 @@ func soakKillSender(t *testing.T, dir string, round int) {
 			if err != nil {
 				t.Fatalf("round %d: message %d acknowledged to the killed sender (flushed up to %d) never received: %v", round, i, flushed, err)
 			}
-			v, _ := strconv.Atoi(string(m.Data))
-			got[v] = true
+			got[soakMessage(t, m)] = true
 		}
 	}
 	r.Close()
