@@ -1267,9 +1267,12 @@ func (c *conn) handleFailed(err error) {
 func (c *conn) sendClose(err error) {
 	p := wire.AppendString(nil, err.Error())
 	c.wmu.Lock()
+	// The CLOSE alone: frames still queued are not sealed yet (the writer
+	// seals them), and would reach the peer as a bad checksum instead of
+	// the reason. The connection ends either way.
+	out := wire.AppendFrame(nil, wire.TClose, 0, p)
 	c.closeOpenLocked()
-	out := wire.AppendFrame(c.out, wire.TClose, 0, p)
-	c.out = c.out[:0]
+	c.out, c.unsealed, c.segs, c.segBytes = c.out[:0], c.unsealed[:0], nil, 0
 	c.wmu.Unlock()
 	c.nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	c.nc.Write(out)
