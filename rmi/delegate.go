@@ -149,8 +149,11 @@ func (d *Delegate) target(ctx context.Context) (objID, error) {
 	if ok || err != nil {
 		return id, err
 	}
-	d.peer.flushCalls(ctx) // the call this waits for may still be held
-	d.ep.ensureReader()    // the reply may come when no caller reads
+	// Say that this waits for the call's reply: the call may still be held
+	// here (it goes now, with this), and its reply may be held by a chain
+	// in the home (it comes now).
+	d.peer.send(ctx, &wmsg{K: kCtl, P: d.callID})
+	d.ep.ensureReader() // the reply may come when no caller reads
 	select {
 	case <-done:
 	case <-ctx.Done():

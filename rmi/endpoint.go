@@ -62,7 +62,6 @@ type Endpoint struct {
 	closed    bool
 	ids       []byte // random bytes for object ids, from crypto/rand
 	armed     bool   // lazy is running
-	lazyHeld  bool   // it was armed for held replies (heldDelay)
 	peers     map[string]*peer
 	owner     map[objID]string // export id to the peer it was given to
 	published map[string]reflect.Value
@@ -95,6 +94,7 @@ type peer struct {
 	can      []uint64
 	held     []*wmsg    // replies of a pipelined chain, to ride on the next message
 	calls    []heldCall // pipelined calls, encoded, to go before the next message
+	wanted   map[uint64]struct{} // calls whose reply the peer waits for (see want)
 }
 
 // heldCall is a pipelined call waiting to be sent (peer.calls).
@@ -501,7 +501,7 @@ func (p *peer) sendAlong(ctx context.Context, m *wmsg) (int, error) {
 		enc = append(enc, c.b)
 	}
 	var err error
-	if m.K != kCtl || len(m.Rel)+len(m.Fin)+len(m.Can) > 0 {
+	if m.K != kCtl || m.P != 0 || len(m.Rel)+len(m.Fin)+len(m.Can) > 0 {
 		var b []byte
 		if b, err = encodeMsg(m); err == nil {
 			enc = append(enc, b)
@@ -586,21 +586,10 @@ func (p *peer) post(m *wmsg) error {
 		return p.dead
 	}
 	p.calls = append(p.calls, heldCall{id: m.ID, b: b})
-	p.ep.laterLocked(ctlDelay)
+	p.ep.laterLocked()
 	p.ep.mu.Unlock()
 	p.ep.readSoon()
 	return nil
-}
-
-// flushCalls sends the pipelined calls held for p, if any: somebody is
-// about to wait for one of them.
-func (p *peer) flushCalls(ctx context.Context) {
-	p.ep.mu.Lock()
-	n := len(p.calls)
-	p.ep.mu.Unlock()
-	if n > 0 {
-		p.send(ctx, &wmsg{K: kCtl})
-	}
 }
 
 // failHeld fails the pipelined calls whose sending failed.
@@ -635,35 +624,32 @@ func (ep *Endpoint) kick() {
 }
 
 // Queued items wait for another message to ride on; if none comes, the
-// control loop sends them after a delay. Replies held by a pipelined chain
-// (the caller may wait for one of them) wait at most heldDelay; everything
-// else waits ctlDelay: releases and finished answers, which nobody waits
-// for, and pipelined calls, which are sent at once when something waits
-// for their answer (Delegate.target). The one timer is armed only when it
-// is not already (or is armed for ctlDelay and held replies come), and is
-// left to fire, never stopped: while chains follow each other it fires
-// about every heldDelay, and finds nothing to send or sends what a chain
-// in progress has held so far. Arming a timer is not free: when it is the
-// earliest of its P it wakes a thread (the netpoller's, or a new spinning
-// one), and arming one per chain (then stopping it when the chain's last
-// reply carried the others) cost a thread wake-up per chain on a 2-core
-// machine. A timer firing often keeps one of the runtime's threads in the
-// netpoller with a timeout (see loft's conn.readHandBack), which is why
-// everything that can wait ctlDelay does.
-const (
-	heldDelay = time.Millisecond
-	ctlDelay  = 20 * time.Millisecond
-)
+// control loop sends them after ctlDelay: releases and finished answers,
+// which nobody waits for; pipelined calls, which are sent at once when
+// something waits for their answer (Delegate.target); and replies held by
+// a pipelined chain, which go at once when the caller says it waits for
+// one of them (a control message naming the call in P, see want). The one
+// timer is armed only when it is not already, and is left to fire, never
+// stopped. Arming a timer is not free: when it is the earliest of its P it
+// wakes a thread (the netpoller's, or a new spinning one), and arming one
+// per chain (then stopping it when the chain's last reply carried the
+// others) cost a thread wake-up per chain on a 2-core machine. A timer
+// firing often keeps one of the runtime's threads in the netpoller with a
+// timeout (see loft's conn.readHandBack): held replies used to wait at most
+// a millisecond, and that timer, firing every millisecond while chains
+// followed each other, made a pipelined chain over a Unix socket about a
+// tenth slower.
+const ctlDelay = 20 * time.Millisecond
 
 // laterLocked makes the control loop send the items queued for peers
-// within d (heldDelay or ctlDelay), if no other message carried them by
-// then. Caller holds ep.mu.
-func (ep *Endpoint) laterLocked(d time.Duration) {
-	if ep.closed || ep.armed && (d >= ctlDelay || ep.lazyHeld) {
+// within ctlDelay, if no other message carried them by then. Caller holds
+// ep.mu.
+func (ep *Endpoint) laterLocked() {
+	if ep.closed || ep.armed {
 		return
 	}
-	ep.armed, ep.lazyHeld = true, d < ctlDelay
-	ep.lazy.Reset(d)
+	ep.armed = true
+	ep.lazy.Reset(ctlDelay)
 }
 
 // dispatch handles one loft message (a message or a batch) received from
@@ -709,6 +695,9 @@ func (ep *Endpoint) dispatch(m loft.Message, self *pending, run *job) {
 func (ep *Endpoint) handle(p *peer, m *wmsg, run *job) *pending {
 	if len(m.Rel)+len(m.Fin)+len(m.Can) > 0 {
 		ep.control(p, m)
+	}
+	if m.K == kCtl && m.P != 0 {
+		ep.want(p, m.P)
 	}
 	switch m.K {
 	case kReply:
@@ -774,6 +763,40 @@ func (ep *Endpoint) control(p *peer, m *wmsg) {
 		c.cancel(context.Canceled)
 	}
 }
+
+// want handles a peer waiting for the reply of its call id (a control
+// message naming it in P): a held reply goes at once, now or when the
+// chain holds it. Replies held by a chain otherwise wait for the chain's
+// last reply, or ctlDelay: no short timer, which would keep one of the
+// runtime's threads in the netpoller with a timeout while chains follow
+// each other (a tenth of a pipelined chain over a Unix socket).
+func (ep *Endpoint) want(p *peer, id uint64) {
+	ep.mu.Lock()
+	if p.dead != nil {
+		ep.mu.Unlock()
+		return
+	}
+	now := false
+	for _, r := range p.held {
+		now = now || r.ID == id
+	}
+	if !now {
+		if p.wanted == nil || len(p.wanted) >= maxWanted {
+			// (Ids are never reused: an entry whose reply went already
+			// matches nothing, and dropping them all costs at most a
+			// wait of ctlDelay.)
+			p.wanted = map[uint64]struct{}{}
+		}
+		p.wanted[id] = struct{}{}
+	}
+	ep.mu.Unlock()
+	if now {
+		ep.kick()
+	}
+}
+
+// maxWanted bounds a peer's wanted set.
+const maxWanted = 256
 
 func (ep *Endpoint) releaseLocked(p *peer, id objID) {
 	e := p.exports[id]
@@ -842,8 +865,9 @@ type job struct {
 // were pipelined on its answer, one after another. The replies but the
 // last are held: they ride on the next message to the peer (the last
 // reply, which the caller waits for, or a callback a step makes), so a
-// chain answers in one loft message; if a step takes long, the control
-// loop sends them after heldDelay. Every admitted call counts once in
+// chain answers in one loft message; a caller that waits for one of them
+// says so (see want), and otherwise the control loop sends them after
+// ctlDelay. Every admitted call counts once in
 // ep.wg until its reply is sent or held.
 func (ep *Endpoint) runChain(p *peer, run step) {
 	for {
@@ -862,12 +886,21 @@ func (ep *Endpoint) runChain(p *peer, run step) {
 // hold queues reply r to ride on the next message to p.
 func (ep *Endpoint) hold(p *peer, r *wmsg) {
 	ep.mu.Lock()
-	defer ep.mu.Unlock()
 	if p.dead != nil {
+		ep.mu.Unlock()
 		return
 	}
 	p.held = append(p.held, r)
-	ep.laterLocked(heldDelay)
+	_, now := p.wanted[r.ID]
+	if now {
+		delete(p.wanted, r.ID)
+	} else {
+		ep.laterLocked()
+	}
+	ep.mu.Unlock()
+	if now {
+		ep.kick() // the peer waits for this one: the control loop sends
+	}
 }
 
 // admitRun returns the step that serves m (or fails it), or none when m
@@ -981,6 +1014,11 @@ func (ep *Endpoint) settle(p *peer, m *wmsg, ex *export, err error) step {
 // as the peer lives and the endpoint is open (a context with a timeout
 // would arm a runtime timer per reply: see deadline.go).
 func (ep *Endpoint) reply(p *peer, m *wmsg) {
+	if len(p.wanted) > 0 { // (read without ep.mu: a hint; the delete is locked)
+		ep.mu.Lock()
+		delete(p.wanted, m.ID)
+		ep.mu.Unlock()
+	}
 	p.send(p.ctx, m)
 }
 
@@ -1233,7 +1271,7 @@ func (ep *Endpoint) queueCtl(p *peer, rel *objID, fin, can uint64) {
 		p.can = append(p.can, can)
 	}
 	now := can != 0 || len(p.rel)+len(p.fin) >= maxRefBatch/3
-	ep.laterLocked(ctlDelay)
+	ep.laterLocked()
 	ep.mu.Unlock()
 	if now {
 		ep.kick()

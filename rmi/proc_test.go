@@ -290,10 +290,11 @@ func TestProcPipelineCallbackWaits(t *testing.T) {
 }
 
 // TestProcHeldRepliesSent: a step of a pipelined chain that takes long does
-// not hold back the replies of the steps before it (they go within about
-// heldDelay): a promise resolved by an early step resolves while a later
-// step still runs. Several rounds, so the timer that sends them fires and
-// is armed again.
+// not hold back the replies of the steps before it: a caller waiting for a
+// promise resolved by an early step says so, and gets it while a later step
+// still runs; and without anybody waiting, the promise resolves within
+// about ctlDelay all the same. Several rounds, so the timer that sends
+// what nobody asked for fires and is armed again.
 func TestProcHeldRepliesSent(t *testing.T) {
 	ctx := testCtx(t)
 	e := newEnv(t, false)
@@ -309,9 +310,27 @@ func TestProcHeldRepliesSent(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Waiting sends the three calls in one message; the home runs them as
-		// one chain and holds the replies of Open and Next while Stall runs.
-		if err := DelegateOf(g).Wait(ctx); err != nil {
-			t.Fatalf("round %d: %v", i, err)
+		// one chain and holds the replies of Open and Next while Stall runs,
+		// until the wait asks for Next's. In odd rounds nobody waits: the
+		// calls and the held replies go after ctlDelay.
+		if i%2 == 0 {
+			if err := DelegateOf(g).Wait(ctx); err != nil {
+				t.Fatalf("round %d: %v", i, err)
+			}
+		} else {
+			gd := DelegateOf(g)
+			gd.mu.Lock()
+			if gd.done == nil {
+				gd.done = make(chan struct{})
+			}
+			done := gd.done
+			gd.mu.Unlock()
+			gd.ep.ensureReader()
+			select {
+			case <-done:
+			case <-sctx.Done():
+				t.Fatalf("round %d: with nobody waiting, the held replies stayed held while the chain ran", i)
+			}
 		}
 		hd := DelegateOf(h)
 		hd.mu.Lock()
