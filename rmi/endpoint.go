@@ -92,8 +92,8 @@ type peer struct {
 	rel      []objID
 	fin      []uint64
 	can      []uint64
-	held     []*wmsg    // replies of a pipelined chain, to ride on the next message
-	calls    []heldCall // pipelined calls, encoded, to go before the next message
+	held     []*wmsg             // replies of a pipelined chain, to ride on the next message
+	calls    []heldCall          // pipelined calls, encoded, to go before the next message
 	wanted   map[uint64]struct{} // calls whose reply the peer waits for (see want)
 }
 
