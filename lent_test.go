@@ -8,25 +8,33 @@ import (
 	"time"
 )
 
-// liveRanges counts the ranges of the loan pools of s's connections that
-// are not free, lent or loaned.
-func liveRanges(s *Sender) int {
+// outPools returns the loan pools of s's connections.
+func outPools(s *Sender) []*outPool {
 	s.mu.Lock()
 	var conns []*conn
 	for _, l := range s.links {
 		conns = append(conns, l.c)
 	}
 	s.mu.Unlock()
-	n := 0
+	var pools []*outPool
 	for _, c := range conns {
 		c.lmu.Lock()
-		p := c.pool
-		c.lmu.Unlock()
-		if p != nil {
-			p.mu.Lock()
-			n += len(p.spans)
-			p.mu.Unlock()
+		if c.pool != nil {
+			pools = append(pools, c.pool)
 		}
+		c.lmu.Unlock()
+	}
+	return pools
+}
+
+// liveRanges counts the ranges of the loan pools of s's connections that
+// are not free, lent or loaned.
+func liveRanges(s *Sender) int {
+	n := 0
+	for _, p := range outPools(s) {
+		p.mu.Lock()
+		n += len(p.spans)
+		p.mu.Unlock()
 	}
 	return n
 }
@@ -34,26 +42,15 @@ func liveRanges(s *Sender) int {
 // awaitingRelease counts the lent ranges of s's pools whose RELEASE has not
 // come yet.
 func awaitingRelease(s *Sender) int {
-	s.mu.Lock()
-	var conns []*conn
-	for _, l := range s.links {
-		conns = append(conns, l.c)
-	}
-	s.mu.Unlock()
 	n := 0
-	for _, c := range conns {
-		c.lmu.Lock()
-		p := c.pool
-		c.lmu.Unlock()
-		if p != nil {
-			p.mu.Lock()
-			for _, st := range p.lent {
-				if st&lentReleased == 0 {
-					n++
-				}
+	for _, p := range outPools(s) {
+		p.mu.Lock()
+		for _, st := range p.lent {
+			if st&lentReleased == 0 {
+				n++
 			}
-			p.mu.Unlock()
 		}
+		p.mu.Unlock()
 	}
 	return n
 }
@@ -187,17 +184,9 @@ func TestLentPoolFull(t *testing.T) {
 // sender reused before the message in it was acknowledged would show as
 // damaged bytes here.
 func TestLentReceiverKilled(t *testing.T) {
-	dir := runtimeDir(t)
-	hold := startChild(t, dir, "hold", "name=lent", "cap=32")
-	hold.Expect("ready", 10*time.Second)
-	sn := openNode(t, dir, Options{LoanPoolSize: 1 << 20})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	s, err := sn.Sender(ctx, "lent")
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitReceivers(t, s, 1)
+	dir, hold, s := toHolder(t, ctx, "lent", 32)
 	const n, size = 24, 40 << 10 // the pool has 16 ranges of 64 KiB
 	buf := make([]byte, size)
 	for i := range n {

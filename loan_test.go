@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"errors"
 	"testing"
 	"time"
@@ -62,21 +63,30 @@ func TestLoanRoundTrip(t *testing.T) {
 	}
 }
 
-// TestLoanReceiverKilled: loans held by a receiver that dies come back to
-// the sender's pool, and under AtLeastOnce their content goes to another
-// receiver.
-func TestLoanReceiverKilled(t *testing.T) {
+// toHolder starts a child process that receives on name (capacity cap)
+// and never takes a message, and returns a sender to it from a node of this
+// process with a loan pool of 1 MiB.
+func toHolder(t *testing.T, ctx context.Context, name string, cap int) (string, *child, *Sender) {
+	t.Helper()
 	dir := runtimeDir(t)
-	hold := startChild(t, dir, "hold", "name=loans", "cap=16")
+	hold := startChild(t, dir, "hold", "name="+name, fmt.Sprintf("cap=%d", cap))
 	hold.Expect("ready", 10*time.Second)
 	sn := openNode(t, dir, Options{LoanPoolSize: 1 << 20})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	s, err := sn.Sender(ctx, "loans")
+	s, err := sn.Sender(ctx, name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitReceivers(t, s, 1)
+	return dir, hold, s
+}
+
+// TestLoanReceiverKilled: loans held by a receiver that dies come back to
+// the sender's pool, and under AtLeastOnce their content goes to another
+// receiver.
+func TestLoanReceiverKilled(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	dir, hold, s := toHolder(t, ctx, "loans", 16)
 	// Fill the whole pool with loans the holder never releases.
 	for i := 0; i < 16; i++ {
 		l, err := s.Loan(ctx, 64<<10)
