@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"fmt"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
