@@ -230,3 +230,93 @@ func TestLentReceiverKilled(t *testing.T) {
 		t.Fatalf("%d messages redelivered, want %d", st.Redelivered, n)
 	}
 }
+
+// TestLentSynchronousAndDropOldest: lent messages on a synchronous channel
+// (Send returns once a receiver took the message) and on a DropOldest one
+// (the oldest are dropped unread) arrive intact or are counted dropped,
+// and leave no range of the pool held.
+func TestLentSynchronousAndDropOldest(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	opts := Options{NoInProcess: true}
+	const size = 48 << 10
+	t.Run("capacity 0", func(t *testing.T) {
+		r, s := linked(t, ctx, "sync", opts, opts, ChannelOptions{Capacity: 0})
+		errc := make(chan error, 1)
+		go func() {
+			buf := make([]byte, size)
+			for i := range 20 {
+				fill(buf, i)
+				if err := s.Send(ctx, buf); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+		want := make([]byte, size)
+		for i := range 20 {
+			m, err := r.Recv(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fill(want, i)
+			if !bytes.Equal(m.Data, want) {
+				t.Fatalf("message %d damaged", i)
+			}
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		if st := s.Stats(); st.Lent != 20 {
+			t.Fatalf("%d of 20 lent", st.Lent)
+		}
+		if err := s.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := liveRanges(s); n != 0 {
+			t.Fatalf("%d ranges held after every message was taken", n)
+		}
+	})
+	t.Run("DropOldest", func(t *testing.T) {
+		r, s := linked(t, ctx, "drop", opts, opts, ChannelOptions{Capacity: 4, OnFull: DropOldest})
+		buf := make([]byte, size)
+		for i := range 12 {
+			fill(buf, i)
+			if err := s.Send(ctx, buf); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// (Flush would wait for the queued ones to be taken.)
+		for r.Stats().Received < 12 {
+			if ctx.Err() != nil {
+				t.Fatalf("the receiver got %d of 12", r.Stats().Received)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if ls := s.Stats().Lent; ls != 12 {
+			t.Fatalf("%d of 12 lent", ls)
+		}
+		st := r.Stats()
+		if st.Received != 12 || st.Dropped+uint64(st.Queued) != 12 || st.Queued != 4 {
+			t.Fatalf("receiver stats %+v: want 12 received, 4 queued, 8 dropped", st)
+		}
+		want := make([]byte, size)
+		for i := 8; i < 12; i++ {
+			m, err := r.Recv(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fill(want, i)
+			if !bytes.Equal(m.Data, want) {
+				t.Fatalf("message %d damaged", i)
+			}
+		}
+		if err := s.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n := liveRanges(s); n != 0 {
+			t.Fatalf("%d ranges held after every message was dropped or taken", n)
+		}
+	})
+}
