@@ -67,17 +67,26 @@ const (
 // faulted in page by page: for 1 MiB messages that cost as much as the
 // copy. Caller holds s.mu.
 func (s *Sender) keepBig(data []byte) []byte {
+	if b := s.reuseBig(len(data)); b != nil {
+		return append(b[:0], data...)
+	}
+	return append([]byte(nil), data...)
+}
+
+// reuseBig returns an acknowledged copy of at least n bytes (and not much
+// more) to write a large message's copy into, or nil. Caller holds s.mu.
+func (s *Sender) reuseBig(n int) []byte {
 	s.sentBig = true
 	for i, b := range s.bigFree {
-		if cap(b) >= len(data) && cap(b) <= 2*len(data) {
+		if cap(b) >= n && cap(b) <= 2*n {
 			last := len(s.bigFree) - 1
 			s.bigFree[i], s.bigFree[last] = s.bigFree[last], nil
 			s.bigFree = s.bigFree[:last]
 			s.bigFreeBytes -= cap(b)
-			return append(b[:0], data...)
+			return b[:n]
 		}
 	}
-	return append([]byte(nil), data...)
+	return nil
 }
 
 // freeBig takes back the copies of large messages among the n oldest
@@ -545,8 +554,10 @@ func (s *Sender) pickLocked() *link {
 
 // putLocked queues one message on l. If it returns a conn, the caller must
 // call its flushNow once s.mu is released.
-// rec is data's record in a retention chunk, if keepRec copied it there.
-func (s *Sender) putLocked(l *link, id uint64, data, rec []byte, fds []int) *conn {
+// rec is data's record in a retention chunk, if keepRec copied it there;
+// fresh says that data is the caller's, and a large message is to be
+// copied (and checksummed in the same pass) here.
+func (s *Sender) putLocked(l *link, id uint64, data, rec []byte, fds []int, fresh bool) *conn {
 	c := l.c
 	var head []byte
 	if fds != nil || len(data) >= bigMessage {
@@ -558,7 +569,18 @@ func (s *Sender) putLocked(l *link, id uint64, data, rec []byte, fds []int) *con
 			head = binary.AppendUvarint(head, floor)
 			head = binary.AppendUvarint(head, id)
 			head = binary.AppendUvarint(head, uint64(len(data)))
-			wire.SealSplit(head, data)
+			if fresh {
+				if kept := s.reuseBig(len(data)); kept != nil {
+					wire.CopySealed(head, kept, data)
+					data = kept
+				} else {
+					// A new copy: append copies without zeroing first.
+					data = append([]byte(nil), data...)
+					wire.SealSplit(head, data)
+				}
+			} else {
+				wire.SealSplit(head, data)
+			}
 		}
 		c.wmu.Lock()
 		if fds != nil {
@@ -603,7 +625,7 @@ func (s *Sender) resendLocked() {
 		}
 		r := s.orphans.pop()
 		s.redelivered.Add(1)
-		if c := s.putLocked(l, r.id, r.data, nil, nil); c != nil {
+		if c := s.putLocked(l, r.id, r.data, nil, nil, false); c != nil {
 			c.signal()
 		}
 	}
@@ -700,10 +722,11 @@ func (s *Sender) send(ctx context.Context, data []byte, fds []int, block bool) e
 					}
 					if !lent {
 						var rec []byte
-						if l.props.Delivery != AtMostOnce || len(data) >= bigMessage {
+						fresh := fds == nil && len(data) >= bigMessage // copied by putLocked
+						if !fresh && (l.props.Delivery != AtMostOnce || len(data) >= bigMessage) {
 							data, rec = s.keepRec(id, data) // large payloads are written from this copy
 						}
-						fc = s.putLocked(l, id, data, rec, fds)
+						fc = s.putLocked(l, id, data, rec, fds, fresh)
 					}
 					s.sentN++
 					if l.props.Capacity == 0 && block {
@@ -782,7 +805,7 @@ func (s *Sender) broadcastLocked(data []byte) bool {
 		data = s.keep(s.nextID, data) // written from this copy, not the caller's
 	}
 	for _, l := range s.links {
-		if c := s.putLocked(l, s.nextID, data, nil, nil); c != nil {
+		if c := s.putLocked(l, s.nextID, data, nil, nil, false); c != nil {
 			c.signal()
 		}
 	}

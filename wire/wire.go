@@ -146,6 +146,29 @@ func SealSplit(head, tail []byte) {
 	binary.LittleEndian.PutUint32(head[8:], c)
 }
 
+// copyBlock is how much CopySealed copies before it checksums what it
+// copied: well inside a core's cache.
+const copyBlock = 32 << 10
+
+// CopySealed copies src into dst (of the same length) and seals the frame
+// whose header and leading payload are head and whose payload goes on with
+// dst, as copy(dst, src) then SealSplit(head, dst) would; but it checksums
+// each block right after copying it, while it is in the CPU's cache. For a
+// message of a megabyte, a checksum pass over it afterwards read it from
+// memory again and cost four times the pass over cached bytes.
+func CopySealed(head, dst, src []byte) {
+	n := len(head) - HeaderSize + len(src)
+	binary.LittleEndian.PutUint32(head[4:], uint32(n))
+	c := crc32.Update(0, castagnoli, head[:8])
+	c = crc32.Update(c, castagnoli, head[HeaderSize:])
+	for i := 0; i < len(src); i += copyBlock {
+		j := min(i+copyBlock, len(src))
+		copy(dst[i:j], src[i:j])
+		c = crc32.Update(c, castagnoli, dst[i:j])
+	}
+	binary.LittleEndian.PutUint32(head[8:], c)
+}
+
 // AppendFrame appends a whole frame with the given payload to b.
 func AppendFrame(b []byte, t Type, flags uint16, payload []byte) []byte {
 	off := len(b)

@@ -282,3 +282,27 @@ func TestReaderChunks(t *testing.T) {
 		}
 	}
 }
+
+// TestCopySealed: CopySealed copies and seals as copy then SealSplit do,
+// for payloads around and across its block size.
+func TestCopySealed(t *testing.T) {
+	for _, n := range []int{0, 1, copyBlock - 1, copyBlock, copyBlock + 1, 3*copyBlock + 17} {
+		src := make([]byte, n)
+		for i := range src {
+			src[i] = byte(i*7 + n)
+		}
+		head := AppendHeader(nil, TData, 0)
+		head = append(head, 1, 2, 3)
+		want := append([]byte(nil), head...)
+		SealSplit(want, src)
+		dst := make([]byte, n)
+		CopySealed(head, dst, src)
+		if !bytes.Equal(head, want) || !bytes.Equal(dst, src) {
+			t.Fatalf("%d bytes: header %x, want %x; copy equal: %v", n, head, want, bytes.Equal(dst, src))
+		}
+		f, err := NewReader(bytes.NewReader(append(head, dst...)), 1<<20).Next()
+		if err != nil || len(f.Payload) != 3+n {
+			t.Fatalf("%d bytes: the sealed frame reads back as %d bytes, %v", n, len(f.Payload), err)
+		}
+	}
+}
