@@ -55,6 +55,35 @@ func awaitingRelease(s *Sender) int {
 	return n
 }
 
+// expectFilled receives messages from..to-1 of size bytes (filled by
+// fill) from r, in order, every byte checked.
+func expectFilled(t *testing.T, ctx context.Context, r *Receiver, from, to, size int) {
+	t.Helper()
+	want := make([]byte, size)
+	for i := from; i < to; i++ {
+		m, err := r.Recv(ctx)
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		fill(want, i)
+		if !bytes.Equal(m.Data, want) {
+			t.Fatalf("message %d out of order or damaged (%d bytes)", i, len(m.Data))
+		}
+	}
+}
+
+// expectPoolFree flushes s and checks that no range of its loan pools is
+// held.
+func expectPoolFree(t *testing.T, ctx context.Context, s *Sender) {
+	t.Helper()
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := liveRanges(s); n != 0 {
+		t.Fatalf("%d ranges of the loan pool still held after every message was acknowledged", n)
+	}
+}
+
 // TestLentMessages: over shared memory, messages from bigMessage up are
 // lent (copied once into the loan pool, copied out by the receiver), the
 // rest framed; in every delivery mode they arrive in order with every byte
@@ -148,23 +177,8 @@ func TestLentPoolFull(t *testing.T) {
 	if got := liveRanges(s); got != 4 {
 		t.Fatalf("%d ranges held before any message was taken, want 4", got)
 	}
-	want := make([]byte, size)
-	for i := range n {
-		m, err := r.Recv(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fill(want, i)
-		if !bytes.Equal(m.Data, want) {
-			t.Fatalf("message %d out of order or damaged", i)
-		}
-	}
-	if err := s.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if got := liveRanges(s); got != 0 {
-		t.Fatalf("%d ranges still held after every message was acknowledged", got)
-	}
+	expectFilled(t, ctx, r, 0, n, size)
+	expectPoolFree(t, ctx, s)
 	// With room again, the next large message is lent.
 	if err := s.Send(ctx, buf); err != nil {
 		t.Fatal(err)
@@ -254,29 +268,14 @@ func TestLentSynchronousAndDropOldest(t *testing.T) {
 			}
 			errc <- nil
 		}()
-		want := make([]byte, size)
-		for i := range 20 {
-			m, err := r.Recv(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			fill(want, i)
-			if !bytes.Equal(m.Data, want) {
-				t.Fatalf("message %d damaged", i)
-			}
-		}
+		expectFilled(t, ctx, r, 0, 20, size)
 		if err := <-errc; err != nil {
 			t.Fatal(err)
 		}
 		if st := s.Stats(); st.Lent != 20 {
 			t.Fatalf("%d of 20 lent", st.Lent)
 		}
-		if err := s.Flush(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if n := liveRanges(s); n != 0 {
-			t.Fatalf("%d ranges held after every message was taken", n)
-		}
+		expectPoolFree(t, ctx, s)
 	})
 	t.Run("DropOldest", func(t *testing.T) {
 		r, s := linked(t, ctx, "drop", opts, opts, ChannelOptions{Capacity: 4, OnFull: DropOldest})
@@ -301,22 +300,7 @@ func TestLentSynchronousAndDropOldest(t *testing.T) {
 		if st.Received != 12 || st.Dropped+uint64(st.Queued) != 12 || st.Queued != 4 {
 			t.Fatalf("receiver stats %+v: want 12 received, 4 queued, 8 dropped", st)
 		}
-		want := make([]byte, size)
-		for i := 8; i < 12; i++ {
-			m, err := r.Recv(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			fill(want, i)
-			if !bytes.Equal(m.Data, want) {
-				t.Fatalf("message %d damaged", i)
-			}
-		}
-		if err := s.Flush(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if n := liveRanges(s); n != 0 {
-			t.Fatalf("%d ranges held after every message was dropped or taken", n)
-		}
+		expectFilled(t, ctx, r, 8, 12, size)
+		expectPoolFree(t, ctx, s)
 	})
 }
