@@ -30,7 +30,17 @@ type Result struct {
 	P50ns     int64   `json:"p50_ns"`     // round trip for pingpong; 0 where not measured
 	P99ns     int64   `json:"p99_ns"`
 	Round     int     `json:"round"` // which round, from 1 (the table shows medians over rounds)
-	Err       string  `json:"error,omitempty"`
+
+	// CPU time (user and system, of the whole process) and heap
+	// allocations per message on each side, where measured (loft's
+	// one-way cases): the receiver's from its first message to its last,
+	// the sender's over its sending loop.
+	SendCPUns  float64 `json:"send_cpu_ns_per_msg,omitempty"`
+	RecvCPUns  float64 `json:"recv_cpu_ns_per_msg,omitempty"`
+	SendAllocs float64 `json:"send_allocs_per_msg,omitempty"`
+	RecvAllocs float64 `json:"recv_allocs_per_msg,omitempty"`
+
+	Err string `json:"error,omitempty"`
 }
 
 // Case is one benchmark: one system, transport, pattern, mode and size.

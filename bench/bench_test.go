@@ -103,6 +103,34 @@ func TestRunQuick(t *testing.T) {
 	checkNoChildren(t)
 }
 
+// TestLoftOnewayCosts: loft's one-way cases report each side's CPU time
+// and allocations per message, and a stream of small messages allocates
+// nothing per message on either side (what little is allocated is set-up,
+// spread over the messages of a short run).
+func TestLoftOnewayCosts(t *testing.T) {
+	res, err := Run(context.Background(), Options{
+		Quick:  true,
+		Budget: testBudget(),
+		Filter: `^loft/unix/oneway/64$`,
+		Sizes:  []int{64},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 1 || res[0].Err != "" {
+		t.Fatalf("results %+v", res)
+	}
+	r := res[0]
+	t.Logf("%d messages: send %.0f ns and %.4f allocations, receive %.0f ns and %.4f allocations per message", r.Msgs, r.SendCPUns, r.SendAllocs, r.RecvCPUns, r.RecvAllocs)
+	if r.SendCPUns <= 0 || r.RecvCPUns <= 0 {
+		t.Errorf("CPU per message not measured: %+v", r)
+	}
+	if r.Msgs > 10000 && (r.SendAllocs > 0.05 || r.RecvAllocs > 0.05) {
+		t.Errorf("a stream of 64-byte messages allocates per message: %+v", r)
+	}
+	checkNoChildren(t)
+}
+
 // Test-only roles: one fails, one hangs.
 func init() {
 	RegisterRole("test-fail", func(ctx context.Context, args []string) error {

@@ -3,9 +3,11 @@ package bench
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -114,6 +116,8 @@ func receiveRole(ctx context.Context, args []string, capacity func(size int) int
 	}
 	var count int64
 	var first time.Time
+	var cpu0 time.Duration
+	var mallocs0 uint64
 	for {
 		m, err := r.Recv(ctx)
 		if err != nil {
@@ -123,6 +127,7 @@ func receiveRole(ctx context.Context, args []string, capacity func(size int) int
 			break
 		}
 		if count == 0 {
+			cpu0, mallocs0 = procCPU(), mallocs()
 			first = time.Now()
 		}
 		if err := take(m, count); err != nil {
@@ -130,7 +135,8 @@ func receiveRole(ctx context.Context, args []string, capacity func(size int) int
 		}
 		count++
 	}
-	return ToParent("done %d %d", count, time.Since(first).Nanoseconds())
+	el := time.Since(first)
+	return ToParent("done %d %d %d %d", count, el.Nanoseconds(), (procCPU() - cpu0).Nanoseconds(), mallocs()-mallocs0)
 }
 
 // loftRecvRole copies every payload out and checks its sequence number.
@@ -184,10 +190,12 @@ func oneway(ctx context.Context, env Env, role, transport string, send func(s *l
 	if err := waitAttached(ctx, s); err != nil {
 		return Result{}, err
 	}
+	cpu0, mallocs0 := procCPU(), mallocs()
 	sent, err := send(s)
 	if err != nil {
 		return Result{}, err
 	}
+	sendCPU, sendMallocs := procCPU()-cpu0, mallocs()-mallocs0
 	if err := s.Send(ctx, nil); err != nil {
 		return Result{}, err
 	}
@@ -195,7 +203,31 @@ func oneway(ctx context.Context, env Env, role, transport string, send func(s *l
 	if err != nil {
 		return Result{}, err
 	}
-	return receiverResult(f, sent)
+	if len(f) != 4 {
+		return Result{}, fmt.Errorf("bad done line %q", f)
+	}
+	res, err := receiverResult(f[:2], sent)
+	if err != nil {
+		return Result{}, err
+	}
+	recvCPU, err1 := strconv.ParseInt(f[2], 10, 64)
+	recvMallocs, err2 := strconv.ParseUint(f[3], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return Result{}, fmt.Errorf("bad done line %q: %w", f, err)
+	}
+	if sent > 0 && procCPU() > 0 {
+		n := float64(sent)
+		res.SendCPUns, res.SendAllocs = float64(sendCPU.Nanoseconds())/n, float64(sendMallocs)/n
+		res.RecvCPUns, res.RecvAllocs = float64(recvCPU)/n, float64(recvMallocs)/n
+	}
+	return res, nil
+}
+
+// mallocs returns the heap allocations this process has made so far.
+func mallocs() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.Mallocs
 }
 
 func loftOneway(transport string) func(context.Context, Env) (Result, error) {

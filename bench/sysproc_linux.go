@@ -5,7 +5,17 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"time"
 )
+
+// procCPU returns the CPU time (user and system) this process has used.
+func procCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 // sysProcAttr makes the kernel kill a child when the parent dies.
 func sysProcAttr() *syscall.SysProcAttr {

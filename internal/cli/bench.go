@@ -34,6 +34,9 @@ to standard output, or with --json one JSON object per case and round, or
 with --markdown a Markdown table where every row is compared with its
 baseline of the same run (raw transport, gRPC-go and net/rpc, one plain
 remote call). --from renders JSON lines saved earlier without running.
+The JSON of loft's one-way cases also has each side's CPU time and heap
+allocations per message (send_cpu_ns_per_msg, recv_cpu_ns_per_msg,
+send_allocs_per_msg, recv_allocs_per_msg).
 
 Cases are named system/transport/pattern/size; --filter picks some by a
 regular expression (or a plain substring).
