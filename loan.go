@@ -566,8 +566,10 @@ func (c *conn) handleLoan(d *wire.Decoder, flags uint16) error {
 	return a.r.deliverOne(a, floor, m)
 }
 
-// carveChunk is the size of the chunks lent messages are copied into.
-const carveChunk = 8 << 20
+// carveChunk is the size of the chunks lent messages are copied into: as
+// large as wire.Reader's largest, since a message kept by the application
+// keeps its whole chunk alive, as a framed one does.
+const carveChunk = wire.MaxChunk
 
 // carve returns a copy of b on the Go heap, cut from a chunk shared with
 // the lent messages before and after it, as wire.Reader does for framed
