@@ -5,7 +5,9 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"slices"
 	"testing"
+	"time"
 )
 
 // BenchmarkSendRecv streams messages one way between two nodes of this
@@ -198,4 +200,68 @@ func BenchmarkPingPongInProcess(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkPingPongVsRaw times 64-byte round trips to another process over
+// a Unix socket, through loft and through a raw socket, in alternating
+// blocks between the same two processes, so that both see the same CPU
+// placement and load, and reports each p50 and their ratio. (loft bench
+// runs the two in separate pairs of processes, one after the other; where
+// the kernel puts them moves that ratio by a third between runs.)
+func BenchmarkPingPongVsRaw(b *testing.B) {
+	ctx := context.Background()
+	dir := runtimeDir(b)
+	sock := filepath.Join(b.TempDir(), "raw.sock")
+	c := startChild(b, dir, "echo2", "name=ping", "reply=pong", "sock="+sock, "noshm=1")
+	c.Expect("ready", 10*time.Second)
+	n := openNode(b, dir, Options{NoSharedMemory: true})
+	pong, err := n.Receive(ctx, "pong", ChannelOptions{Capacity: 16})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := n.Sender(ctx, "ping")
+	if err != nil {
+		b.Fatal(err)
+	}
+	waitReceivers(b, s, 1)
+	raw, err := net.Dial("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer raw.Close()
+	msg, buf := make([]byte, 64), make([]byte, 64)
+	lt, rt := make([]time.Duration, 0, b.N), make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for done := 0; done < b.N; {
+		k := min(500, b.N-done)
+		for range k {
+			t0 := time.Now()
+			if err := s.Send(ctx, msg); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := pong.Recv(ctx); err != nil {
+				b.Fatal(err)
+			}
+			lt = append(lt, time.Since(t0))
+		}
+		for range k {
+			t0 := time.Now()
+			if _, err := raw.Write(msg); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(raw, buf); err != nil {
+				b.Fatal(err)
+			}
+			rt = append(rt, time.Since(t0))
+		}
+		done += k
+	}
+	b.StopTimer()
+	s.Send(ctx, nil)
+	slices.Sort(lt)
+	slices.Sort(rt)
+	l50, r50 := lt[len(lt)/2], rt[len(rt)/2]
+	b.ReportMetric(float64(l50.Nanoseconds()), "loft-p50-ns")
+	b.ReportMetric(float64(r50.Nanoseconds()), "raw-p50-ns")
+	b.ReportMetric(float64(l50)/float64(r50), "loft/raw")
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -85,7 +86,7 @@ func arg(args []string, key, def string) string {
 // report what they receive as "got SENDER-ID DATA" lines.
 func runChild(role string, args []string) error {
 	ctx := context.Background()
-	n, err := Open(ctx, Options{ListenTCP: arg(args, "tcp", "")})
+	n, err := Open(ctx, Options{ListenTCP: arg(args, "tcp", ""), NoSharedMemory: arg(args, "noshm", "") != ""})
 	if err != nil {
 		return err
 	}
@@ -167,6 +168,48 @@ func runChild(role string, args []string) error {
 					return err
 				}
 				printf("flushed %d\n", i)
+			}
+		}
+	case "echo2":
+		// Echo on channel name to channel reply, and on a raw Unix socket
+		// at sock: the two ping-pongs of BenchmarkPingPongVsRaw.
+		r, err := n.Receive(ctx, name, ChannelOptions{Capacity: 16})
+		if err != nil {
+			return err
+		}
+		l, err := net.Listen("unix", arg(args, "sock", ""))
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		go func() {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			buf := make([]byte, 64)
+			for {
+				if _, err := io.ReadFull(c, buf); err != nil {
+					return
+				}
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+			}
+		}()
+		s, err := n.Sender(ctx, arg(args, "reply", "pong"))
+		if err != nil {
+			return err
+		}
+		printf("ready %s\n", n.ID())
+		for {
+			m, err := r.Recv(ctx)
+			if err != nil || len(m.Data) == 0 {
+				return err
+			}
+			if err := s.Send(ctx, m.Data); err != nil {
+				return err
 			}
 		}
 	case "inbox":
