@@ -27,32 +27,36 @@ func outPools(s *Sender) []*outPool {
 	return pools
 }
 
-// liveRanges counts the ranges of the loan pools of s's connections that
-// are not free, lent or loaned.
-func liveRanges(s *Sender) int {
+// poolCount sums count over the loan pools of s's connections, each
+// called with its pool locked.
+func poolCount(s *Sender, count func(p *outPool) int) int {
 	n := 0
 	for _, p := range outPools(s) {
 		p.mu.Lock()
-		n += len(p.spans)
+		n += count(p)
 		p.mu.Unlock()
 	}
 	return n
 }
 
+// liveRanges counts the ranges of the loan pools of s's connections that
+// are not free, lent or loaned.
+func liveRanges(s *Sender) int {
+	return poolCount(s, func(p *outPool) int { return len(p.spans) })
+}
+
 // awaitingRelease counts the lent ranges of s's pools whose RELEASE has not
 // come yet.
 func awaitingRelease(s *Sender) int {
-	n := 0
-	for _, p := range outPools(s) {
-		p.mu.Lock()
+	return poolCount(s, func(p *outPool) int {
+		n := 0
 		for _, st := range p.lent {
 			if st&lentReleased == 0 {
 				n++
 			}
 		}
-		p.mu.Unlock()
-	}
-	return n
+		return n
+	})
 }
 
 // expectFilled receives messages from..to-1 of size bytes (filled by

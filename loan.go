@@ -367,13 +367,7 @@ func (s *Sender) SendLoan(ctx context.Context, loan *Loan) error {
 	id := s.nextID
 	c := l.c
 	floor := min(s.floorLocked(), id)
-	p := binary.AppendUvarint(nil, uint64(l.id))
-	p = binary.AppendUvarint(p, floor)
-	p = binary.AppendUvarint(p, id)
-	p = binary.AppendUvarint(p, loan.pool.id)
-	p = binary.AppendUvarint(p, uint64(loan.off))
-	p = binary.AppendUvarint(p, uint64(loan.n))
-	c.sendFrame(wire.TLoan, p)
+	c.sendFrame(wire.TLoan, loanPayload(l.id, floor, id, loan.pool.id, loan.off, loan.n))
 	l.sent++
 	s.sentN++
 	if l.props.Delivery != AtMostOnce {
@@ -382,6 +376,17 @@ func (s *Sender) SendLoan(ctx context.Context, loan *Loan) error {
 	}
 	s.mu.Unlock()
 	return nil
+}
+
+// loanPayload is the payload of a LOAN frame (wire/SPEC.md): message id of
+// attachment att, whose n bytes are at off in pool.
+func loanPayload(att uint32, floor, id, pool uint64, off, n int) []byte {
+	p := binary.AppendUvarint(make([]byte, 0, 48), uint64(att))
+	p = binary.AppendUvarint(p, floor)
+	p = binary.AppendUvarint(p, id)
+	p = binary.AppendUvarint(p, pool)
+	p = binary.AppendUvarint(p, uint64(off))
+	return binary.AppendUvarint(p, uint64(n))
 }
 
 // loanPool returns the connection's outgoing pool, creating it and passing

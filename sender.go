@@ -162,12 +162,7 @@ func (s *Sender) lendLocked(l *link, id uint64, data []byte) (bool, *conn) {
 	}
 	mem := p.m.mem[off : off+len(data) : off+len(data)]
 	copy(mem, data)
-	pl := binary.AppendUvarint(make([]byte, 0, 48), uint64(l.id))
-	pl = binary.AppendUvarint(pl, min(s.floorLocked(), id))
-	pl = binary.AppendUvarint(pl, id)
-	pl = binary.AppendUvarint(pl, p.id)
-	pl = binary.AppendUvarint(pl, uint64(off))
-	pl = binary.AppendUvarint(pl, uint64(len(data)))
+	pl := loanPayload(l.id, min(s.floorLocked(), id), id, p.id, off, len(data))
 	c.wmu.Lock()
 	c.closeOpenLocked()
 	c.out = wire.AppendFrame(c.out, wire.TLoan, wire.FlagCopy, pl)
