@@ -40,6 +40,14 @@ type Result struct {
 	SendAllocs float64 `json:"send_allocs_per_msg,omitempty"`
 	RecvAllocs float64 `json:"recv_allocs_per_msg,omitempty"`
 
+	// For loft's ping-pong over a Unix socket or TCP: the p50 and p99 of a
+	// raw socket ping-pong of the same size between the same two
+	// processes, measured in blocks alternating with loft's round trips
+	// (see [MeasurePaired]). The raw rows of a run come from another pair
+	// of processes, at another time.
+	PairRawP50ns int64 `json:"pair_raw_p50_ns,omitempty"`
+	PairRawP99ns int64 `json:"pair_raw_p99_ns,omitempty"`
+
 	Err string `json:"error,omitempty"`
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -129,6 +130,57 @@ func TestLoftOnewayCosts(t *testing.T) {
 		t.Errorf("a stream of 64-byte messages allocates per message: %+v", r)
 	}
 	checkNoChildren(t)
+}
+
+// TestLoftPingPongPaired: loft's ping-pong over a Unix socket also times a
+// raw socket ping-pong between the same two processes.
+func TestLoftPingPongPaired(t *testing.T) {
+	res, err := Run(context.Background(), Options{
+		Quick:  true,
+		Budget: testBudget(),
+		Filter: `^loft/unix/pingpong/64$`,
+		Sizes:  []int{64},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 1 || res[0].Err != "" {
+		t.Fatalf("results %+v", res)
+	}
+	r := res[0]
+	t.Logf("loft p50 %d ns, raw in the same processes %d ns", r.P50ns, r.PairRawP50ns)
+	if r.P50ns <= 0 || r.PairRawP50ns <= 0 || r.PairRawP99ns < r.PairRawP50ns {
+		t.Errorf("paired raw ping-pong not measured: %+v", r)
+	}
+	checkNoChildren(t)
+}
+
+// TestMeasurePaired: both sides run, in alternating blocks, each for
+// about the budget.
+func TestMeasurePaired(t *testing.T) {
+	var seq []byte
+	var na, nb int64
+	a := func() error { na++; seq = append(seq, 'a'); return nil }
+	b := func() error { nb++; seq = append(seq, 'b'); return nil }
+	ra, rb, err := MeasurePaired(context.Background(), 20*time.Millisecond, a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ra.Msgs <= 0 || rb.Msgs <= 0 || ra.Msgs > na || rb.Msgs > nb || ra.P50ns <= 0 || rb.P50ns <= 0 {
+		t.Fatalf("results %+v and %+v after %d and %d calls", ra, rb, na, nb)
+	}
+	// After the warm-ups, blocks of pairBlock alternate.
+	measured := string(seq[len(seq)-int(ra.Msgs+rb.Msgs):])
+	for i := 0; i < len(measured); i += pairBlock {
+		want := byte('a' + (i/pairBlock)%2)
+		if blk := measured[i : i+pairBlock]; strings.Count(blk, string(want)) != pairBlock {
+			t.Fatalf("block %d is not all %c", i/pairBlock, want)
+		}
+	}
+	wantErr := errors.New("broken")
+	if _, _, err := MeasurePaired(context.Background(), time.Second, a, func() error { return wantErr }); !errors.Is(err, wantErr) {
+		t.Errorf("error from a side: %v", err)
+	}
 }
 
 // Test-only roles: one fails, one hangs.
@@ -306,6 +358,7 @@ func TestMarkdown(t *testing.T) {
 	rs := []Result{
 		{System: "raw", Transport: "unix", Pattern: "pingpong", Size: 64, Mode: "blocking", Msgs: 1, MsgsPerS: 100, P50ns: 20000, Round: 1},
 		{System: "loft", Transport: "shm", Pattern: "pingpong", Size: 64, Mode: "blocking", Msgs: 1, MsgsPerS: 400, P50ns: 5000, Round: 1},
+		{System: "loft", Transport: "unix", Pattern: "pingpong", Size: 64, Mode: "blocking", Msgs: 1, MsgsPerS: 90, P50ns: 24000, PairRawP50ns: 16000, Round: 1},
 		{System: "grpc", Transport: "unix", Pattern: "call", Size: 64, Mode: "blocking", Inflight: 64, Msgs: 1, MsgsPerS: 1000, P50ns: 8000, Round: 1},
 		{System: "net/rpc", Transport: "unix", Pattern: "call", Size: 64, Mode: "blocking", Inflight: 64, Msgs: 1, MsgsPerS: 2000, P50ns: 4000, Round: 1},
 		{System: "loft-rpc", Transport: "unix", Pattern: "call", Size: 64, Mode: "blocking", Inflight: 64, Msgs: 1, MsgsPerS: 3000, P50ns: 2000, Round: 1},
@@ -329,6 +382,7 @@ func TestMarkdown(t *testing.T) {
 	t.Logf("\n%s", out)
 	for _, want := range []string{
 		"msgs/s 4.00x raw unix, p50 0.25x",             // shared memory against raw Unix
+		"p50 1.20x (1.50x raw in the same processes)",  // loft against raw in one pair of processes
 		"p50 0.25x, calls/s 3.00x gRPC, 1.50x net/rpc", // RPC
 		"p50 1.40x one call",                           // remote objects
 	} {

@@ -32,6 +32,12 @@
 //   - "raw" over the same transports, pattern "pingpong": the parent writes
 //     size bytes, the child echoes them, the parent reads them back; every
 //     round trip is recorded in an HDR histogram.
+//   - loft's own "pingpong" over "unix" and "tcp" also times a raw socket
+//     ping-pong between the same two processes, in blocks alternating with
+//     loft's round trips ([MeasurePaired]), and reports its p50 and p99 in
+//     the Result's PairRaw fields: where the kernel puts two processes
+//     moves a ping-pong's p50 by a third from one pair to the next, so the
+//     ratio within one pair is the steadier comparison.
 //   - "go-chan" over "inproc": the same two patterns between two goroutines
 //     of one process, for reference.
 package bench

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -255,12 +257,19 @@ func loftOneway(transport string) func(context.Context, Env) (Result, error) {
 	}
 }
 
-// loftEchoRole: args dir transport size parentTCP. Receives on "ping" and
-// sends each message back on "pong".
+// loftEchoRole: args dir transport size parentTCP rawAddr. Receives on
+// "ping" and sends each message back on "pong". Unless rawAddr is "-", it
+// also listens there (a Unix socket path, or a TCP address) for one raw
+// connection and echoes messages of size bytes on it, for MeasurePaired.
+// It tells the parent "ready <its TCP URL or -> <raw address or ->".
 func loftEchoRole(ctx context.Context, args []string) error {
-	dir, transport, parent := args[0], args[1], ""
-	if len(args) > 3 {
-		parent = args[3]
+	if len(args) != 5 {
+		return fmt.Errorf("want dir, transport, size, parent's TCP URL, raw address; got %q", args)
+	}
+	dir, transport, parent, rawAddr := args[0], args[1], args[3], args[4]
+	size, err := strconv.Atoi(args[2])
+	if err != nil {
+		return err
 	}
 	n, err := loftNode(ctx, dir, transport)
 	if err != nil {
@@ -278,7 +287,28 @@ func loftEchoRole(ctx context.Context, args []string) error {
 	if err := waitAttached(ctx, s); err != nil {
 		return err
 	}
-	if err := ToParent("ready %s", tcpAddr(n)+" "); err != nil {
+	if rawAddr != "-" {
+		network := "unix"
+		if transport == "tcp" {
+			network = "tcp"
+		}
+		ln, err := net.Listen(network, rawAddr)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		rawAddr = ln.Addr().String()
+		go func() {
+			c, err := ln.Accept()
+			ln.Close()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			echo(c, c, size)
+		}()
+	}
+	if err := ToParent("ready %s %s", orDash(tcpAddr(n)), rawAddr); err != nil {
 		return err
 	}
 	for {
@@ -295,6 +325,18 @@ func loftEchoRole(ctx context.Context, args []string) error {
 	}
 }
 
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// loftPingPong times round trips through loft: the parent sends on "ping",
+// the child echoes on "pong". At saturation over a Unix socket or TCP it
+// also times a raw socket ping-pong between the same two processes, in
+// alternating blocks (MeasurePaired), and reports its p50 and p99 in the
+// Result's PairRaw fields.
 func loftPingPong(transport string) func(context.Context, Env) (Result, error) {
 	return func(ctx context.Context, env Env) (Result, error) {
 		dir, cleanup, err := loftDir()
@@ -311,7 +353,16 @@ func loftPingPong(transport string) func(context.Context, Env) (Result, error) {
 		if err != nil {
 			return Result{}, err
 		}
-		ch, err := env.Spawn(ctx, "loft-echo", dir, transport, strconv.Itoa(env.Size), tcpAddr(n))
+		rawAddr := "-"
+		if env.Rate <= 0 {
+			switch transport {
+			case "unix":
+				rawAddr = filepath.Join(filepath.Dir(dir), "raw.sock")
+			case "tcp":
+				rawAddr = "127.0.0.1:0"
+			}
+		}
+		ch, err := env.Spawn(ctx, "loft-echo", dir, transport, strconv.Itoa(env.Size), orDash(tcpAddr(n)), rawAddr)
 		if err != nil {
 			return Result{}, err
 		}
@@ -319,11 +370,10 @@ func loftPingPong(transport string) func(context.Context, Env) (Result, error) {
 		if err != nil {
 			return Result{}, err
 		}
-		addr := ""
-		if len(f) > 0 {
-			addr = f[0]
+		if len(f) != 2 {
+			return Result{}, fmt.Errorf("echo child said ready %q, want two addresses", f)
 		}
-		s, err := n.Sender(ctx, target(transport, addr, "ping"))
+		s, err := n.Sender(ctx, target(transport, f[0], "ping"))
 		if err != nil {
 			return Result{}, err
 		}
@@ -335,7 +385,7 @@ func loftPingPong(transport string) func(context.Context, Env) (Result, error) {
 			msg[i] = byte(i)
 		}
 		buf := make([]byte, env.Size)
-		res, err := MeasureRoundTripsAt(ctx, env.Budget, env.Rate, func() error {
+		viaLoft := func() error {
 			if err := s.Send(ctx, msg); err != nil {
 				return err
 			}
@@ -348,8 +398,34 @@ func loftPingPong(transport string) func(context.Context, Env) (Result, error) {
 				return fmt.Errorf("echo of %d bytes, sent %d", len(m.Data), env.Size)
 			}
 			return nil
-		})
-		s.Send(ctx, nil)
+		}
+		defer s.Send(ctx, nil)
+		if f[1] == "-" {
+			return MeasureRoundTripsAt(ctx, env.Budget, env.Rate, viaLoft)
+		}
+		network := "unix"
+		if transport == "tcp" {
+			network = "tcp"
+		}
+		var d net.Dialer
+		raw, err := d.DialContext(ctx, network, f[1])
+		if err != nil {
+			return Result{}, err
+		}
+		defer raw.Close()
+		raw.SetDeadline(ioLimit(env))
+		in := make([]byte, env.Size)
+		viaRaw := func() error {
+			if _, err := raw.Write(msg); err != nil {
+				return err
+			}
+			if _, err := io.ReadFull(raw, in); err != nil {
+				return noEOF(err)
+			}
+			return nil
+		}
+		res, rr, err := MeasurePaired(ctx, env.Budget, viaLoft, viaRaw)
+		res.PairRawP50ns, res.PairRawP99ns = rr.P50ns, rr.P99ns
 		return res, err
 	}
 }

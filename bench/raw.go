@@ -321,6 +321,12 @@ func rawEchoRole(ctx context.Context, args []string) error {
 		defer conn.Close()
 		r, w = conn, conn
 	}
+	return echo(r, w, size)
+}
+
+// echo reads messages of size bytes from r and writes each back to w, until
+// r ends (nil) or fails.
+func echo(r io.Reader, w io.Writer, size int) error {
 	buf := make([]byte, size)
 	for {
 		if _, err := io.ReadFull(r, buf); err != nil {

@@ -27,6 +27,9 @@ type row struct {
 	msgsPerS float64
 	mbPerS   float64
 	p50, p99 int64
+	// pair is the median over rounds of p50 / PairRawP50ns: loft against a
+	// raw socket between the same two processes; 0 where not measured.
+	pair float64
 }
 
 // writeTable prints, per case, the medians over rounds and the ratio to the
@@ -105,6 +108,13 @@ func renderTable(w io.Writer, results []Result, cases []Case, markdown bool) err
 		rw.mbPerS = medianF(rw.ok, func(r Result) float64 { return r.MBPerS })
 		rw.p50 = int64(medianF(rw.ok, func(r Result) float64 { return float64(r.P50ns) }))
 		rw.p99 = int64(medianF(rw.ok, func(r Result) float64 { return float64(r.P99ns) }))
+		var paired []Result
+		for _, r := range rw.ok {
+			if r.PairRawP50ns > 0 && r.P50ns > 0 {
+				paired = append(paired, r)
+			}
+		}
+		rw.pair = medianF(paired, func(r Result) float64 { return float64(r.P50ns) / float64(r.PairRawP50ns) })
 		if rw.key.inflight != 0 {
 			anyInflight = true
 		}
@@ -166,6 +176,9 @@ func renderTable(w io.Writer, results []Result, cases []Case, markdown bool) err
 		}
 		if base, ok := raw[[3]string{rt, k.pattern, strconv.Itoa(k.size)}]; ok && base > 0 {
 			vs = fmt.Sprintf("%.2fx", rw.msgsPerS/base)
+		}
+		if rw.pair > 0 {
+			vs += fmt.Sprintf(", p50 %.2fx raw in the same processes", rw.pair)
 		}
 		line += fmt.Sprintf("%s\t%.1f\t%s\t%s\t%s\t%s", formatCount(rw.msgsPerS), rw.mbPerS,
 			formatNs(rw.p50), formatNs(rw.p99), vs, rounds)
@@ -280,6 +293,9 @@ func writeMarkdownRows(w io.Writer, list []*row, raw map[[3]string]float64, rawT
 				cmp = "msgs/s " + ratio(rw.msgsPerS, b) + " raw " + rt
 				if r := byKey[rowKey{"raw", rt, k.pattern, k.size, "blocking", 0}]; r != nil && rw.p50 > 0 && r.p50 > 0 {
 					cmp += ", p50 " + ratio(float64(rw.p50), float64(r.p50))
+				}
+				if rw.pair > 0 {
+					cmp += fmt.Sprintf(" (%.2fx raw in the same processes)", rw.pair)
 				}
 			}
 		}
