@@ -81,3 +81,62 @@ func liveConns(n *Node) int {
 	}
 	return k
 }
+
+// TestTCPByAddressSharesConn: when a node sends by TCP address to a node
+// that already sends to it over TCP, both directions share one connection,
+// whichever node has the smaller id (the rounds cover both orders), and
+// messages flow both ways.
+func TestTCPByAddressSharesConn(t *testing.T) {
+	for round := 0; round < 8; round++ {
+		dir := runtimeDir(t)
+		opts := Options{Dir: dir, NoSharedMemory: true, NoInProcess: true, ListenTCP: "127.0.0.1:0"}
+		a, b := openNode(t, dir, opts), openNode(t, dir, opts)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		ra, err := a.Receive(ctx, "to-a", ChannelOptions{Capacity: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rb, err := b.Receive(ctx, "to-b", ChannelOptions{Capacity: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sa, err := a.Sender(ctx, tcpURL(b)+"/to-b")
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitReceivers(t, sa, 1)
+		sb, err := b.Sender(ctx, tcpURL(a)+"/to-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitReceivers(t, sb, 1)
+		for i := range 3 {
+			if err := sa.Send(ctx, []byte{byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+			if err := sb.Send(ctx, []byte{byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range []*Receiver{ra, rb} {
+				if m, err := r.Recv(ctx); err != nil || len(m.Data) != 1 || m.Data[0] != byte(i) {
+					t.Fatalf("round %d: %s got %v, %v", round, r.Name(), m.Data, err)
+				}
+			}
+		}
+		ca, cb := linkConn(sa), linkConn(sb)
+		if ca.nc.LocalAddr().String() != cb.nc.RemoteAddr().String() || ca.nc.RemoteAddr().String() != cb.nc.LocalAddr().String() {
+			t.Errorf("round %d (a<b: %v): a sends on %v->%v, b on %v->%v: two connections", round, a.ID() < b.ID(),
+				ca.nc.LocalAddr(), ca.nc.RemoteAddr(), cb.nc.LocalAddr(), cb.nc.RemoteAddr())
+		}
+		cancel()
+		a.Close()
+		b.Close()
+	}
+}
+
+// linkConn returns the conn of s's only link.
+func linkConn(s *Sender) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.links[0].c
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -224,6 +225,14 @@ func (s *svc) Echo(ctx context.Context, n int) (int, error) { return n, nil }
 
 func runChild(dir string, noShm bool) error {
 	ctx := context.Background()
+	if f := os.Getenv("LOFT_CHILD_CPUPROFILE"); f != "" { // for profiling the server side of the benchmarks
+		out, err := os.Create(f)
+		if err != nil {
+			return err
+		}
+		pprof.StartCPUProfile(out)
+		defer pprof.StopCPUProfile()
+	}
 	node, err := loft.Open(ctx, loft.Options{Dir: dir, NoSharedMemory: noShm})
 	if err != nil {
 		return err
