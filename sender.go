@@ -57,7 +57,7 @@ type Sender struct {
 // maxBigFree and maxBigFreeBytes bound the acknowledged copies of large
 // messages a Sender keeps for reuse, in number and in bytes.
 const (
-	maxBigFree      = 4
+	maxBigFree      = 16
 	maxBigFreeBytes = 16 << 20
 )
 

@@ -306,3 +306,50 @@ func TestCopySealed(t *testing.T) {
 		}
 	}
 }
+
+// TestBigFramesInPieces: frames larger than one read arrive in pieces,
+// with interruptions between them; each is checksummed as its pieces land,
+// and a byte changed anywhere in a payload (first, middle, last, or in a
+// piece read after an interruption) is still caught.
+func TestBigFramesInPieces(t *testing.T) {
+	sizes := []int{300 << 10, 1<<20 + 5, 70000, 0, 4<<20 + 1}
+	var b []byte
+	var ends []int // payload [start, end) of each frame in b
+	for i, n := range sizes {
+		p := make([]byte, n)
+		for j := range p {
+			p[j] = byte(i*7 + j)
+		}
+		b = AppendFrame(b, TData, 0, p)
+		ends = append(ends, len(b))
+	}
+	read := func(stream []byte) (int, error) {
+		r := NewReader(&flakyReader{r: &chunkReader{b: stream, n: 64 << 10}}, 8<<20)
+		for got := 0; ; {
+			f, err := r.Next()
+			if errors.Is(err, errTemporary) {
+				continue
+			}
+			if err == io.EOF {
+				return got, nil
+			}
+			if err != nil {
+				return got, err
+			}
+			if len(f.Payload) != sizes[got] || (len(f.Payload) > 0 && f.Payload[len(f.Payload)-1] != byte(got*7+len(f.Payload)-1)) {
+				t.Fatalf("frame %d: %d bytes, want %d", got, len(f.Payload), sizes[got])
+			}
+			got++
+		}
+	}
+	if got, err := read(b); err != nil || got != len(sizes) {
+		t.Fatalf("read %d frames, %v", got, err)
+	}
+	for _, at := range []int{ends[0] - sizes[0], ends[1] - sizes[1]/2, ends[1] - 1, ends[4] - 3} {
+		bad := bytes.Clone(b)
+		bad[at] ^= 0x40
+		if _, err := read(bad); !errors.Is(err, ErrChecksum) {
+			t.Errorf("byte %d changed: %v, want ErrChecksum", at, err)
+		}
+	}
+}
