@@ -360,12 +360,13 @@ func (n *Node) dialOnce(ctx context.Context, key string, addr *url.URL) (*conn, 
 			use = old
 		}
 	} else if o := n.dialed[c.remoteID]; key != c.remoteID && o != nil && !o.isClosed() && reflect.TypeOf(o.nc) == reflect.TypeOf(nc) {
-		// Dialled by address while a conn of the same kind (TCP with or
-		// without TLS, ...) to that node exists already, dialled by it:
-		// both directions then share one conn, as they do between nodes
-		// that find each other by name. Over TCP that halves a ping-pong
-		// between the two (each segment's ACK rides on the reply instead
-		// of being a packet of its own).
+		// Dialled by address while a conn of the same kind (TCP, TCP with
+		// TLS, ...) to that node exists already (the peer dialled it, as a
+		// rule): both directions then share one conn, as they do between
+		// nodes that find each other by name. Over TCP that halves a
+		// ping-pong between the two (each segment's ACK rides on the reply
+		// instead of being a packet of its own). The fresh conn stays
+		// open: the peer may already use it.
 		use = o
 	}
 	n.dialed[key] = use

@@ -247,7 +247,7 @@ func (r *Reader) Reset(src io.Reader, maxPayload int) {
 // usable too: the bytes read so far stay buffered and Next may be called
 // again.
 func (r *Reader) Next() (Frame, error) {
-	if err := r.fill(HeaderSize); err != nil {
+	if err := r.fill(HeaderSize, nil); err != nil {
 		return Frame{}, err
 	}
 	h := r.buf[r.start : r.start+HeaderSize]
@@ -258,33 +258,21 @@ func (r *Reader) Next() (Frame, error) {
 	if uint64(n) > uint64(r.max) {
 		return Frame{}, fmt.Errorf("%w: %s frame of %d bytes, limit %d", ErrTooLarge, Type(h[1]), n, r.max)
 	}
+	// A frame yet to arrive is checksummed piece by piece as it lands,
+	// while the CPU's cache holds it: for a frame of a megabyte a pass
+	// over it afterwards read it from memory again.
 	c := crc32.Update(0, castagnoli, h[:8])
-	summed := 0 // payload bytes folded into c
-	if need := HeaderSize + int(n); r.end-r.start < need {
-		// The rest of the frame has yet to arrive: checksum each piece as
-		// it lands, while the CPU's cache holds it. For a frame of a
-		// megabyte a pass over it afterwards read it from memory again.
-		r.reserve(need)
-		for r.end-r.start < need {
-			m, err := r.r.Read(r.buf[r.end:])
-			r.end += m
-			if e := min(r.end-r.start, need) - HeaderSize; e > summed {
-				c = crc32.Update(c, castagnoli, r.buf[r.start+HeaderSize+summed:r.start+HeaderSize+e])
-				summed = e
-			}
-			if r.end-r.start >= need {
-				break
-			}
-			if err != nil {
-				if err == io.EOF {
-					err = io.ErrUnexpectedEOF
-				}
-				return Frame{}, err
-			}
-			if m == 0 {
-				return Frame{}, io.ErrNoProgress
-			}
+	need, summed := HeaderSize+int(n), 0 // summed: payload bytes folded into c
+	if err := r.fill(need, func() {
+		if e := min(r.end-r.start, need) - HeaderSize; e > summed {
+			c = crc32.Update(c, castagnoli, r.buf[r.start+HeaderSize+summed:r.start+HeaderSize+e])
+			summed = e
 		}
+	}); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return Frame{}, err
 	}
 	h = r.buf[r.start : r.start+HeaderSize]
 	p := r.buf[r.start+HeaderSize : r.start+HeaderSize+int(n) : r.start+HeaderSize+int(n)]
@@ -297,10 +285,11 @@ func (r *Reader) Next() (Frame, error) {
 	return f, nil
 }
 
-// fill makes sure at least n unread bytes are buffered. Bytes already
-// handed out in frames are never overwritten: when the buffer runs out, a
-// new one is allocated and the unread tail copied over.
-func (r *Reader) fill(n int) error {
+// fill makes sure at least n unread bytes are buffered, calling read (if
+// not nil) after each read from the stream. Bytes already handed out in
+// frames are never overwritten: when the buffer runs out, a new one is
+// allocated and the unread tail copied over.
+func (r *Reader) fill(n int, read func()) error {
 	if r.end-r.start >= n {
 		return nil
 	}
@@ -308,6 +297,9 @@ func (r *Reader) fill(n int) error {
 	for r.end-r.start < n {
 		m, err := r.r.Read(r.buf[r.end:])
 		r.end += m
+		if read != nil && m > 0 {
+			read()
+		}
 		if r.end-r.start >= n {
 			return nil
 		}
