@@ -109,19 +109,7 @@ func TestRunQuick(t *testing.T) {
 // nothing per message on either side (what little is allocated is set-up,
 // spread over the messages of a short run).
 func TestLoftOnewayCosts(t *testing.T) {
-	res, err := Run(context.Background(), Options{
-		Quick:  true,
-		Budget: testBudget(),
-		Filter: `^loft/unix/oneway/64$`,
-		Sizes:  []int{64},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res) != 1 || res[0].Err != "" {
-		t.Fatalf("results %+v", res)
-	}
-	r := res[0]
+	r := runOne(t, `^loft/unix/oneway/64$`)
 	t.Logf("%d messages: send %.0f ns and %.4f allocations, receive %.0f ns and %.4f allocations per message", r.Msgs, r.SendCPUns, r.SendAllocs, r.RecvCPUns, r.RecvAllocs)
 	if r.SendCPUns <= 0 || r.RecvCPUns <= 0 {
 		t.Errorf("CPU per message not measured: %+v", r)
@@ -132,22 +120,24 @@ func TestLoftOnewayCosts(t *testing.T) {
 	checkNoChildren(t)
 }
 
-// TestLoftPingPongPaired: loft's ping-pong over a Unix socket also times a
-// raw socket ping-pong between the same two processes.
-func TestLoftPingPongPaired(t *testing.T) {
-	res, err := Run(context.Background(), Options{
-		Quick:  true,
-		Budget: testBudget(),
-		Filter: `^loft/unix/pingpong/64$`,
-		Sizes:  []int{64},
-	})
+// runOne runs the one 64-byte case that filter selects, quickly, and
+// returns its result.
+func runOne(t *testing.T, filter string) Result {
+	t.Helper()
+	res, err := Run(context.Background(), Options{Quick: true, Budget: testBudget(), Filter: filter, Sizes: []int{64}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(res) != 1 || res[0].Err != "" {
 		t.Fatalf("results %+v", res)
 	}
-	r := res[0]
+	return res[0]
+}
+
+// TestLoftPingPongPaired: loft's ping-pong over a Unix socket also times a
+// raw socket ping-pong between the same two processes.
+func TestLoftPingPongPaired(t *testing.T) {
+	r := runOne(t, `^loft/unix/pingpong/64$`)
 	t.Logf("loft p50 %d ns, raw in the same processes %d ns", r.P50ns, r.PairRawP50ns)
 	if r.P50ns <= 0 || r.PairRawP50ns <= 0 || r.PairRawP99ns < r.PairRawP50ns {
 		t.Errorf("paired raw ping-pong not measured: %+v", r)
