@@ -724,12 +724,6 @@ func (d *deadline) at() (time.Time, bool) {
 	return *d.when, !d.when.IsZero()
 }
 
-func (d *deadline) wait() chan struct{} {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return *d.cancel
-}
-
 func (d *deadline) expired() bool { return d.fired.Load() }
 
 func isDone(ch chan struct{}) bool {
