@@ -2,6 +2,8 @@ package loft
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"sync"
 	"testing"
@@ -90,48 +92,71 @@ func TestTCPByAddressSharesConn(t *testing.T) {
 	for round := 0; round < 8; round++ {
 		dir := runtimeDir(t)
 		opts := Options{Dir: dir, NoSharedMemory: true, NoInProcess: true, ListenTCP: "127.0.0.1:0"}
-		a, b := openNode(t, dir, opts), openNode(t, dir, opts)
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		ra, err := a.Receive(ctx, "to-a", ChannelOptions{Capacity: 4})
-		if err != nil {
-			t.Fatal(err)
-		}
-		rb, err := b.Receive(ctx, "to-b", ChannelOptions{Capacity: 4})
-		if err != nil {
-			t.Fatal(err)
-		}
-		sa, err := a.Sender(ctx, tcpURL(b)+"/to-b")
-		if err != nil {
-			t.Fatal(err)
-		}
-		waitReceivers(t, sa, 1)
-		sb, err := b.Sender(ctx, tcpURL(a)+"/to-a")
-		if err != nil {
-			t.Fatal(err)
-		}
-		waitReceivers(t, sb, 1)
-		for i := range 3 {
-			if err := sa.Send(ctx, []byte{byte(i)}); err != nil {
-				t.Fatal(err)
-			}
-			if err := sb.Send(ctx, []byte{byte(i)}); err != nil {
-				t.Fatal(err)
-			}
-			for _, r := range []*Receiver{ra, rb} {
-				if m, err := r.Recv(ctx); err != nil || len(m.Data) != 1 || m.Data[0] != byte(i) {
-					t.Fatalf("round %d: %s got %v, %v", round, r.Name(), m.Data, err)
-				}
-			}
-		}
-		ca, cb := linkConn(sa), linkConn(sb)
+		ca, cb := sendBothWays(t, openNode(t, dir, opts), openNode(t, dir, opts))
 		if ca.nc.LocalAddr().String() != cb.nc.RemoteAddr().String() || ca.nc.RemoteAddr().String() != cb.nc.LocalAddr().String() {
-			t.Errorf("round %d (a<b: %v): a sends on %v->%v, b on %v->%v: two connections", round, a.ID() < b.ID(),
+			t.Errorf("round %d: a sends on %v->%v, b on %v->%v: two connections", round,
 				ca.nc.LocalAddr(), ca.nc.RemoteAddr(), cb.nc.LocalAddr(), cb.nc.RemoteAddr())
 		}
-		cancel()
-		a.Close()
-		b.Close()
 	}
+}
+
+// TestTLSByAddressKeepsItsConn: over TLS a node sends on the connection
+// it dialled itself, which verified the peer's certificate as a server's,
+// not on one the peer dialled to it.
+func TestTLSByAddressKeepsItsConn(t *testing.T) {
+	dir := runtimeDir(t)
+	certA, poolA := selfSigned(t, "a")
+	certB, poolB := selfSigned(t, "b")
+	conf := func(own tls.Certificate, peer *x509.CertPool) *tls.Config {
+		return &tls.Config{Certificates: []tls.Certificate{own}, RootCAs: peer, ClientCAs: peer,
+			ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}
+	}
+	a := openNode(t, dir, Options{Dir: dir, NoSharedMemory: true, NoInProcess: true, ListenTCP: "127.0.0.1:0", TLS: conf(certA, poolB)})
+	b := openNode(t, dir, Options{Dir: dir, NoSharedMemory: true, NoInProcess: true, ListenTCP: "127.0.0.1:0", TLS: conf(certB, poolA)})
+	ca, cb := sendBothWays(t, a, b)
+	if !ca.dialed || !cb.dialed {
+		t.Errorf("over TLS a sends on a conn it dialled: %v, b: %v; want both", ca.dialed, cb.dialed)
+	}
+}
+
+// sendBothWays has a send to b by b's TCP address, then b to a by a's,
+// checks that messages pass both ways, and returns the conn each sends on.
+func sendBothWays(t *testing.T, a, b *Node) (ca, cb *conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ra, err := a.Receive(ctx, "to-a", ChannelOptions{Capacity: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := b.Receive(ctx, "to-b", ChannelOptions{Capacity: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sa, err := a.Sender(ctx, tcpURL(b)+"/to-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReceivers(t, sa, 1)
+	sb, err := b.Sender(ctx, tcpURL(a)+"/to-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReceivers(t, sb, 1)
+	for i := range 3 {
+		if err := sa.Send(ctx, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := sb.Send(ctx, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range []*Receiver{ra, rb} {
+			if m, err := r.Recv(ctx); err != nil || len(m.Data) != 1 || m.Data[0] != byte(i) {
+				t.Fatalf("%s got %v, %v", r.Name(), m.Data, err)
+			}
+		}
+	}
+	return linkConn(sa), linkConn(sb)
 }
 
 // linkConn returns the conn of s's only link.

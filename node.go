@@ -3,6 +3,7 @@ package loft
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -359,14 +360,14 @@ func (n *Node) dialOnce(ctx context.Context, key string, addr *url.URL) (*conn, 
 		if old.dialed || old.remoteID != c.remoteID || c.remoteID < n.id {
 			use = old
 		}
-	} else if o := n.dialed[c.remoteID]; key != c.remoteID && o != nil && !o.isClosed() && reflect.TypeOf(o.nc) == reflect.TypeOf(nc) {
-		// Dialled by address while a conn of the same kind (TCP, TCP with
-		// TLS, ...) to that node exists already (the peer dialled it, as a
-		// rule): both directions then share one conn, as they do between
-		// nodes that find each other by name. Over TCP that halves a
-		// ping-pong between the two (each segment's ACK rides on the reply
-		// instead of being a packet of its own). The fresh conn stays
-		// open: the peer may already use it.
+	} else if o := n.dialed[c.remoteID]; key != c.remoteID && o != nil && !o.isClosed() && sameKind(o.nc, nc) {
+		// Dialled by address while a conn of the same kind to that node
+		// exists already (the peer dialled it, as a rule): both directions
+		// then share one conn, as they do between nodes that find each
+		// other by name. Over TCP that halves a ping-pong between the two
+		// (each segment's ACK rides on the reply instead of being a packet
+		// of its own). The fresh conn stays open: the peer may already use
+		// it.
 		use = o
 	}
 	n.dialed[key] = use
@@ -375,6 +376,16 @@ func (n *Node) dialOnce(ctx context.Context, key string, addr *url.URL) (*conn, 
 	n.mu.Unlock()
 	c.start()
 	return use, "", nil
+}
+
+// sameKind reports whether a conn on b may carry what was dialled on a:
+// the same transport, and not TLS, where the conn the peer dialled would
+// not have verified the peer's certificate as a server the way our dial
+// did.
+func sameKind(a, b net.Conn) bool {
+	_, aTLS := a.(*tls.Conn)
+	_, bTLS := b.(*tls.Conn)
+	return !aTLS && !bTLS && reflect.TypeOf(a) == reflect.TypeOf(b)
 }
 
 // awaitConn waits up to timeout for a live conn from peer to be admitted,
