@@ -146,11 +146,16 @@ type Conn struct {
 	rxSpin, txSpin   atomic.Int64 // adaptive spin budgets, ns
 	rxFails, txFails atomic.Int32 // parks since the last spin that paid off
 	rmu, wmu         sync.Mutex
-	rdl, wdl         deadline
-	fmu              sync.Mutex
-	files            []int
-	filesCh          chan struct{}
-	local, remot     net.Addr
+	// txHead is the peer's head of tx as last loaded (guarded by wmu): a
+	// write loads head again only when this one leaves too little room,
+	// instead of moving its cache line over from the peer, which stores it
+	// on every read, once per message.
+	txHead       uint64
+	rdl, wdl     deadline
+	fmu          sync.Mutex
+	files        []int
+	filesCh      chan struct{}
+	local, remot net.Addr
 }
 
 func newConn(sock *net.UnixConn, mem []byte, dialer bool, cfg *Config, ev eventfds) *Conn {
@@ -526,7 +531,11 @@ func (c *Conn) Write(p []byte) (int, error) {
 		if c.isGone() {
 			return total, &net.OpError{Op: "write", Net: "shm", Err: syscall.EPIPE}
 		}
-		head := r.head.Load()
+		head := c.txHead
+		if r.size-(tail-head) < uint64(len(p)) {
+			head = r.head.Load()
+			c.txHead = head
+		}
 		used := tail - head
 		if used > r.size {
 			return total, fmt.Errorf("%w: peer's head is %d bytes behind a ring of %d", ErrCorrupt, used, r.size)
