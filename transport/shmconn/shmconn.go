@@ -699,7 +699,7 @@ func (d *deadline) set(t time.Time) {
 		<-*d.cancel // the timer fired: wait until it closed the channel
 	}
 	*d.timer = nil
-	closed := isDone(*d.cancel)
+	closed := d.fired.Load() // (the channel is closed exactly when fired is set, once a fired timer has closed it)
 	*d.when = t
 	if t.IsZero() {
 		if closed {
@@ -734,15 +734,6 @@ func (d *deadline) at() (time.Time, bool) {
 }
 
 func (d *deadline) expired() bool { return d.fired.Load() }
-
-func isDone(ch chan struct{}) bool {
-	select {
-	case <-ch:
-		return true
-	default:
-		return false
-	}
-}
 
 // ---- dial and listen ----
 
