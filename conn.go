@@ -31,6 +31,7 @@ type conn struct {
 	node     *Node
 	nc       net.Conn
 	uc       *net.UnixConn // non-nil on Unix sockets: files can be passed
+	wr       *rawWriter    // non-nil on Unix and TCP sockets
 	fc       fileConn      // non-nil on shared memory: files go on the side socket
 	remoteID string
 	dialed   bool
@@ -165,12 +166,16 @@ func newConn(n *Node, nc net.Conn, dialed bool) *conn {
 	case *net.UnixConn:
 		c.uc = x
 		c.direct = true
+		c.wr = newRawWriter(x)
 	case fileConn:
 		c.fc = x
 		c.direct = true
 	default:
 		c.hb = true // TCP and anything else without a kernel hang-up signal
 		c.direct = true
+		if t, ok := nc.(*net.TCPConn); ok {
+			c.wr = newRawWriter(t)
+		}
 	}
 	if p, ok := nc.(readPoller); ok && n.opts.BusyPoll {
 		c.poller, c.polling = p, true
@@ -826,10 +831,61 @@ func (c *conn) write(buf []byte, marks []fileMark) error {
 		}
 	}
 	if len(buf) > 0 {
+		if c.wr != nil {
+			return c.wr.write(buf)
+		}
 		_, err := c.nc.Write(buf)
 		return err
 	}
 	return nil
+}
+
+// rawWriter writes a socket with a raw write system call: the socket does
+// not block (a full one makes it wait in the netpoller, as net.Conn's Write
+// does), so the runtime's entry into a blocking system call, which wakes
+// its monitor thread when the process was idle, is not needed. On a 2-core
+// machine that wake-up is a thread switch on the core the peer wants.
+type rawWriter struct {
+	raw  syscall.RawConn
+	p    []byte
+	err  error
+	call func(fd uintptr) bool // built once: no allocation per write
+}
+
+func newRawWriter(sc syscall.Conn) *rawWriter {
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	w := &rawWriter{raw: raw}
+	w.call = func(fd uintptr) bool {
+		for len(w.p) > 0 {
+			n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&w.p[0])), uintptr(len(w.p)))
+			switch e {
+			case 0:
+				w.p = w.p[n:]
+			case unix.EINTR:
+			case unix.EAGAIN:
+				return false
+			default:
+				w.err = os.NewSyscallError("write", e)
+				return true
+			}
+		}
+		return true
+	}
+	return w
+}
+
+// write writes all of p; one flusher at a time calls it (see flushOnce).
+func (w *rawWriter) write(p []byte) error {
+	w.p, w.err = p, nil
+	err := w.raw.Write(w.call)
+	w.p = nil
+	if err == nil {
+		err = w.err
+	}
+	return err
 }
 
 func closeFDs(marks []fileMark) {
@@ -866,7 +922,8 @@ func newFDReader(c *conn) *fdReader {
 		msg.Iovlen = 1
 		msg.Control = &r.oob[0]
 		msg.SetControllen(len(r.oob))
-		n, _, e := unix.Syscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&msg)), unix.MSG_CMSG_CLOEXEC)
+		// (Raw: the socket does not block; see rawWriter.)
+		n, _, e := unix.RawSyscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&msg)), unix.MSG_CMSG_CLOEXEC)
 		if e == unix.EAGAIN || e == unix.EINTR {
 			return false
 		}
