@@ -31,6 +31,15 @@ type callCtx struct {
 
 func (c *callCtx) Deadline() (time.Time, bool) { return c.dl.at, c.hasDL }
 
+// Done returns the channel closed when the call is cancelled. A call that
+// asks for it may wait for a cancel, which only a reader sees: the
+// background reader that serves it passes the read token on (see
+// Endpoint.blocking).
+func (c *callCtx) Done() <-chan struct{} {
+	c.ep.blocking()
+	return c.Core.Done()
+}
+
 func (c *callCtx) Value(key any) any { return nil }
 
 func (c *callCtx) String() string { return "rmi.callContext" }

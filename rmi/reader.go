@@ -30,10 +30,18 @@ import (
 //     does and the endpoint needs a reader: it publishes objects, exports
 //     objects, or has pending calls no caller waits for (promises,
 //     abandoned calls). A background reader that receives a call serves it
-//     itself, after passing the token to another background reader
-//     (starting one if none is idle), as rpc's worker pool does: incoming
-//     calls never run while their goroutine holds the token, and reading
-//     goes on while they run.
+//     itself and keeps the token while it does (tServe): nobody reads
+//     meanwhile, and it reads again when the call returns. Passing the
+//     token on first, to another background reader, would wake that
+//     goroutine, and on a machine with an idle core waking a goroutine
+//     wakes a thread: over a Unix socket that hand-off made a call take
+//     twice as long. So the token goes on only when someone needs it: a
+//     caller that waits for a reply takes it (as if it were free) and gives
+//     it back to tServe when done; the call asking for its context's Done
+//     channel (it may block until cancelled, and a cancel comes as a
+//     message) or running longer than inlineFor (it may wait for another
+//     incoming call) passes it to another background reader, starting one
+//     if none is idle (see unInlineLocked).
 //   - An endpoint that needs no reader leaves the token free between calls;
 //     a background reader takes it if no caller has within readHandBack (a
 //     lookup of a name never published, say, is still answered).
@@ -57,13 +65,36 @@ type reader struct {
 	cancel  context.CancelFunc
 	hb      *time.Timer // readHandBack
 	hbArmed bool
+	// inline numbers the call a background reader serves while it keeps
+	// the token (tServe, or tCaller while a caller borrows it); 0 when
+	// none. inlineN counts such calls, inlineAt is when it began
+	// (monoNow), wd is the timer that ends it after inlineFor.
+	inline   uint64
+	inlineN  uint64
+	inlineAt int64
+	wd       *time.Timer
+	wdArmed  bool
 }
 
 const (
 	tFree   = iota // nobody reads
 	tBG            // a background reader reads (or is about to)
 	tCaller        // a waiting caller reads
+	tServe         // nobody reads: a background reader serves a call and reads after it
 )
+
+// inlineFor is how long a background reader may serve a call while
+// keeping the token before the token goes to another reader (see bgLoop).
+// The timer that enforces it is armed when a call starts and no timer
+// is, and is left to fire: while calls follow each other it fires every
+// inlineFor, not once per call (see Endpoint.laterLocked on timers).
+const inlineFor = 10 * time.Millisecond
+
+// monoStart anchors monoNow.
+var monoStart = time.Now()
+
+// monoNow is a monotonic clock in nanoseconds, one clock read.
+func monoNow() int64 { return int64(time.Since(monoStart)) }
 
 // readHandBack is how long the token may stay free, when the endpoint
 // needs no reader, before a background reader takes it. It is not shorter
@@ -81,6 +112,8 @@ func (r *reader) init(ep *Endpoint) {
 	r.holder = tBG // until the first reader has looked
 	r.hb = time.AfterFunc(time.Hour, ep.handBack)
 	r.hb.Stop()
+	r.wd = time.AfterFunc(time.Hour, ep.inlineWatch)
+	r.wd.Stop()
 }
 
 // needReader reports whether something may arrive that no caller waits
@@ -127,11 +160,12 @@ func (ep *Endpoint) releaseTokenLocked() {
 			return
 		}
 	}
+	if r.inline != 0 {
+		r.holder = tServe // its background reader reads when its call returns
+		return
+	}
 	if ep.needReaderLocked() {
-		r.holder = tBG
-		if !r.bgReading {
-			r.cond.Signal()
-		}
+		ep.toReaderLocked()
 		return
 	}
 	r.holder = tFree
@@ -164,9 +198,66 @@ func (ep *Endpoint) ensureReader() {
 func (ep *Endpoint) toBGLocked() {
 	r := &ep.rd
 	if r.holder == tFree && !r.closed {
-		r.holder = tBG
-		r.cond.Signal()
+		ep.toReaderLocked()
 	}
+}
+
+// toReaderLocked gives the token to the background readers: an idle one
+// is woken, or one is started if every one is busy serving a call.
+// Caller holds rd.mu.
+func (ep *Endpoint) toReaderLocked() {
+	r := &ep.rd
+	r.holder = tBG
+	if r.bgReading || r.closed {
+		return
+	}
+	if r.idle > 0 {
+		r.cond.Signal()
+		return
+	}
+	ep.wg.Add(1)
+	go ep.bgLoop()
+}
+
+// unInlineLocked ends the inline serving of a call, if any: the token, if
+// nobody reads, goes to another background reader now. (A caller reading
+// meanwhile gives it there when done.) Caller holds rd.mu.
+func (ep *Endpoint) unInlineLocked() {
+	r := &ep.rd
+	if r.inline == 0 {
+		return
+	}
+	r.inline = 0
+	if r.holder == tServe {
+		ep.toReaderLocked()
+	}
+}
+
+// blocking is called when a served call asks for its context's Done
+// channel: it may wait for a cancel, which only a reader would see.
+func (ep *Endpoint) blocking() {
+	r := &ep.rd
+	r.mu.Lock()
+	ep.unInlineLocked()
+	r.mu.Unlock()
+}
+
+// inlineWatch is the inlineFor timer: it ends an inline serving that has
+// lasted inlineFor, and waits for the end of a younger one.
+func (ep *Endpoint) inlineWatch() {
+	r := &ep.rd
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.wdArmed = false
+	if r.inline == 0 || r.closed {
+		return
+	}
+	if left := time.Duration(r.inlineAt + int64(inlineFor) - monoNow()); left > 0 {
+		r.wdArmed = true
+		r.wd.Reset(left)
+		return
+	}
+	ep.unInlineLocked()
 }
 
 // interruptLocked ends the Recv of the current reader. Caller holds
@@ -194,6 +285,7 @@ func (ep *Endpoint) closeReader() {
 	r.mu.Lock()
 	r.closed = true
 	r.hb.Stop()
+	r.wd.Stop()
 	r.cancel()
 	r.cond.Broadcast()
 	r.mu.Unlock()
@@ -249,13 +341,41 @@ func (ep *Endpoint) bgLoop() {
 			}
 			return
 		}
+		if !run.s.none() && r.holder == tBG && !ep.hasFollowerLocked() {
+			// Serve the call here, keeping the token (see the top of
+			// this file), and read again after it, unless the token
+			// went on meanwhile.
+			r.holder = tServe
+			r.inlineN++
+			n := r.inlineN
+			r.inline, r.inlineAt = n, monoNow()
+			if !r.wdArmed {
+				r.wdArmed = true
+				r.wd.Reset(inlineFor)
+			}
+			r.mu.Unlock()
+			ep.runChain(run.p, run.s)
+			r.mu.Lock()
+			if r.inline == n {
+				r.inline = 0
+				if r.holder == tServe {
+					r.holder = tBG
+					continue
+				}
+			}
+			if r.idle >= maxIdleReaders {
+				r.mu.Unlock()
+				return
+			}
+			continue
+		}
 		if r.holder == tBG {
 			ep.releaseTokenLocked()
 		}
 		if run.s.none() {
 			continue
 		}
-		// Serve the call here; another reader reads meanwhile.
+		// Serve the call here; a caller reads meanwhile.
 		if r.holder == tBG && r.idle == 0 {
 			ep.wg.Add(1)
 			go ep.bgLoop()
@@ -268,6 +388,17 @@ func (ep *Endpoint) bgLoop() {
 			return
 		}
 	}
+}
+
+// hasFollowerLocked reports whether a caller waits for the token. Caller
+// holds rd.mu.
+func (ep *Endpoint) hasFollowerLocked() bool {
+	for _, f := range ep.rd.followers {
+		if !f.promoted {
+			return true
+		}
+	}
+	return false
 }
 
 // await waits for the reply of a call whose pending entry is pd, leading
@@ -301,7 +432,7 @@ func (ep *Endpoint) await(ctx context.Context, pd *pending) (*wmsg, error) {
 		return nil, false, nil
 	}
 	for {
-		if lead && r.holder == tFree && !r.closed {
+		if lead && (r.holder == tFree || r.holder == tServe) && !r.closed {
 			if m, over, err := leadNow(); over {
 				return m, err
 			}
