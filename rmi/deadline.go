@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/loft-ipc/loft/internal/callctx"
@@ -23,10 +24,12 @@ import (
 // so that derived contexts need no goroutine) with the caller's deadline.
 type callCtx struct {
 	callctx.Core
-	ep    *Endpoint
-	dl    dlEntry // dl.at is the deadline when hasDL
-	hasDL bool
-	self  context.Context // c itself, for serve's reflect.Value of type context.Context
+	ep      *Endpoint
+	asked   atomic.Bool  // Done was called
+	awaited atomic.Int64 // time the call spent waiting for its own remote calls
+	dl      dlEntry      // dl.at is the deadline when hasDL
+	hasDL   bool
+	self    context.Context // c itself, for serve's reflect.Value of type context.Context
 }
 
 func (c *callCtx) Deadline() (time.Time, bool) { return c.dl.at, c.hasDL }
@@ -36,11 +39,54 @@ func (c *callCtx) Deadline() (time.Time, bool) { return c.dl.at, c.hasDL }
 // background reader that serves it passes the read token on (see
 // Endpoint.blocking).
 func (c *callCtx) Done() <-chan struct{} {
-	c.ep.blocking()
+	if !c.asked.Load() {
+		c.asked.Store(true)
+		c.ep.blocking()
+	}
 	return c.Core.Done()
 }
 
-func (c *callCtx) Value(key any) any { return nil }
+// doneOf is ctx.Done() for the endpoint's own waits for replies, which do
+// not count as the served call asking for Done: the caller waiting reads,
+// or is handed what it waits for.
+func doneOf(ctx context.Context) <-chan struct{} {
+	if c, ok := ctx.(*callCtx); ok {
+		return c.Core.Done()
+	}
+	return ctx.Done()
+}
+
+// afterDone is context.AfterFunc(ctx, f) for the endpoint's own waits,
+// which do not count as the served call asking for Done.
+func afterDone(ctx context.Context, f func()) (stop func() bool) {
+	if c, ok := ctx.(*callCtx); ok {
+		return c.Core.AfterFunc(f)
+	}
+	if ctx.Done() == nil {
+		return nil
+	}
+	return context.AfterFunc(ctx, f)
+}
+
+func (c *callCtx) Value(key any) any {
+	if key == (ccKey{}) {
+		return c
+	}
+	return nil
+}
+
+// ccKey finds the callCtx under contexts derived from it.
+type ccKey struct{}
+
+// ccOf returns the context of the served call that ctx is or derives
+// from, or nil.
+func ccOf(ctx context.Context) *callCtx {
+	if c, ok := ctx.(*callCtx); ok {
+		return c
+	}
+	c, _ := ctx.Value(ccKey{}).(*callCtx)
+	return c
+}
 
 func (c *callCtx) String() string { return "rmi.callContext" }
 

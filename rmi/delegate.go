@@ -156,7 +156,7 @@ func (d *Delegate) target(ctx context.Context) (objID, error) {
 	d.ep.ensureReader() // the reply may come when no caller reads
 	select {
 	case <-done:
-	case <-ctx.Done():
+	case <-doneOf(ctx):
 		return id, ctx.Err()
 	}
 	d.mu.Lock()
@@ -419,7 +419,17 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 	}
 	pd.along = along
 	ep.callsOut.Add(1)
+	var t0 int64
+	cc := ccOf(ctx)
+	if cc != nil {
+		t0 = monoNow()
+	}
 	m, err := ep.wait(ctx, p, msg.ID, pd, method)
+	if cc != nil {
+		// (Served calls waiting for their own calls do not keep others
+		// from being read: the waiting caller reads.)
+		cc.awaited.Add(monoNow() - t0)
+	}
 	if err != nil {
 		return nil, nil, err
 	}

@@ -845,6 +845,16 @@ type step struct {
 
 func (s step) none() bool { return s.m == nil }
 
+// inline reports whether s may be served by the reader that read it,
+// keeping the read token (see bgLoop).
+func (s step) inline() bool {
+	if s.err != nil || s.ex == nil {
+		return true // (failing a call is quick)
+	}
+	md := s.ex.f.methods[s.m.M]
+	return md == nil || !md.noInline.Load()
+}
+
 // runStep serves or fails the call of s and returns its reply, and the
 // call queued behind its answer that the same goroutine runs next (none if
 // none).
@@ -1096,7 +1106,11 @@ func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
 			}
 			in[i+1] = v.Elem()
 		}
+		t0 := monoNow()
 		res, err := call(ex.v.Method(md.idx), in)
+		if slow := cc.asked.Load() || time.Duration(monoNow()-t0-cc.awaited.Load()) > inlineSlow; slow != md.noInline.Load() {
+			md.noInline.Store(slow)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -19,6 +19,10 @@ type Gate interface {
 	// keeps the token, after asking for its context's Done channel when
 	// askDone is set.
 	Inline(ctx context.Context, askDone bool) (bool, error)
+	// Sleep sleeps for ms milliseconds.
+	Sleep(ctx context.Context, ms int) error
+	// Relay calls l.Progress once.
+	Relay(ctx context.Context, l Listener) error
 }
 
 type gateProxy struct{ *Delegate }
@@ -27,6 +31,13 @@ func (p gateProxy) Wait(ctx context.Context) error { return Call0(ctx, p.Delegat
 func (p gateProxy) Open(ctx context.Context) error { return Call0(ctx, p.Delegate, "Open") }
 func (p gateProxy) Inline(ctx context.Context, askDone bool) (bool, error) {
 	return Call1[bool](ctx, p.Delegate, "Inline", askDone)
+}
+
+func (p gateProxy) Sleep(ctx context.Context, ms int) error {
+	return Call0(ctx, p.Delegate, "Sleep", ms)
+}
+func (p gateProxy) Relay(ctx context.Context, l Listener) error {
+	return Call0(ctx, p.Delegate, "Relay", l)
 }
 
 func init() { Register(func(d *Delegate) Gate { return gateProxy{d} }) }
@@ -51,6 +62,20 @@ func (g *gate) Inline(ctx context.Context, askDone bool) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.inline != 0, nil
+}
+
+func (g *gate) Sleep(ctx context.Context, ms int) error {
+	time.Sleep(time.Duration(ms) * time.Millisecond)
+	return nil
+}
+func (g *gate) Relay(ctx context.Context, l Listener) error { return l.Progress(ctx, 1, 1) }
+
+// slowListener takes a millisecond to hear of progress.
+type slowListener struct{}
+
+func (slowListener) Progress(ctx context.Context, done, total int) error {
+	time.Sleep(time.Millisecond)
+	return nil
 }
 
 func gatePair(t *testing.T) (context.Context, Gate, *gate) {
@@ -91,33 +116,66 @@ func TestInlineCallWaitingForAnother(t *testing.T) {
 }
 
 // TestInlineEndsWhenDoneIsAsked: a served call that asks for its
-// context's Done channel no longer keeps the token; one that does not,
-// does (a call from a caller that is not reading itself is served by a
+// context's Done channel no longer keeps the token, and the next call of
+// its method passes the token on before it runs; one that does not ask
+// keeps it (a call from a caller that is not reading itself is served by a
 // background reader).
 func TestInlineEndsWhenDoneIsAsked(t *testing.T) {
 	ctx, g, _ := gatePair(t)
-	// Warm up: the first calls may come before the reader settles.
+	inline := func(askDone bool) bool {
+		t.Helper()
+		in, err := g.Inline(ctx, askDone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
 	for range 3 {
-		if _, err := g.Inline(ctx, false); err != nil {
-			t.Fatal(err)
+		inline(false) // the first calls may come before the reader settles
+	}
+	for i := range 5 {
+		if !inline(false) {
+			t.Fatalf("round %d: a quick call was not served inline", i)
+		}
+		if inline(true) {
+			t.Fatalf("round %d: a call that asked for Done still kept the read token", i)
+		}
+		if inline(false) {
+			t.Fatalf("round %d: the call after one that asked for Done was served inline", i)
 		}
 	}
-	sawInline := false
-	for range 20 {
-		in, err := g.Inline(ctx, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sawInline = sawInline || in
-		in, err = g.Inline(ctx, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if in {
-			t.Fatal("a call that asked for Done still kept the read token")
-		}
+}
+
+// TestInlineLearnsSlowMethods: a method whose last call took longer than
+// inlineSlow is not served inline, and is again once a call was quick;
+// time spent waiting for a callback does not count.
+func TestInlineLearnsSlowMethods(t *testing.T) {
+	ctx, g, _ := gatePair(t)
+	f := lookupIface(typeOf[Gate]())
+	noInline := func(name string) bool { return f.methods[name].noInline.Load() }
+	if err := g.Sleep(ctx, 2); err != nil {
+		t.Fatal(err)
 	}
-	if !sawInline {
-		t.Fatal("no call was served inline")
+	if !noInline("Sleep") {
+		t.Fatal("a 2 ms call left its method to be served inline")
+	}
+	if err := g.Sleep(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if noInline("Sleep") {
+		t.Fatal("a quick call left its method marked slow")
+	}
+	// (The rest of Relay is quick, but a loaded machine, or the race
+	// detector, can stretch one call past inlineSlow: one quick call of
+	// five is asked for.)
+	quick := false
+	for range 5 {
+		if err := g.Relay(ctx, slowListener{}); err != nil {
+			t.Fatal(err)
+		}
+		quick = quick || !noInline("Relay")
+	}
+	if !quick {
+		t.Fatal("waiting for a slow callback counted as a slow call")
 	}
 }

@@ -90,6 +90,13 @@ const (
 // inlineFor, not once per call (see Endpoint.laterLocked on timers).
 const inlineFor = 10 * time.Millisecond
 
+// inlineSlow is how long a call may take for the next call of its method
+// to be served inline: a call that took longer (or asked for its context's
+// Done channel) makes the next one pass the token on first, as it would
+// keep others waiting. (Passing it on costs a thread wake-up, some tens
+// of microseconds over a socket on a small machine.)
+const inlineSlow = 100 * time.Microsecond
+
 // monoStart anchors monoNow.
 var monoStart = time.Now()
 
@@ -341,7 +348,7 @@ func (ep *Endpoint) bgLoop() {
 			}
 			return
 		}
-		if !run.s.none() && r.holder == tBG && !ep.hasFollowerLocked() {
+		if !run.s.none() && r.holder == tBG && !ep.hasFollowerLocked() && run.s.inline() {
 			// Serve the call here, keeping the token (see the top of
 			// this file), and read again after it, unless the token
 			// went on meanwhile.
@@ -452,7 +459,7 @@ func (ep *Endpoint) await(ctx context.Context, pd *pending) (*wmsg, error) {
 		case m = <-pd.ch:
 			got = true
 		case <-pd.tok:
-		case <-ctx.Done():
+		case <-doneOf(ctx):
 			done = true
 		}
 		r.mu.Lock()
@@ -499,10 +506,7 @@ func (ep *Endpoint) await(ctx context.Context, pd *pending) (*wmsg, error) {
 // (neither). It gives the token up before returning.
 func (ep *Endpoint) lead(ctx context.Context, pd *pending) (m *wmsg, got bool, err error) {
 	r := &ep.rd
-	var stop func() bool
-	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, ep.interruptLeader)
-	}
+	stop := afterDone(ctx, ep.interruptLeader)
 	for {
 		r.mu.Lock()
 		rctx := r.ctx // (before the checks: an interruption after them ends this Recv)

@@ -21,6 +21,11 @@ type method struct {
 	idx  int            // index in the interface's method set
 	in   []reflect.Type // parameters after the context
 	out  []reflect.Type // results before the error
+	// noInline is set while calls of the method are not served by the
+	// reader that read them keeping the read token (see bgLoop): the
+	// last one served took longer than inlineSlow or asked for its
+	// context's Done channel.
+	noInline atomic.Bool
 }
 
 var (
