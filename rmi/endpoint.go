@@ -654,9 +654,10 @@ func (ep *Endpoint) laterLocked() {
 
 // dispatch handles one loft message (a message or a batch) received from
 // m.From. self is the pending call of the caller that received it (nil for
-// a background reader): its reply needs no hand-off. When run is not nil,
-// the last call that became runnable is returned in *run for the receiving
-// goroutine to serve itself, instead of on a goroutine of its own.
+// a background reader): its reply needs no hand-off. The last call that
+// became runnable is returned in *run for the receiving goroutine to
+// serve (see bgLoop and lead); the others start on goroutines of their
+// own.
 func (ep *Endpoint) dispatch(m loft.Message, self *pending, run *job) {
 	bt, err := openBatch(m.Data)
 	if err != nil {
@@ -690,8 +691,8 @@ func (ep *Endpoint) dispatch(m loft.Message, self *pending, run *job) {
 }
 
 // handle runs on a reader: it only updates tables and starts goroutines
-// (or, with run not nil, leaves the last runnable call in *run). It
-// returns the pending call of a caller waiting for this reply, if any.
+// (and leaves the last runnable call in *run). It returns the pending call
+// of a caller waiting for this reply, if any.
 func (ep *Endpoint) handle(p *peer, m *wmsg, run *job) *pending {
 	if len(m.Rel)+len(m.Fin)+len(m.Can) > 0 {
 		ep.control(p, m)
@@ -723,19 +724,10 @@ func (ep *Endpoint) handle(p *peer, m *wmsg, run *job) *pending {
 		go ep.serveLookup(p, m)
 	case kCall:
 		if r := ep.admitRun(p, m); !r.none() {
-			if run == nil {
-				// (A caller reading for its own reply: the call runs
-				// now, on this thread, while the caller waits for the
-				// CPU, not the other way round: the reply the caller
-				// waits for typically needs this call's answer first.)
-				go ep.runChain(p, r)
-				runtime.Gosched()
-			} else {
-				if !run.s.none() {
-					go ep.runChain(run.p, run.s)
-				}
-				*run = job{p, r}
+			if !run.s.none() {
+				go ep.runChain(run.p, run.s)
 			}
+			*run = job{p, r}
 		}
 	}
 	return nil
@@ -845,14 +837,16 @@ type step struct {
 
 func (s step) none() bool { return s.m == nil }
 
-// inline reports whether s may be served by the reader that read it,
-// keeping the read token (see bgLoop).
-func (s step) inline() bool {
+// speed returns what is known of how long s takes (method.speed).
+func (s step) speed() int32 {
 	if s.err != nil || s.ex == nil {
-		return true // (failing a call is quick)
+		return speedQuick // (failing a call is quick)
 	}
 	md := s.ex.f.methods[s.m.M]
-	return md == nil || !md.noInline.Load()
+	if md == nil {
+		return speedQuick // (it fails)
+	}
+	return md.speed.Load()
 }
 
 // runStep serves or fails the call of s and returns its reply, and the
@@ -1108,8 +1102,12 @@ func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
 		}
 		t0 := monoNow()
 		res, err := call(ex.v.Method(md.idx), in)
-		if slow := cc.asked.Load() || time.Duration(monoNow()-t0-cc.awaited.Load()) > inlineSlow; slow != md.noInline.Load() {
-			md.noInline.Store(slow)
+		sp := int32(speedQuick)
+		if cc.asked.Load() || time.Duration(monoNow()-t0-cc.awaited.Load()) > inlineSlow {
+			sp = speedSlow
+		}
+		if md.speed.Load() != sp {
+			md.speed.Store(sp)
 		}
 		if err != nil {
 			return nil, err

@@ -1,7 +1,10 @@
 package rmi
 
 import (
+	"bytes"
 	"context"
+	"runtime"
+	"slices"
 	"testing"
 	"time"
 )
@@ -152,7 +155,7 @@ func TestInlineEndsWhenDoneIsAsked(t *testing.T) {
 func TestInlineLearnsSlowMethods(t *testing.T) {
 	ctx, g, _ := gatePair(t)
 	f := lookupIface(typeOf[Gate]())
-	noInline := func(name string) bool { return f.methods[name].noInline.Load() }
+	noInline := func(name string) bool { return f.methods[name].speed.Load() == speedSlow }
 	if err := g.Sleep(ctx, 2); err != nil {
 		t.Fatal(err)
 	}
@@ -177,5 +180,36 @@ func TestInlineLearnsSlowMethods(t *testing.T) {
 	}
 	if !quick {
 		t.Fatal("waiting for a slow callback counted as a slow call")
+	}
+}
+
+// stackProbe is a Listener that records whether Progress ran on the
+// goroutine of a caller reading for its own reply.
+type stackProbe struct{ inLead []bool }
+
+func (p *stackProbe) Progress(ctx context.Context, done, total int) error {
+	buf := make([]byte, 16<<10)
+	buf = buf[:runtime.Stack(buf, false)]
+	p.inLead = append(p.inLead, bytes.Contains(buf, []byte("rmi.(*Endpoint).lead(")))
+	return nil
+}
+
+// TestLeaderServesQuickCallsInline: a callback that comes to a caller
+// reading for its own reply runs on the caller's goroutine once its method
+// is known to be quick (the first time, on a goroutine of its own).
+func TestLeaderServesQuickCallsInline(t *testing.T) {
+	ctx, g, _ := gatePair(t)
+	f := lookupIface(typeOf[Listener]())
+	f.methods["Progress"].speed.Store(speedUnknown)
+	p := &stackProbe{}
+	for range 5 {
+		if err := g.Relay(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// (A loaded machine, or the race detector, can make one callback
+	// slower than inlineSlow, and the next one is then not inline.)
+	if p.inLead[0] || !slices.Contains(p.inLead[1:], true) {
+		t.Fatalf("callbacks served by the leading caller: %v, want false and then some true", p.inLead)
 	}
 }

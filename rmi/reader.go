@@ -2,6 +2,7 @@ package rmi
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -348,27 +349,16 @@ func (ep *Endpoint) bgLoop() {
 			}
 			return
 		}
-		if !run.s.none() && r.holder == tBG && !ep.hasFollowerLocked() && run.s.inline() {
+		if !run.s.none() && r.holder == tBG && !ep.hasFollowerLocked() && run.s.speed() != speedSlow {
 			// Serve the call here, keeping the token (see the top of
 			// this file), and read again after it, unless the token
 			// went on meanwhile.
-			r.holder = tServe
-			r.inlineN++
-			n := r.inlineN
-			r.inline, r.inlineAt = n, monoNow()
-			if !r.wdArmed {
-				r.wdArmed = true
-				r.wd.Reset(inlineFor)
-			}
+			n := ep.startInlineLocked()
 			r.mu.Unlock()
 			ep.runChain(run.p, run.s)
 			r.mu.Lock()
-			if r.inline == n {
-				r.inline = 0
-				if r.holder == tServe {
-					r.holder = tBG
-					continue
-				}
+			if ep.endInlineLocked(n, tBG) {
+				continue
 			}
 			if r.idle >= maxIdleReaders {
 				r.mu.Unlock()
@@ -395,6 +385,60 @@ func (ep *Endpoint) bgLoop() {
 			return
 		}
 	}
+}
+
+// startInlineLocked starts the inline serving of a call by the token's
+// holder and returns its number. Caller holds rd.mu.
+func (ep *Endpoint) startInlineLocked() uint64 {
+	r := &ep.rd
+	r.holder = tServe
+	r.inlineN++
+	r.inline, r.inlineAt = r.inlineN, monoNow()
+	if !r.wdArmed {
+		r.wdArmed = true
+		r.wd.Reset(inlineFor)
+	}
+	return r.inline
+}
+
+// endInlineLocked ends inline serving n: it reports whether its goroutine
+// holds the token again (as holder), and not if the token went on
+// meanwhile. Caller holds rd.mu.
+func (ep *Endpoint) endInlineLocked(n uint64, holder int8) bool {
+	r := &ep.rd
+	if r.inline != n {
+		return false
+	}
+	r.inline = 0
+	if r.holder != tServe {
+		return false // a caller borrowed it, and gives it on when done
+	}
+	r.holder = holder
+	return true
+}
+
+// serveLeading serves the call of run, received by a caller reading for
+// its own reply: inline if its method is known to be quick and the caller
+// is the only one waiting, else on a goroutine of its own. It reports
+// false if the caller no longer holds the token after it.
+func (ep *Endpoint) serveLeading(run job) bool {
+	r := &ep.rd
+	r.mu.Lock()
+	if r.holder != tCaller || r.inline != 0 || r.closed || ep.hasFollowerLocked() || run.s.speed() != speedQuick {
+		r.mu.Unlock()
+		go ep.runChain(run.p, run.s)
+		// (The call runs now, on this thread, while the caller waits
+		// for the CPU, not the other way round: the reply the caller
+		// waits for typically needs this call's answer first.)
+		runtime.Gosched()
+		return true
+	}
+	n := ep.startInlineLocked()
+	r.mu.Unlock()
+	ep.runChain(run.p, run.s)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return ep.endInlineLocked(n, tCaller)
 }
 
 // hasFollowerLocked reports whether a caller waits for the token. Caller
@@ -430,11 +474,11 @@ func (ep *Endpoint) await(ctx context.Context, pd *pending) (*wmsg, error) {
 	leadNow := func() (*wmsg, bool, error) {
 		r.holder = tCaller
 		r.mu.Unlock()
-		m, got, err := ep.lead(ctx, pd)
+		m, got, lost, err := ep.lead(ctx, pd)
 		if got || err != nil {
 			return m, true, err
 		}
-		lead = false
+		lead = lost
 		r.mu.Lock()
 		return nil, false, nil
 	}
@@ -502,9 +546,10 @@ func (ep *Endpoint) await(ctx context.Context, pd *pending) (*wmsg, error) {
 }
 
 // lead receives for everybody while its caller holds the token, until the
-// reply for pd has come (got), ctx ended (err), or the receiver closed
-// (neither). It gives the token up before returning.
-func (ep *Endpoint) lead(ctx context.Context, pd *pending) (m *wmsg, got bool, err error) {
+// reply for pd has come (got), ctx ended (err), the token went on while
+// the caller served a call inline (lost), or the receiver closed (none).
+// It gives the token up before returning, unless lost.
+func (ep *Endpoint) lead(ctx context.Context, pd *pending) (m *wmsg, got, lost bool, err error) {
 	r := &ep.rd
 	stop := afterDone(ctx, ep.interruptLeader)
 	for {
@@ -529,15 +574,31 @@ func (ep *Endpoint) lead(ctx context.Context, pd *pending) (m *wmsg, got bool, e
 			}
 			break // the receiver closed
 		}
-		ep.dispatch(lm, pd, nil)
+		var run job
+		ep.dispatch(lm, pd, &run)
+		if run.s.none() {
+			continue
+		}
+		select {
+		case m = <-pd.ch: // (the caller's reply came too: it goes first)
+			got = true
+			go ep.runChain(run.p, run.s)
+		default:
+			lost = !ep.serveLeading(run)
+		}
+		if got || lost {
+			break
+		}
 	}
 	if stop != nil {
 		stop()
 	}
-	r.mu.Lock()
-	ep.releaseTokenLocked()
-	r.mu.Unlock()
-	return m, got, err
+	if !lost {
+		r.mu.Lock()
+		ep.releaseTokenLocked()
+		r.mu.Unlock()
+	}
+	return m, got, lost, err
 }
 
 // readSoon makes sure that a free token goes to the background readers

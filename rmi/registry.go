@@ -16,16 +16,25 @@ type iface struct {
 	newFn   func(*Delegate) any // wraps a delegate in the typed proxy
 }
 
+// Speeds of a method (method.speed).
+const (
+	speedUnknown = iota
+	speedQuick
+	speedSlow
+)
+
 type method struct {
 	name string
 	idx  int            // index in the interface's method set
 	in   []reflect.Type // parameters after the context
 	out  []reflect.Type // results before the error
-	// noInline is set while calls of the method are not served by the
-	// reader that read them keeping the read token (see bgLoop): the
-	// last one served took longer than inlineSlow or asked for its
-	// context's Done channel.
-	noInline atomic.Bool
+	// speed is what the last call served of the method says of the next:
+	// speedUnknown before any, speedQuick, or speedSlow if it took longer
+	// than inlineSlow (not counting its own remote calls) or asked for its
+	// context's Done channel. A background reader serves a call inline
+	// unless its method is slow; a caller reading for its own reply, only
+	// if it is quick (see bgLoop and lead).
+	speed atomic.Int32
 }
 
 var (
