@@ -48,21 +48,33 @@
 //
 // # Calls in both directions
 //
-// One goroutine at a time receives the endpoint's channel: a caller
-// waiting for a reply (so a lone call's reply reaches its caller with no
-// hand-off between goroutines), else one of a pool of background readers.
-// The reader only decodes and updates tables; an incoming call never runs
-// on it: a background reader that received a call passes reading on to
-// another (starting one if none is idle) and then serves the call itself,
-// a caller reading for its reply starts a goroutine for it and lets it
-// run first (the reply it waits for typically needs that call's answer).
-// A reader that hands a reply to its waiting caller also lets the caller
-// run first: on a small machine, with a reader spinning on shared memory
-// in each process, the caller would otherwise wait for a core. No lock is
-// held while application code runs. So P may call Q.m(x) with x one of
-// P's objects, and m may call x, which runs in P while P waits for m, at
-// any depth. Options.MaxIncoming bounds the calls running per peer; beyond
-// it calls fail at once with ErrTooManyCalls (the reader never waits).
+// One goroutine at a time receives the endpoint's channel (it holds the
+// read token): a caller waiting for a reply (so a lone call's reply
+// reaches its caller with no hand-off between goroutines), else one of a
+// pool of background readers. A background reader that received a call
+// serves it itself and reads again when it returns; meanwhile nobody
+// reads, so that a quick call costs no goroutine wake-up (on a machine
+// with an idle core, waking a goroutine wakes a thread: over a Unix socket
+// that made a call take twice as long). Reading goes on at once when
+// anything could wait for it: a caller waiting for a reply takes the
+// token; the served call asking for its context's Done channel (to wait
+// for a cancel, or to derive a context) passes it to another background
+// reader; so does a call running longer than 10 ms (one waiting on a
+// channel for another incoming call, say), and the next call of a method
+// whose last call took over 100 µs (not counting the method's own remote
+// calls) or asked for Done passes it on before it runs. A caller reading
+// for its reply serves an incoming call itself only if its method is
+// known to be quick (last call under 100 µs, no Done), keeping the token
+// passable the same way; else the call starts on a goroutine of its own
+// and runs first (the reply the caller waits for typically needs that
+// call's answer). A reader that hands a reply to its waiting caller also
+// lets the caller run first: on a small machine, with a reader spinning
+// on shared memory in each process, the caller would otherwise wait for a
+// core. No lock is held while application code runs. So P may call Q.m(x)
+// with x one of P's objects, and m may call x, which runs in P while P
+// waits for m, at any depth. Options.MaxIncoming bounds the calls running
+// per peer; beyond it calls fail at once with ErrTooManyCalls (the reader
+// never waits).
 //
 // # Lifetime
 //
