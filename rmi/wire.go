@@ -404,8 +404,8 @@ func fastMsg(b []byte) (m *wmsg, rest []byte, ok bool) {
 				}
 			}
 		case 6:
-			if major, n, b, ok = head(b); !ok || major != cbArray || n > 1<<16 {
-				return nil, nil, false
+			if major, n, b, ok = head(b); !ok || major != cbArray || n > 1<<16 || n > uint64(len(b)) {
+				return nil, nil, false // (every item is at least a byte)
 			}
 			m.A = make([]cbor.RawMessage, n)
 			for i := range m.A {
@@ -449,7 +449,7 @@ func fastMsg(b []byte) (m *wmsg, rest []byte, ok bool) {
 				}
 			}
 		case 10:
-			if major, n, b, ok = head(b); !ok || major != cbArray || n > 1<<16 {
+			if major, n, b, ok = head(b); !ok || major != cbArray || n > 1<<16 || n > uint64(len(b)) {
 				return nil, nil, false
 			}
 			m.Rel = make([][]byte, n)
