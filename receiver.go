@@ -27,6 +27,7 @@ type Receiver struct {
 	q       ring[qitem]
 	qn      int // messages queued (a run counts its records)
 	waiting int
+	wakes   int // waiting Recv calls woken by another reader's delivery (for tests)
 	closed  bool
 	atts    map[*inAtt]struct{}
 	dedup   map[uint64]*dedupState // by sender stream, ExactlyOnce only
@@ -405,6 +406,9 @@ func (r *Receiver) wakeupLocked(a *inAtt) bool {
 	if w > 0 && r.dconn == a.c {
 		a.c.yield = true
 	}
+	if w > 0 {
+		r.wakes++
+	}
 	return w > 0
 }
 
@@ -714,6 +718,7 @@ func (r *Receiver) Recv(ctx context.Context) (Message, error) {
 
 // recv waits for a message and fills m with it (see takeLaterLocked).
 func (r *Receiver) recv(ctx context.Context, later bool, m *Message) (*inAtt, uint64, error) {
+	yielded := false // this Recv gave the baton to another that reads on
 	for {
 		r.mu.Lock()
 		if a, idx, ok := r.takeLaterLocked(later, m); ok {
@@ -732,7 +737,7 @@ func (r *Receiver) recv(ctx context.Context, later bool, m *Message) (*inAtt, ui
 		if r.opts.Capacity == 0 {
 			r.grantSyncLocked()
 		}
-		if c := r.dconn; c != nil && r.dreading == nil && (c.takeRead(readDirect) || !c.askRead(r) && c.takeRead(readDirect)) {
+		if c := r.dconn; c != nil && !yielded && r.dreading == nil && (c.takeRead(readDirect) || !c.askRead(r) && c.takeRead(readDirect)) {
 			// Read the conn here: the message reaches this goroutine
 			// without a hand-off.
 			r.dreading, r.dctx, r.dint = c, ctx, false
@@ -741,6 +746,7 @@ func (r *Receiver) recv(ctx context.Context, later bool, m *Message) (*inAtt, ui
 			}
 			r.mu.Unlock()
 			c.readFrames(r, ctx)
+			yielded = c.yield // (the baton is still ours: so is c.yield)
 			r.mu.Lock()
 			r.dreading, r.dctx = nil, nil
 			if _, ok := ctx.Deadline(); ok && r.actx == ctx {
@@ -762,10 +768,15 @@ func (r *Receiver) recv(ctx context.Context, later bool, m *Message) (*inAtt, ui
 			continue
 		}
 		// Wait for a reader to deliver. Register with the conns so that
-		// somebody reads them.
+		// somebody reads them (after yielding, the Recv yielded to does:
+		// registering would call the background reader before it takes
+		// the baton).
 		var buf [4]*conn
 		conns, parked := r.waitConnsLocked(buf[:0])
 		r.mu.Unlock()
+		if yielded {
+			conns, yielded = nil, false
+		}
 		for _, c := range conns {
 			c.waitingOn(parked)
 		}
