@@ -768,9 +768,10 @@ func (r *Receiver) recv(ctx context.Context, later bool, m *Message) (*inAtt, ui
 			continue
 		}
 		// Wait for a reader to deliver. Register with the conns so that
-		// somebody reads them (after yielding, the Recv yielded to does:
-		// registering would call the background reader before it takes
-		// the baton).
+		// somebody reads them. After yielding, the Recv yielded to reads
+		// (registering would call the background reader before it takes
+		// the baton); if it does not come back to Recv, the background
+		// reader takes over within readHandBack of the release.
 		var buf [4]*conn
 		conns, parked := r.waitConnsLocked(buf[:0])
 		r.mu.Unlock()
