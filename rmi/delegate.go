@@ -154,6 +154,10 @@ func (d *Delegate) target(ctx context.Context) (objID, error) {
 	// in the home (it comes now).
 	d.peer.send(ctx, &wmsg{K: kCtl, P: d.callID})
 	d.ep.ensureReader() // the reply may come when no caller reads
+	if cc := ccOf(ctx); cc != nil {
+		t0 := monoNow()
+		defer func() { cc.awaited.Add(monoNow() - t0) }() // (see call)
+	}
 	select {
 	case <-done:
 	case <-doneOf(ctx):

@@ -26,6 +26,10 @@ type Gate interface {
 	Sleep(ctx context.Context, ms int) error
 	// Relay calls l.Progress once.
 	Relay(ctx context.Context, l Listener) error
+	// PipeWait opens a file of s in a pipelined call and waits for the
+	// promise; it reports how many inline servings the 10 ms timer had
+	// ended by then.
+	PipeWait(ctx context.Context, s Svc) (int, error)
 }
 
 type gateProxy struct{ *Delegate }
@@ -41,6 +45,10 @@ func (p gateProxy) Sleep(ctx context.Context, ms int) error {
 }
 func (p gateProxy) Relay(ctx context.Context, l Listener) error {
 	return Call0(ctx, p.Delegate, "Relay", l)
+}
+
+func (p gateProxy) PipeWait(ctx context.Context, s Svc) (int, error) {
+	return Call1[int](ctx, p.Delegate, "PipeWait", s)
 }
 
 func init() { Register(func(d *Delegate) Gate { return gateProxy{d} }) }
@@ -72,6 +80,20 @@ func (g *gate) Sleep(ctx context.Context, ms int) error {
 	return nil
 }
 func (g *gate) Relay(ctx context.Context, l Listener) error { return l.Progress(ctx, 1, 1) }
+func (g *gate) PipeWait(ctx context.Context, s Svc) (int, error) {
+	f, err := s.Open(Pipeline(ctx), "x")
+	if err != nil {
+		return 0, err
+	}
+	defer Release(f)
+	if err := DelegateOf(f).Wait(ctx); err != nil {
+		return 0, err
+	}
+	r := &g.ep.rd
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.wdEnded, nil
+}
 
 // slowListener takes a millisecond to hear of progress.
 type slowListener struct{}
@@ -211,5 +233,26 @@ func TestLeaderServesQuickCallsInline(t *testing.T) {
 	// slower than inlineSlow, and the next one is then not inline.)
 	if p.inLead[0] || !slices.Contains(p.inLead[1:], true) {
 		t.Fatalf("callbacks served by the leading caller: %v, want false and then some true", p.inLead)
+	}
+}
+
+// TestInlineCallWaitingForPromise: a served call that waits for a promise
+// of its own passes the read token on (the promise's reply must be read),
+// rather than waiting for the 10 ms timer.
+func TestInlineCallWaitingForPromise(t *testing.T) {
+	ctx, g, obj := gatePair(t)
+	local := &svc{nest: &nester{}}
+	for i := range 5 {
+		r := &obj.ep.rd
+		r.mu.Lock()
+		before := r.wdEnded
+		r.mu.Unlock()
+		after, err := g.PipeWait(ctx, local)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after != before {
+			t.Fatalf("call %d: the promise's reply was read only after the 10 ms timer ended the inline serving", i)
+		}
 	}
 }

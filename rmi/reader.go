@@ -75,6 +75,7 @@ type reader struct {
 	inlineAt int64
 	wd       *time.Timer
 	wdArmed  bool
+	wdEnded  int // inline servings the timer ended (for tests)
 }
 
 const (
@@ -193,10 +194,12 @@ func (ep *Endpoint) handBack() {
 }
 
 // ensureReader gives a free token to the background readers: something
-// may now arrive that no caller waits for.
+// may now arrive that no caller waits for. A token kept by a reader
+// serving a call goes on too (the call may be the one waiting).
 func (ep *Endpoint) ensureReader() {
 	r := &ep.rd
 	r.mu.Lock()
+	ep.unInlineLocked()
 	ep.toBGLocked()
 	r.mu.Unlock()
 }
@@ -265,6 +268,7 @@ func (ep *Endpoint) inlineWatch() {
 		r.wd.Reset(left)
 		return
 	}
+	r.wdEnded++
 	ep.unInlineLocked()
 }
 
