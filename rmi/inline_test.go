@@ -159,7 +159,15 @@ func TestInlineEndsWhenDoneIsAsked(t *testing.T) {
 		inline(false) // the first calls may come before the reader settles
 	}
 	for i := range 5 {
-		if !inline(false) {
+		// (A call stretched past inlineSlow by a busy machine makes the
+		// next one pass the token on first: a few tries.)
+		in := false
+		for range 10 {
+			if in = inline(false); in {
+				break
+			}
+		}
+		if !in {
 			t.Fatalf("round %d: a quick call was not served inline", i)
 		}
 		if inline(true) {
@@ -225,7 +233,7 @@ func TestLeaderServesQuickCallsInline(t *testing.T) {
 	f := lookupIface(typeOf[Listener]())
 	f.methods["Progress"].speed.Store(speedUnknown)
 	p := &stackProbe{}
-	for range 5 {
+	for range 10 {
 		if err := g.Relay(ctx, p); err != nil {
 			t.Fatal(err)
 		}
