@@ -65,7 +65,8 @@
 // calls) or asked for Done passes it on before it runs. A caller reading
 // for its reply serves an incoming call itself only if its method is
 // known to be quick (last call under 100 µs, no Done), keeping the token
-// passable the same way; else the call starts on a goroutine of its own
+// passable the same way (its own call returns once that one has, even if
+// its context ended meanwhile); else the call starts on a goroutine of its own
 // and runs first (the reply the caller waits for typically needs that
 // call's answer). A reader that hands a reply to its waiting caller also
 // lets the caller run first: on a small machine, with a reader spinning
