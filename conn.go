@@ -1234,6 +1234,7 @@ func (c *conn) readLoop() {
 func (c *conn) readFrames(r *Receiver, ctx context.Context) bool {
 	c.pollFor(r != nil)
 	c.dr, c.drArmed = r, false
+	c.yield = false // (said of the last frame this holder handled: none yet)
 	defer func() { c.dr = nil }()
 	for {
 		if r != nil && r.directDone(ctx) {
