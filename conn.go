@@ -32,6 +32,7 @@ type conn struct {
 	nc       net.Conn
 	uc       *net.UnixConn // non-nil on Unix sockets: files can be passed
 	wr       *rawWriter    // non-nil on Unix and TCP sockets
+	rr       *rawReader    // non-nil on TCP sockets (Unix sockets have fdReader)
 	fc       fileConn      // non-nil on shared memory: files go on the side socket
 	remoteID string
 	dialed   bool
@@ -174,7 +175,7 @@ func newConn(n *Node, nc net.Conn, dialed bool) *conn {
 		c.hb = true // TCP and anything else without a kernel hang-up signal
 		c.direct = true
 		if t, ok := nc.(*net.TCPConn); ok {
-			c.wr = newRawWriter(t)
+			c.wr, c.rr = newRawWriter(t), newRawReader(t)
 		}
 	}
 	if p, ok := nc.(readPoller); ok && n.opts.BusyPoll {
@@ -877,6 +878,58 @@ func newRawWriter(sc syscall.Conn) *rawWriter {
 	return w
 }
 
+// rawReader reads a TCP socket with a raw read system call (see
+// rawWriter); the reader holding the baton calls it.
+type rawReader struct {
+	raw  syscall.RawConn
+	p    []byte
+	n    int
+	err  error
+	call func(fd uintptr) bool // built once: no allocation per read
+}
+
+func newRawReader(sc syscall.Conn) *rawReader {
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	r := &rawReader{raw: raw}
+	r.call = func(fd uintptr) bool {
+		for {
+			n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&r.p[0])), uintptr(len(r.p)))
+			switch e {
+			case 0:
+				r.n = int(n)
+				if n == 0 {
+					r.err = io.EOF
+				}
+				return true
+			case unix.EINTR:
+			case unix.EAGAIN:
+				return false
+			default:
+				r.err = os.NewSyscallError("read", e)
+				return true
+			}
+		}
+	}
+	return r
+}
+
+// read reads into p (not empty); a deadline of the conn applies.
+func (r *rawReader) read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	r.p, r.n, r.err = p, 0, nil
+	err := r.raw.Read(r.call)
+	r.p = nil
+	if err == nil {
+		err = r.err
+	}
+	return r.n, err
+}
+
 // write writes all of p; one flusher at a time calls it (see flushOnce).
 func (w *rawWriter) write(p []byte) error {
 	w.p, w.err = p, nil
@@ -991,7 +1044,13 @@ func (r hbReader) Read(p []byte) (int, error) {
 		c.rseen = i
 		return 0, os.ErrDeadlineExceeded
 	}
-	n, err := c.nc.Read(p)
+	var n int
+	var err error
+	if c.rr != nil {
+		n, err = c.rr.read(p)
+	} else {
+		n, err = c.nc.Read(p)
+	}
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 		if i := c.rintr.Load(); i != c.rseen {
 			c.rseen = i
