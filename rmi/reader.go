@@ -376,11 +376,8 @@ func (ep *Endpoint) bgLoop() {
 		if run.s.none() {
 			continue
 		}
-		// Serve the call here; a caller reads meanwhile.
-		if r.holder == tBG && r.idle == 0 {
-			ep.wg.Add(1)
-			go ep.bgLoop()
-		}
+		// Serve the call here; a caller, or the background reader that
+		// releaseTokenLocked woke or started, reads meanwhile.
 		r.mu.Unlock()
 		ep.runChain(run.p, run.s)
 		r.mu.Lock()
