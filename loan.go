@@ -583,7 +583,7 @@ const carveChunk = wire.MaxChunk
 // only (the baton holder).
 func (c *conn) carve(b []byte) []byte {
 	if len(b) > len(c.carved) {
-		c.carved = make([]byte, max(carveChunk, len(b)))
+		c.carved = wire.Alloc(max(carveChunk, len(b))) // not zeroed: copies fill it
 	}
 	d := c.carved[:len(b):len(b)]
 	c.carved = c.carved[len(b):]

@@ -320,7 +320,7 @@ func (s *Sender) keepRec(id uint64, data []byte) ([]byte, []byte) {
 			c.buf = c.buf[:0]
 			s.chunks.push(c)
 		} else {
-			s.chunks.push(keptChunk{buf: make([]byte, 0, retainChunk)})
+			s.chunks.push(keptChunk{buf: wire.Alloc(retainChunk)[:0]})
 		}
 		s.arena = s.chunks.back().buf
 	}

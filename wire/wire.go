@@ -333,7 +333,7 @@ func (r *Reader) reserve(n int) {
 		if n > size {
 			size = n
 		}
-		nb := make([]byte, size)
+		nb := Alloc(size) // not zeroed: reads fill it before Next hands a byte out
 		copy(nb, r.buf[r.start:r.end])
 		r.end -= r.start
 		r.start = 0

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strconv"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -353,3 +354,52 @@ func TestBigFramesInPieces(t *testing.T) {
 		}
 	}
 }
+
+func TestAlloc(t *testing.T) {
+	for _, n := range []int{0, 1, 7, 4096, 1 << 20} {
+		b := Alloc(n)
+		if len(b) != n || cap(b) != n {
+			t.Fatalf("Alloc(%d): len %d cap %d", n, len(b), cap(b))
+		}
+		for i := range b {
+			b[i] = byte(i)
+		}
+		for i := range b {
+			if b[i] != byte(i) {
+				t.Fatalf("Alloc(%d): byte %d reads %d", n, i, b[i])
+			}
+		}
+	}
+	// Two buffers never overlap.
+	a, b := Alloc(64), Alloc(64)
+	for i := range a {
+		a[i] = 1
+	}
+	for i := range b {
+		b[i] = 2
+	}
+	for i := range a {
+		if a[i] != 1 {
+			t.Fatal("buffers overlap")
+		}
+	}
+}
+
+func BenchmarkAlloc(b *testing.B) {
+	for _, n := range []int{4 << 10, 1 << 20} {
+		b.Run(strconv.Itoa(n)+"/make", func(b *testing.B) {
+			b.SetBytes(int64(n))
+			for b.Loop() {
+				sink = make([]byte, n)
+			}
+		})
+		b.Run(strconv.Itoa(n)+"/Alloc", func(b *testing.B) {
+			b.SetBytes(int64(n))
+			for b.Loop() {
+				sink = Alloc(n)
+			}
+		})
+	}
+}
+
+var sink []byte
