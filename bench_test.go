@@ -265,3 +265,45 @@ func BenchmarkPingPongVsRaw(b *testing.B) {
 	b.ReportMetric(float64(r50.Nanoseconds()), "raw-p50-ns")
 	b.ReportMetric(float64(l50)/float64(r50), "loft/raw")
 }
+
+// BenchmarkPingPongPoll is BenchmarkPingPong/shm with both nodes
+// busy-polling (Options.BusyPoll), and reports the p50 round trip: with
+// -cpu 2 each side has a core, and the time is the path of a message
+// through loft, Send to Recv, twice.
+func BenchmarkPingPongPoll(b *testing.B) {
+	dir := filepath.Join(b.TempDir(), "rt")
+	ctx := context.Background()
+	opts := Options{Dir: dir, NoInProcess: true, BusyPoll: true}
+	a, _ := Open(ctx, opts)
+	defer a.Close()
+	z, _ := Open(ctx, opts)
+	defer z.Close()
+	ping, _ := z.Receive(ctx, "ping", ChannelOptions{Capacity: 16})
+	pong, _ := a.Receive(ctx, "pong", ChannelOptions{Capacity: 16})
+	sa, _ := a.Sender(ctx, "ping")
+	sz, _ := z.Sender(ctx, "pong")
+	waitReceivers(b, sa, 1)
+	waitReceivers(b, sz, 1)
+	go func() {
+		for {
+			m, err := ping.Recv(ctx)
+			if err != nil || sz.Send(ctx, m.Data) != nil {
+				return
+			}
+		}
+	}()
+	msg := make([]byte, 64)
+	lat := make([]time.Duration, 0, b.N)
+	for b.Loop() {
+		t0 := time.Now()
+		if err := sa.Send(ctx, msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := pong.Recv(ctx); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
+}

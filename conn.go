@@ -99,6 +99,7 @@ type conn struct {
 	lazyCtx   bool          // a Recv reading arms its context's cancellation in readWaiting
 	dr        *Receiver     // baton holder only: the Receiver whose Recv reads now, if any
 	drArmed   bool          // baton holder only: readWaiting armed dr's context
+	drGot     bool          // baton holder only: a frame queued messages for dr
 	yield     bool          // baton holder only: the last frame brought messages to a waiting Recv that can read for itself
 
 	closed    chan struct{}
@@ -1292,11 +1293,13 @@ func (c *conn) readLoop() {
 // once the conn is closed.
 func (c *conn) readFrames(r *Receiver, ctx context.Context) bool {
 	c.pollFor(r != nil)
-	c.dr, c.drArmed = r, false
+	c.dr, c.drArmed, c.drGot = r, false, false
 	c.yield = false // (said of the last frame this holder handled: none yet)
 	defer func() { c.dr = nil }()
 	for {
-		if r != nil && r.directDone(ctx) {
+		// A frame that queued messages for r ends the read without
+		// another look under r's lock (Recv takes one under it next).
+		if r != nil && (c.drGot || r.directDone(ctx)) {
 			return c.handleBuffered()
 		}
 		f, err := c.rd.Next()

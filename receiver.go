@@ -399,6 +399,9 @@ func (r *Receiver) deliverRun(a *inAtt, recs []byte, max uint64, seq bool, first
 // Waking one that can read for itself tells the reader to let it read from
 // now on.
 func (r *Receiver) wakeupLocked(a *inAtt) bool {
+	if a.c.dr == r && r.qn > 0 {
+		a.c.drGot = true // (the caller is a.c's reader, reading for r)
+	}
 	w := r.waiting
 	if r.dreading != nil {
 		w--
@@ -760,10 +763,17 @@ func (r *Receiver) recv(ctx context.Context, later bool, m *Message) (*inAtt, ui
 			// Another Recv of this receiver waiting takes the baton over
 			// (one wake-up, as from a background reader).
 			handOff := r.waiting > 0
+			// Take the message read in this same hold of the lock: one
+			// more lock and unlock was a tenth of a shared-memory
+			// message's way from the ring to the application.
+			a, idx, ok := r.takeLaterLocked(later, m)
 			r.mu.Unlock()
 			c.releaseRead(readDirect, handOff)
 			if handOff {
 				r.wake()
+			}
+			if ok {
+				return a, idx, nil
 			}
 			continue
 		}
