@@ -654,12 +654,12 @@ func (c *conn) writeLoop() {
 			continue
 		}
 		for {
-			wrote, err := c.flushOnce()
+			more, err := c.flushOnce()
 			if err != nil {
 				c.close(fmt.Errorf("write: %w", err))
 				return
 			}
-			if !wrote {
+			if !more {
 				break
 			}
 		}
@@ -685,27 +685,20 @@ func (c *conn) flushNow() {
 		c.signal()
 		return
 	}
-	if _, err := c.flushOnce(); err != nil {
+	more, err := c.flushOnce()
+	if err != nil {
 		c.close(fmt.Errorf("write: %w", err))
 		return
 	}
-	c.wmu.Lock()
-	if !c.flushing {
-		c.wmu.Unlock()
-		return
+	if more {
+		c.signal() // queued while this write went: the writer goes on
 	}
-	if len(c.out) == 0 && len(c.dirty) == 0 {
-		c.flushing = false
-		c.wmu.Unlock()
-		return
-	}
-	c.wmu.Unlock()
-	c.signal()
 }
 
 // flushOnce writes everything queued, acks included, in one write. The
-// caller owns flushing. It reports false, and gives up flushing, when
-// nothing was queued.
+// caller owns flushing. It reports whether more was queued while it wrote,
+// and if not gives up flushing in the same hold of wmu that saw nothing
+// (a lone message's write takes wmu twice, not three times).
 func (c *conn) flushOnce() (bool, error) {
 	c.wmu.Lock()
 	c.appendAcksLocked()
@@ -754,8 +747,12 @@ func (c *conn) flushOnce() (bool, error) {
 		close(c.drained)
 		c.drained = make(chan struct{})
 	}
+	more := err == nil && (len(c.out) > 0 || len(c.dirty) > 0)
+	if !more && err == nil {
+		c.flushing = false
+	}
 	c.wmu.Unlock()
-	return true, err
+	return more, err
 }
 
 // writeSegs writes buf with the large payloads in segs spliced in, in one
