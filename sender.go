@@ -566,15 +566,20 @@ func (s *Sender) putLocked(l *link, id uint64, data, rec []byte, fds []int, fres
 			head = binary.AppendUvarint(head, uint64(len(data)))
 			if fresh {
 				if kept := s.reuseBig(len(data)); kept != nil {
-					wire.CopySealed(head, kept, data)
+					if c.nosum {
+						copy(kept, data)
+						wire.SetLengthSplit(head, len(data))
+					} else {
+						wire.CopySealed(head, kept, data)
+					}
 					data = kept
 				} else {
 					// A new copy: append copies without zeroing first.
 					data = append([]byte(nil), data...)
-					wire.SealSplit(head, data)
+					c.sealSplit(head, data)
 				}
 			} else {
-				wire.SealSplit(head, data)
+				c.sealSplit(head, data)
 			}
 		}
 		c.wmu.Lock()

@@ -97,6 +97,11 @@ const (
 	// payload gives the first id once, and each record is only a length
 	// and bytes. A stream from one sender to one receiver travels so.
 	FlagSeq uint16 = 1 << 4
+	// FlagNoSum on HELLO and HELLO_ACK says that the side sending it is on
+	// a local transport (a Unix socket or shared memory) and would rather
+	// not checksum frames. When both handshake frames carry it, neither
+	// side computes nor checks the CRC of any later frame (see SPEC.md).
+	FlagNoSum uint16 = 1 << 5
 )
 
 // Errors returned by a Reader. Each is wrapped with detail; match with errors.Is.
@@ -132,6 +137,19 @@ func Seal(b []byte, off int) {
 	c := crc32.Update(0, castagnoli, b[off:off+8])
 	c = crc32.Update(c, castagnoli, b[off+HeaderSize:])
 	binary.LittleEndian.PutUint32(b[off+8:], c)
+}
+
+// SetLength fills in the length of the frame that starts at b[off:] and
+// runs to the end of b, and leaves its checksum zero: Seal for a
+// connection that agreed on FlagNoSum.
+func SetLength(b []byte, off int) {
+	binary.LittleEndian.PutUint32(b[off+4:], uint32(len(b)-off-HeaderSize))
+}
+
+// SetLengthSplit is SetLength for a frame kept apart as head and a
+// remaining payload of tailLen bytes (see SealSplit).
+func SetLengthSplit(head []byte, tailLen int) {
+	binary.LittleEndian.PutUint32(head[4:], uint32(len(head)-HeaderSize+tailLen))
 }
 
 // SealSplit fills in the length and checksum of a frame whose header and
@@ -198,6 +216,7 @@ type Reader struct {
 	buf   []byte    // buf[start:end] holds unread bytes
 	start int
 	end   int
+	nosum bool // SkipChecksums was called
 }
 
 // Chunk sizes of a Reader (see Reader).
@@ -241,6 +260,11 @@ func (r *Reader) Reset(src io.Reader, maxPayload int) {
 	r.r, r.max = src, maxPayload
 }
 
+// SkipChecksums makes r stop computing and checking the CRC of the frames
+// it reads from now on (a connection that agreed on FlagNoSum). Lengths
+// and everything else are checked as before.
+func (r *Reader) SkipChecksums() { r.nosum = true }
+
 // Next reads the next frame. A returned error other than io.EOF means the
 // stream is corrupt or broken and must be closed. An error from the
 // underlying stream that leaves it usable (a read deadline, say) leaves r
@@ -261,14 +285,19 @@ func (r *Reader) Next() (Frame, error) {
 	// A frame yet to arrive is checksummed piece by piece as it lands,
 	// while the CPU's cache holds it: for a frame of a megabyte a pass
 	// over it afterwards read it from memory again.
-	c := crc32.Update(0, castagnoli, h[:8])
+	var c uint32
 	need, summed := HeaderSize+int(n), 0 // summed: payload bytes folded into c
-	if err := r.fill(need, func() {
-		if e := min(r.end-r.start, need) - HeaderSize; e > summed {
-			c = crc32.Update(c, castagnoli, r.buf[r.start+HeaderSize+summed:r.start+HeaderSize+e])
-			summed = e
+	var sum func()
+	if !r.nosum {
+		c = crc32.Update(0, castagnoli, h[:8])
+		sum = func() {
+			if e := min(r.end-r.start, need) - HeaderSize; e > summed {
+				c = crc32.Update(c, castagnoli, r.buf[r.start+HeaderSize+summed:r.start+HeaderSize+e])
+				summed = e
+			}
 		}
-	}); err != nil {
+	}
+	if err := r.fill(need, sum); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
@@ -276,9 +305,11 @@ func (r *Reader) Next() (Frame, error) {
 	}
 	h = r.buf[r.start : r.start+HeaderSize]
 	p := r.buf[r.start+HeaderSize : r.start+HeaderSize+int(n) : r.start+HeaderSize+int(n)]
-	c = crc32.Update(c, castagnoli, p[summed:])
-	if want := binary.LittleEndian.Uint32(h[8:]); c != want {
-		return Frame{}, fmt.Errorf("%w: %s frame of %d bytes", ErrChecksum, Type(h[1]), n)
+	if !r.nosum {
+		c = crc32.Update(c, castagnoli, p[summed:])
+		if want := binary.LittleEndian.Uint32(h[8:]); c != want {
+			return Frame{}, fmt.Errorf("%w: %s frame of %d bytes", ErrChecksum, Type(h[1]), n)
+		}
 	}
 	f := Frame{Type: Type(h[1]), Flags: binary.LittleEndian.Uint16(h[2:]), Payload: p}
 	r.start += HeaderSize + int(n)

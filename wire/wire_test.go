@@ -113,13 +113,15 @@ func TestDecoder(t *testing.T) {
 }
 
 // FuzzReader feeds arbitrary streams, in pieces of arbitrary size, to a
-// Reader. It must never panic nor return a frame above the limit, and any
-// frame it returns must re-encode to the same bytes.
+// Reader, half of them (piece >= 128) one that skips checksums. It must
+// never panic nor return a frame above the limit, and any frame it returns
+// must re-encode to a frame that decodes.
 func FuzzReader(f *testing.F) {
 	f.Add(AppendFrame(nil, THello, 0, []byte("x")), uint8(1))
 	f.Add(append(AppendFrame(nil, TData, 0, bytes.Repeat([]byte{1}, 300)), AppendFrame(nil, TAck, 0, []byte{1, 2, 3})...), uint8(7))
 	f.Add([]byte{1, 7, 0, 0, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0}, uint8(3))
 	f.Add([]byte("garbage that is not a frame at all"), uint8(2))
+	f.Add(func() []byte { b := append(AppendHeader(nil, TData, 1), "no sum"...); SetLength(b, 0); return b }(), uint8(0x85))
 	f.Fuzz(func(t *testing.T, in []byte, piece uint8) {
 		const limit = 4096
 		var src io.Reader = bytes.NewReader(in)
@@ -127,6 +129,9 @@ func FuzzReader(f *testing.F) {
 			src = &chunkReader{b: in, n: int(piece)}
 		}
 		r := NewReader(src, limit)
+		if piece&0x80 != 0 {
+			r.SkipChecksums()
+		}
 		for i := 0; i < 1000; i++ {
 			fr, err := r.Next()
 			if err != nil {
@@ -403,3 +408,27 @@ func BenchmarkAlloc(b *testing.B) {
 }
 
 var sink []byte
+
+// TestSkipChecksums: a frame whose checksum is zero (SetLength) is refused
+// by a Reader that checks checksums and read by one that skips them, which
+// still refuses a frame above its limit.
+func TestSkipChecksums(t *testing.T) {
+	b := append(AppendHeader(nil, TData, 0), "payload"...)
+	SetLength(b, 0)
+	if _, err := NewReader(bytes.NewReader(b), 64).Next(); !errors.Is(err, ErrChecksum) {
+		t.Fatalf("checked: %v, want ErrChecksum", err)
+	}
+	r := NewReader(bytes.NewReader(b), 64)
+	r.SkipChecksums()
+	f, err := r.Next()
+	if err != nil || string(f.Payload) != "payload" {
+		t.Fatalf("skipped: %q %v", f.Payload, err)
+	}
+	head := AppendHeader(nil, TData, 0)
+	SetLengthSplit(head, 100)
+	r = NewReader(bytes.NewReader(append(head, make([]byte, 100)...)), 64)
+	r.SkipChecksums()
+	if _, err := r.Next(); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("large: %v, want ErrTooLarge", err)
+	}
+}
