@@ -491,7 +491,8 @@ func (c *conn) closeOpenLocked() {
 func (c *conn) appendAcksLocked() {
 	for _, a := range c.dirty {
 		a.dirty = false
-		a.ackQueued.Store(false)
+		a.ackQueued.Store(false) // (then the counters: see scheduleAckLocked)
+		a.ackUrgent.Store(false)
 		taken, limit := a.ackTaken.Load(), a.ackLimit.Load()
 		a.told.Store(limit)
 		c.closeOpenLocked()

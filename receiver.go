@@ -116,6 +116,7 @@ type inAtt struct {
 	ackTaken  atomic.Uint64
 	ackLimit  atomic.Uint64
 	ackQueued atomic.Bool   // an ACK is queued and not yet built
+	ackUrgent atomic.Bool   // an urgent one is: the writer was called for it
 	told      atomic.Uint64 // the credit limit in the last ACK built: what the sender knows, or soon will
 	dirty     bool          // guarded by c.wmu
 }
@@ -611,9 +612,19 @@ func (r *Receiver) scheduleAckLocked(a *inAtt, urgent bool) {
 	a.pubAcked = a.acked
 	a.ackTaken.Store(a.acked)
 	a.ackLimit.Store(a.limit)
-	// A lazy ACK already queued will carry the new counters: the writer
-	// reads them when it builds the frame.
-	if !urgent && !a.ackQueued.CompareAndSwap(false, true) {
+	// An ACK already queued will carry the new counters: the writer clears
+	// its flag, then reads them, when it builds the frame (so a flag seen
+	// set after the stores above means they go with it). A lazy one must
+	// be made urgent; an urgent one needs nothing more: while it waits for
+	// the writer, the credit its sender knows of looks low and every
+	// message taken asks for one, and calling the writer for each was a
+	// sixth of receiving in a stream.
+	if urgent {
+		if a.ackUrgent.Load() {
+			return
+		}
+		a.ackUrgent.Store(true)
+	} else if !a.ackQueued.CompareAndSwap(false, true) {
 		return
 	}
 	// markAck takes c.wmu only, never r.mu: safe under r.mu.
@@ -717,6 +728,30 @@ func (r *Receiver) Recv(ctx context.Context) (Message, error) {
 	var m Message
 	_, _, err := r.recv(ctx, false, &m)
 	return m, err
+}
+
+// RecvBatch waits for a message like Recv, then fills ms with it and with
+// the messages waiting behind it, up to len(ms), under one hold of the
+// receiver's lock, and returns how many it filled. Each counts as
+// delivered once RecvBatch returns, as with Recv.
+func (r *Receiver) RecvBatch(ctx context.Context, ms []Message) (int, error) {
+	if len(ms) == 0 {
+		return 0, nil
+	}
+	ms[0] = Message{}
+	if _, _, err := r.recv(ctx, false, &ms[0]); err != nil {
+		return 0, err
+	}
+	n := 1
+	r.mu.Lock()
+	for ; n < len(ms); n++ {
+		ms[n] = Message{}
+		if _, _, ok := r.takeLaterLocked(false, &ms[n]); !ok {
+			break
+		}
+	}
+	r.mu.Unlock()
+	return n, nil
 }
 
 // recv waits for a message and fills m with it (see takeLaterLocked).
