@@ -40,4 +40,9 @@
 //     ratio within one pair is the steadier comparison.
 //   - "go-chan" over "inproc": the same two patterns between two goroutines
 //     of one process, for reference.
+//
+// loft's one-way rows ("loft", and "loft-batched", which sends with
+// SendBatch and receives with RecvBatch, 256 messages at a time) are
+// compared with "raw" and "raw-batched" of the same transport (the Unix
+// socket for shared memory).
 package bench

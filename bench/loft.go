@@ -24,6 +24,14 @@ func init() {
 	RegisterRole("loft-recv", loftRecvRole)
 	RegisterRole("loft-echo", loftEchoRole)
 	RegisterRole("loft-loan-recv", loftLoanRecvRole)
+	RegisterRole("loft-recv-batch", loftRecvBatchRole)
+	for _, tr := range []string{"shm", "unix"} {
+		c := Case{System: "loft-batched", Transport: tr, Pattern: "oneway", Mode: "blocking", MaxSize: 64 << 10, Run: loftBatchOneway(tr)}
+		if tr == "shm" {
+			c.RawTransport = "unix"
+		}
+		Register(c)
+	}
 	for _, tr := range []string{"shm", "unix"} {
 		for _, size := range []int{1 << 20, 16 << 20} {
 			Register(Case{System: "loft-loan", Transport: tr, Pattern: "oneway", Mode: "blocking", Size: size, RawTransport: "unix", Run: loftLoanOneway(tr)})
@@ -102,6 +110,12 @@ func waitAttached(ctx context.Context, s *loft.Sender) error {
 // (count is its index), then reports the count and the time from the first
 // message to the last.
 func receiveRole(ctx context.Context, args []string, capacity func(size int) int, take func(m loft.Message, count int64) error) error {
+	return receiveBatches(ctx, args, capacity, 0, take)
+}
+
+// receiveBatches is receiveRole taking up to batch messages at a time with
+// RecvBatch (batch > 0), or one at a time with Recv.
+func receiveBatches(ctx context.Context, args []string, capacity func(size int) int, batch int, take func(m loft.Message, count int64) error) error {
 	dir, transport := args[0], args[1]
 	size, _ := strconv.Atoi(args[2])
 	n, err := loftNode(ctx, dir, transport)
@@ -120,22 +134,32 @@ func receiveRole(ctx context.Context, args []string, capacity func(size int) int
 	var first time.Time
 	var cpu0 time.Duration
 	var mallocs0 uint64
+	ms := make([]loft.Message, max(batch, 1))
+recv:
 	for {
-		m, err := r.Recv(ctx)
+		n := 1
+		var err error
+		if batch > 0 {
+			n, err = r.RecvBatch(ctx, ms)
+		} else {
+			ms[0], err = r.Recv(ctx)
+		}
 		if err != nil {
 			return err
 		}
-		if len(m.Data) == 0 {
-			break
+		for _, m := range ms[:n] {
+			if len(m.Data) == 0 {
+				break recv
+			}
+			if count == 0 {
+				cpu0, mallocs0 = procCPU(), mallocs()
+				first = time.Now()
+			}
+			if err := take(m, count); err != nil {
+				return err
+			}
+			count++
 		}
-		if count == 0 {
-			cpu0, mallocs0 = procCPU(), mallocs()
-			first = time.Now()
-		}
-		if err := take(m, count); err != nil {
-			return err
-		}
-		count++
 	}
 	el := time.Since(first)
 	return ToParent("done %d %d %d %d", count, el.Nanoseconds(), (procCPU() - cpu0).Nanoseconds(), mallocs()-mallocs0)
@@ -143,14 +167,60 @@ func receiveRole(ctx context.Context, args []string, capacity func(size int) int
 
 // loftRecvRole copies every payload out and checks its sequence number.
 func loftRecvRole(ctx context.Context, args []string) error {
+	return receiveBatches(ctx, args, capacityFor, 0, copyOut())
+}
+
+// loftRecvBatchRole is loftRecvRole taking messages with RecvBatch.
+func loftRecvBatchRole(ctx context.Context, args []string) error {
+	return receiveBatches(ctx, args, capacityFor, loftBatch, copyOut())
+}
+
+// copyOut returns a take function that copies every payload out and
+// checks its sequence number.
+func copyOut() func(m loft.Message, count int64) error {
 	var buf []byte
-	return receiveRole(ctx, args, capacityFor, func(m loft.Message, count int64) error {
+	return func(m loft.Message, count int64) error {
 		buf = append(buf[:0], m.Data...)
 		if len(buf) >= 8 && binary.LittleEndian.Uint64(buf) != uint64(count) {
 			return fmt.Errorf("message %d carries sequence %d", count, binary.LittleEndian.Uint64(buf))
 		}
 		return nil
-	})
+	}
+}
+
+// loftBatch is the number of messages per SendBatch and RecvBatch in
+// "loft-batched", about as in "raw-batched" (rawBatch per write).
+const loftBatch = 256
+
+// loftBatchOneway sends with SendBatch, loftBatch messages at a time, to a
+// receiver taking them with RecvBatch.
+func loftBatchOneway(transport string) func(context.Context, Env) (Result, error) {
+	return func(ctx context.Context, env Env) (Result, error) {
+		return oneway(ctx, env, "loft-recv-batch", transport, func(s *loft.Sender) (int64, error) {
+			msgs := make([][]byte, loftBatch)
+			for i := range msgs {
+				msgs[i] = make([]byte, env.Size)
+				for j := range msgs[i] {
+					msgs[i][j] = byte(j)
+				}
+			}
+			var sent int64
+			start := time.Now()
+			for time.Since(start) < env.Budget {
+				for i, m := range msgs {
+					if env.Size >= 8 {
+						binary.LittleEndian.PutUint64(m, uint64(sent)+uint64(i))
+					}
+				}
+				n, err := s.SendBatch(ctx, msgs)
+				sent += int64(n)
+				if err != nil {
+					return sent, err
+				}
+			}
+			return sent, nil
+		})
+	}
 }
 
 // capacityFor keeps about 4 MiB in flight per channel.

@@ -135,11 +135,11 @@ func renderTable(w io.Writer, results []Result, cases []Case, markdown bool) err
 		}
 		return list[i].order < list[j].order
 	})
-	// The "raw" row per transport, pattern and size.
-	raw := map[[3]string]float64{}
+	// The "raw" and "raw-batched" rows per transport, pattern and size.
+	raw := map[[4]string]float64{}
 	for _, rw := range list {
-		if rw.key.system == "raw" && len(rw.ok) > 0 {
-			raw[[3]string{rw.key.transport, rw.key.pattern, strconv.Itoa(rw.key.size)}] = rw.msgsPerS
+		if (rw.key.system == "raw" || rw.key.system == "raw-batched") && len(rw.ok) > 0 {
+			raw[[4]string{rw.key.system, rw.key.transport, rw.key.pattern, strconv.Itoa(rw.key.size)}] = rw.msgsPerS
 		}
 	}
 
@@ -174,8 +174,11 @@ func renderTable(w io.Writer, results []Result, cases []Case, markdown bool) err
 		if t, ok := rawTransport[[3]string{k.system, k.transport, k.pattern}]; ok {
 			rt = t
 		}
-		if base, ok := raw[[3]string{rt, k.pattern, strconv.Itoa(k.size)}]; ok && base > 0 {
+		if base, ok := raw[[4]string{baseline(k.system), rt, k.pattern, strconv.Itoa(k.size)}]; ok && base > 0 {
 			vs = fmt.Sprintf("%.2fx", rw.msgsPerS/base)
+			if b := baseline(k.system); b != "raw" {
+				vs += " " + b
+			}
 		}
 		if rw.pair > 0 {
 			vs += fmt.Sprintf(", p50 %.2fx raw in the same processes", rw.pair)
@@ -245,7 +248,7 @@ func truncate(s string, n int) string {
 
 // writeMarkdownRows writes the rows of renderTable as Markdown, with the
 // comparisons WriteMarkdown describes.
-func writeMarkdownRows(w io.Writer, list []*row, raw map[[3]string]float64, rawTransport map[[3]string]string) error {
+func writeMarkdownRows(w io.Writer, list []*row, raw map[[4]string]float64, rawTransport map[[3]string]string) error {
 	byKey := map[rowKey]*row{}
 	for _, rw := range list {
 		if len(rw.ok) > 0 {
@@ -289,8 +292,8 @@ func writeMarkdownRows(w io.Writer, list []*row, raw map[[3]string]float64, rawT
 			if t, ok := rawTransport[[3]string{k.system, k.transport, k.pattern}]; ok {
 				rt = t
 			}
-			if b, ok := raw[[3]string{rt, k.pattern, strconv.Itoa(k.size)}]; ok && b > 0 {
-				cmp = "msgs/s " + ratio(rw.msgsPerS, b) + " raw " + rt
+			if b, ok := raw[[4]string{baseline(k.system), rt, k.pattern, strconv.Itoa(k.size)}]; ok && b > 0 {
+				cmp = "msgs/s " + ratio(rw.msgsPerS, b) + " " + baseline(k.system) + " " + rt
 				if r := byKey[rowKey{"raw", rt, k.pattern, k.size, "blocking", 0}]; r != nil && rw.p50 > 0 && r.p50 > 0 {
 					cmp += ", p50 " + ratio(float64(rw.p50), float64(r.p50))
 				}
@@ -303,4 +306,13 @@ func writeMarkdownRows(w io.Writer, list []*row, raw map[[3]string]float64, rawT
 			formatCount(rw.msgsPerS), rw.mbPerS, formatNs(rw.p50), formatNs(rw.p99), cmp, rounds)
 	}
 	return nil
+}
+
+// baseline is the raw system a loft row is compared with: batches with
+// batched writes, everything else with one write per message.
+func baseline(system string) string {
+	if system == "loft-batched" {
+		return "raw-batched"
+	}
+	return "raw"
 }
