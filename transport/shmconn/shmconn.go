@@ -36,6 +36,7 @@ const (
 	ctlHead     = 64
 	ctlConsPark = 128
 	ctlProdPark = 192
+	ctlProdWant = 200
 )
 
 // Wake-up bytes on the side socket.
@@ -62,9 +63,10 @@ type Config struct {
 	RingSize int
 	// Spin is how long a side polls the ring before it parks. Zero: 20 µs.
 	Spin time.Duration
-	// BusyPoll makes a side poll until data comes or its deadline passes,
-	// never parking: the lowest latency, at the cost of a core per waiting
-	// side.
+	// BusyPoll makes a reader poll until data comes or its deadline
+	// passes, never parking: the lowest latency, at the cost of a core per
+	// waiting side. A writer waiting for room in a full ring parks anyway
+	// (see Write).
 	BusyPoll bool
 }
 
@@ -100,6 +102,7 @@ func (c *Config) spin() time.Duration {
 type ring struct {
 	tail, head         *atomic.Uint64
 	consPark, prodPark *atomic.Uint32
+	prodWant           *atomic.Uint64 // the head a parked producer waits for
 	data               []byte
 	size               uint64
 }
@@ -111,6 +114,7 @@ func newRing(mem []byte, ctl int, data []byte) ring {
 		head:     (*atomic.Uint64)(unsafe.Add(p, ctlHead)),
 		consPark: (*atomic.Uint32)(unsafe.Add(p, ctlConsPark)),
 		prodPark: (*atomic.Uint32)(unsafe.Add(p, ctlProdPark)),
+		prodWant: (*atomic.Uint64)(unsafe.Add(p, ctlProdWant)),
 		data:     data,
 		size:     uint64(len(data)),
 	}
@@ -124,8 +128,11 @@ type Conn struct {
 	mem    []byte
 	tx, rx ring
 	spin   time.Duration
-	poll   bool        // writes waiting for space busy-poll (Config.BusyPoll)
+	poll   bool        // Config.BusyPoll: reads busy-poll at first (see SetReadPoll)
 	rpoll  atomic.Bool // reads waiting for data busy-poll (see SetReadPoll)
+	// spaceWakes counts the wake-ups of the peer's writer parked for room
+	// (tests).
+	spaceWakes atomic.Int64
 	// waitHook is called by a read that waited a while (see SetReadWaitHook).
 	waitHook func()
 
@@ -288,7 +295,10 @@ func (c *Conn) Read(p []byte) (int, error) {
 			// Publish, then look at the peer's parked word: a store then a
 			// load, which needs a full fence (see publish).
 			publish(r.head, head+n)
-			if r.prodPark.Load() != 0 && r.prodPark.CompareAndSwap(1, 0) {
+			// A parked producer waits for a quarter of the ring, not for
+			// the first byte (see Write): wake it only once that is free.
+			if r.prodPark.Load() != 0 && head+n >= r.prodWant.Load() && r.prodPark.CompareAndSwap(1, 0) {
+				c.spaceWakes.Add(1)
 				c.wake(wakeSpace)
 			}
 			return int(n), nil
@@ -305,15 +315,16 @@ func (c *Conn) Read(p []byte) (int, error) {
 			}
 			return 0, io.EOF
 		}
-		if err := c.wait(r, head, true); err != nil {
+		if err := c.wait(r, head+1, true); err != nil {
 			return 0, err
 		}
 	}
 }
 
-// wait waits until the ring changes from what the caller saw: for a reader,
-// until tail moves past seen; for a writer, until head moves past seen.
-func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
+// wait waits until the word the caller waits on reaches want: for a
+// reader, until tail does (want is one past the tail it saw); for a writer,
+// until head does (the head that leaves the room it waits for).
+func (c *Conn) wait(r *ring, want uint64, reader bool) error {
 	// peer is the other side's parked word on this same ring (see wait's
 	// safety net).
 	word, park, peer, ev, dl := r.tail, r.consPark, r.prodPark, c.evData, &c.rdl
@@ -332,7 +343,10 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 		budget = c.spin
 	}
 	var start time.Time
-	poll := c.poll
+	// A writer waiting for room does not busy-poll: it waits for a
+	// quarter of the ring to drain (see Write), which is throughput, not
+	// latency, and a poller would take a core from the reader draining it.
+	poll := false
 	if reader {
 		poll = c.rpoll.Load()
 	}
@@ -340,7 +354,7 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 		start = time.Now() // busy-polling has no time budget: no clock read
 	}
 	for i := 0; ; i++ {
-		if word.Load() != seen {
+		if word.Load() >= want {
 			// The spin paid off: spin at least the full time next time
 			// (a budget grown by wait times, below, stays). Stores only
 			// when something changes: each is a locked instruction.
@@ -400,8 +414,11 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 	// mirroring the peer's publish then load of this word. park.Swap is a
 	// full fence in every build (see publish); LAYOUT.md has the argument
 	// that one of the two sides always sees the other's store.
+	if !reader {
+		r.prodWant.Store(want) // before park: the reader loads it after park
+	}
 	park.Swap(1)
-	if word.Load() != seen || c.isGone() {
+	if word.Load() >= want || c.isGone() {
 		park.Store(0)
 		return nil
 	}
@@ -439,7 +456,7 @@ func (c *Conn) wait(r *ring, seen uint64, reader bool) error {
 		if expired && !c.isGone() && !c.isClosed() && !dl.expired() && !(hasDL && !time.Now().Before(at)) {
 			// The bound passed, not the user's deadline.
 			now := word.Load()
-			if now == seen {
+			if now < want {
 				bound = min(2*bound, sleepMax)
 				continue
 			}
@@ -542,7 +559,13 @@ func (c *Conn) Write(p []byte) (int, error) {
 		}
 		free := r.size - used
 		if free == 0 {
-			if err := c.wait(r, head, false); err != nil {
+			// Full: wait for a quarter of the ring, not for the first
+			// bytes read. The reader is behind, so what is written now
+			// waits behind three quarters of a ring anyway; and a writer
+			// woken, or spinning, for every few bytes freed took the core
+			// the reader needed (a 2-core machine runs the sender, its
+			// writer and the reader) and made the reader wake it per read.
+			if err := c.wait(r, tail-r.size+r.size/4, false); err != nil {
 				return total, err
 			}
 			continue

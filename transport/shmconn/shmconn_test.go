@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -107,6 +108,52 @@ func TestTransferAcrossWrap(t *testing.T) {
 			t.Fatalf("%d lost wake-ups (recovered by the bounded sleep)", n)
 		}
 	}
+}
+
+// TestFullRingWakesWriterPerQuarter: a writer parked on a full ring is
+// woken once a quarter of the ring is free, not by every small read (it
+// was woken by nearly every one: a system call per read for the reader,
+// and a writer taking turns with it on the CPU).
+func TestFullRingWakesWriterPerQuarter(t *testing.T) {
+	const ring, total, piece = 4096, 256 << 10, 64
+	a, b := pair(t, &Config{RingSize: ring, Spin: time.Nanosecond})
+	defer a.Close()
+	defer b.Close()
+	data := make([]byte, total)
+	rand.Read(data)
+	done := make(chan error, 1)
+	var written atomic.Bool
+	go func() {
+		_, err := a.Write(data) // one Write: it parks whenever the ring is full
+		written.Store(true)
+		done <- err
+	}()
+	got := make([]byte, 0, total)
+	buf := make([]byte, piece)
+	parked := b.(*Conn).rx.prodPark
+	deadline := time.Now().Add(20 * time.Second)
+	for len(got) < total {
+		// Read only while the writer is parked: each read is one that
+		// could wake it.
+		for parked.Load() == 0 && !written.Load() && time.Now().Before(deadline) {
+			runtime.Gosched()
+		}
+		if _, err := io.ReadFull(b, buf); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, buf...)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("data differs")
+	}
+	wakes := b.(*Conn).spaceWakes.Load()
+	if most := int64(2 * total / (ring / 4)); wakes > most {
+		t.Errorf("the writer was woken %d times for %d reads of %d bytes from a ring of %d; want at most %d", wakes, total/piece, piece, ring, most)
+	}
+	t.Logf("%d wake-ups of the writer for %d reads", wakes, total/piece)
 }
 
 // TestParkedPingPong parks on nearly every message, both ways, for both the
