@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/fxamacker/cbor/v2"
-
 	"github.com/loft-ipc/loft"
 )
 
@@ -201,7 +199,8 @@ func (d *Delegate) resolveFromReply(p *peer, m *wmsg) {
 		return
 	}
 	var r wref
-	if len(m.A) == 0 || decodeRefRaw(m.A[0], &r) != nil || len(r.ID) != idLen {
+	it := m.args()
+	if m.nargs() == 0 || decodeRefRaw(it.next(), &r) != nil || len(r.ID) != idLen {
 		d.resolve(objID{}, fmt.Errorf("%w: the pipelined call returned no object", ErrNoSuchObject))
 		return
 	}
@@ -297,7 +296,7 @@ func Call1[R any](ctx context.Context, d *Delegate, method string, args ...any) 
 	if pipelined(ctx) {
 		f = lookupIface(reflect.TypeFor[R]())
 	}
-	out, prom, err := d.call(ctx, method, args, f)
+	m, prom, err := d.call(ctx, method, args, f)
 	if err != nil {
 		return r, err
 	}
@@ -305,7 +304,10 @@ func Call1[R any](ctx context.Context, d *Delegate, method string, args ...any) 
 		r, _ = f.newFn(prom).(R)
 		return r, nil
 	}
-	r, _ = out[0].Interface().(R)
+	it := m.args()
+	if err := decodeResult(d, &r, it.next(), 0); err != nil {
+		return r, &CallError{Peer: d.peer.id, Method: method, Err: err}
+	}
 	return r, nil
 }
 
@@ -313,20 +315,42 @@ func Call1[R any](ctx context.Context, d *Delegate, method string, args ...any) 
 func Call2[R1, R2 any](ctx context.Context, d *Delegate, method string, args ...any) (R1, R2, error) {
 	var r1 R1
 	var r2 R2
-	out, _, err := d.call(ctx, method, args, nil)
+	m, _, err := d.call(ctx, method, args, nil)
 	if err != nil {
 		return r1, r2, err
 	}
-	r1, _ = out[0].Interface().(R1)
-	r2, _ = out[1].Interface().(R2)
+	it := m.args()
+	if err := decodeResult(d, &r1, it.next(), 0); err != nil {
+		return r1, r2, &CallError{Peer: d.peer.id, Method: method, Err: err}
+	}
+	if err := decodeResult(d, &r2, it.next(), 1); err != nil {
+		return r1, r2, &CallError{Peer: d.peer.id, Method: method, Err: err}
+	}
 	return r1, r2, nil
 }
 
-// call sends one call and waits for its reply, or, when pf is set,
-// returns a promise of its first result at once.
-func (d *Delegate) call(ctx context.Context, method string, args []any, pf *iface) ([]reflect.Value, *Delegate, error) {
+// decodeResult decodes result i of a call of d into *r.
+func decodeResult[R any](d *Delegate, r *R, raw []byte, i int) error {
+	if f := lookupIface(reflect.TypeFor[R]()); f != nil {
+		v, _, err := d.ep.decodeRef(d.peer, raw, f, false)
+		if err != nil {
+			return err
+		}
+		*r, _ = v.(R)
+		return nil
+	}
+	if err := unmarshalInto(raw, r); err != nil {
+		return fmt.Errorf("%w: result %d: %v", ErrBadMessage, i+1, err)
+	}
+	return nil
+}
+
+// call sends one call and waits for its reply, which it returns with as
+// many results as the method has, or, when pf is set, returns a promise
+// of its first result at once.
+func (d *Delegate) call(ctx context.Context, method string, args []any, pf *iface) (*wmsg, *Delegate, error) {
 	ep, p := d.ep, d.peer
-	fail := func(err error) ([]reflect.Value, *Delegate, error) {
+	fail := func(err error) (*wmsg, *Delegate, error) {
 		return nil, nil, &CallError{Peer: p.id, Method: method, Err: err}
 	}
 	md := d.f.methods[method]
@@ -342,7 +366,8 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 	if err := p.deadErr(); err != nil {
 		return fail(err)
 	}
-	msg := &wmsg{K: kCall, ID: ep.nextID.Add(1), M: method}
+	var abuf [64]byte
+	msg := wmsg{K: kCall, ID: ep.nextID.Add(1), M: method, ar: abuf[:0]}
 	d.mu.Lock()
 	switch {
 	case d.released:
@@ -364,35 +389,30 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 	if pf == nil {
 		pd.ch = make(chan *wmsg, 1) // (a promise's reply resolves the promise: nobody waits on ch)
 	}
-	msg.A = make([]cbor.RawMessage, len(args))
 	undo := func() {
 		ep.mu.Lock()
 		ep.returnBorrowedLocked(p, pd.borrowed, nil)
 		ep.mu.Unlock()
 	}
 	for i, a := range args {
-		t := md.in[i]
-		if lookupIface(t) != nil {
-			v := reflect.New(t).Elem()
-			if a != nil {
-				v.Set(reflect.ValueOf(a))
-			}
-			raw, e, err := ep.encodeRef(ctx, p, v)
-			if err != nil {
+		var err error
+		if f := lookupIface(md.in[i]); f != nil {
+			var e *export
+			if msg.ar, e, err = ep.encodeRef(ctx, p, msg.ar, a, f); err != nil {
 				undo()
 				return fail(err)
 			}
-			msg.A[i] = raw
-			pd.borrowed = append(pd.borrowed, e)
-			continue
-		}
-		pd.borrowed = append(pd.borrowed, nil)
-		raw, err := marshalValue(a)
-		if err != nil {
+			if e != nil {
+				if pd.borrowed == nil {
+					pd.borrowed = make([]*export, len(args))
+				}
+				pd.borrowed[i] = e
+			}
+		} else if msg.ar, err = appendValue(msg.ar, a); err != nil {
 			undo()
 			return fail(fmt.Errorf("rmi: encoding argument %d: %v", i+1, err))
 		}
-		msg.A[i] = raw
+		msg.an++
 	}
 	if pf != nil {
 		msg.F = fKeep
@@ -407,7 +427,7 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 		return fail(err)
 	}
 	if pd.prom != nil {
-		if err := p.post(msg); err != nil {
+		if err := p.post(&msg); err != nil {
 			ep.dropPending(p, msg.ID)
 			undo()
 			return fail(err)
@@ -415,7 +435,7 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 		ep.callsOut.Add(1)
 		return nil, pd.prom, nil
 	}
-	along, err := p.sendAlong(ctx, msg)
+	along, err := p.sendAlong(ctx, &msg)
 	if err != nil {
 		ep.dropPending(p, msg.ID)
 		undo()
@@ -437,26 +457,10 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 	if err != nil {
 		return nil, nil, err
 	}
-	out := make([]reflect.Value, len(md.out))
-	if len(m.A) != len(md.out) {
-		return fail(fmt.Errorf("%w: %d results, want %d", ErrBadMessage, len(m.A), len(md.out)))
+	if m.nargs() != len(md.out) {
+		return fail(fmt.Errorf("%w: %d results, want %d", ErrBadMessage, m.nargs(), len(md.out)))
 	}
-	for i, t := range md.out {
-		if f := lookupIface(t); f != nil {
-			v, _, err := ep.decodeRef(p, m.A[i], f, false)
-			if err != nil {
-				return fail(err)
-			}
-			out[i] = v
-			continue
-		}
-		v := reflect.New(t)
-		if err := unmarshalValue(m.A[i], v.Interface()); err != nil {
-			return fail(fmt.Errorf("%w: result %d: %v", ErrBadMessage, i+1, err))
-		}
-		out[i] = v.Elem()
-	}
-	return out, nil, nil
+	return m, nil, nil
 }
 
 // wait waits for the reply of call id. If ctx ends first the peer is told

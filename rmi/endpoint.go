@@ -12,8 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/fxamacker/cbor/v2"
-
 	"github.com/loft-ipc/loft"
 )
 
@@ -64,7 +62,7 @@ type Endpoint struct {
 	armed     bool   // lazy is running
 	peers     map[string]*peer
 	owner     map[objID]string // export id to the peer it was given to
-	published map[string]reflect.Value
+	published map[string]pub
 	npend     int // pending calls, summed over peers
 
 	rd  reader    // who receives the endpoint's channel (reader.go)
@@ -92,23 +90,50 @@ type peer struct {
 	rel      []objID
 	fin      []uint64
 	can      []uint64
-	held     []*wmsg             // replies of a pipelined chain, to ride on the next message
-	calls    []heldCall          // pipelined calls, encoded, to go before the next message
+	held     []heldMsg           // replies of a pipelined chain, to ride on the next message
+	hbuf     []byte              // the held replies, encoded one after another
+	calls    []heldMsg           // pipelined calls, to go before the next message
+	cbuf     []byte              // the pipelined calls, encoded one after another
 	wanted   map[uint64]struct{} // calls whose reply the peer waits for (see want)
+
+	sbuf []byte // under smu: the loft message being built (loft's Send copies it)
 }
 
-// heldCall is a pipelined call waiting to be sent (peer.calls).
-type heldCall struct {
+// heldMsg is a pipelined call or a held reply waiting to be sent: its
+// call id and the size of its encoding in the peer's buffer (cbuf, hbuf).
+// (Encoded into one buffer per peer, which the sender takes whole and
+// gives back: no allocation per message.)
+type heldMsg struct {
 	id uint64
-	b  []byte
+	n  int
 }
 
 type export struct {
 	id   objID
-	v    reflect.Value // interface-typed value of the object
+	obj  any // the object (its dynamic value)
 	f    *iface
 	refs int
 	key  any
+}
+
+// value returns the object as a value of its remote interface (for
+// reflection).
+func (e *export) value() reflect.Value { return ifaceValue(e.f.t, e.obj) }
+
+// ifaceValue returns obj as a reflect.Value of interface type t.
+func ifaceValue(t reflect.Type, obj any) reflect.Value {
+	if obj == nil {
+		return reflect.Zero(t)
+	}
+	v := reflect.New(t).Elem()
+	v.Set(reflect.ValueOf(obj))
+	return v
+}
+
+// pub is a published object.
+type pub struct {
+	obj any
+	f   *iface
 }
 
 type pending struct {
@@ -149,7 +174,7 @@ func Open(ctx context.Context, node *loft.Node, opts Options) (*Endpoint, error)
 		return nil, err
 	}
 	ep := &Endpoint{node: node, opts: opts, log: opts.Logger, recv: r, wake: make(chan struct{}, 1),
-		lazy: time.NewTimer(time.Hour), peers: map[string]*peer{}, owner: map[objID]string{}, published: map[string]reflect.Value{}}
+		lazy: time.NewTimer(time.Hour), peers: map[string]*peer{}, owner: map[objID]string{}, published: map[string]pub{}}
 	ep.lazy.Stop()
 	ep.ctx, ep.cancel = context.WithCancel(context.Background())
 	ep.rd.init(ep)
@@ -194,10 +219,8 @@ func Publish[T any](ep *Endpoint, name string, obj T) error {
 	if f == nil {
 		return fmt.Errorf("rmi: Publish: %v is not a registered remote interface", reflect.TypeFor[T]())
 	}
-	v := reflect.New(f.t).Elem()
-	v.Set(reflect.ValueOf(obj))
 	ep.mu.Lock()
-	ep.published[name] = v
+	ep.published[name] = pub{obj: obj, f: f}
 	ep.mu.Unlock()
 	ep.ensureReader()
 	return nil
@@ -228,14 +251,15 @@ func Lookup[T any](ctx context.Context, ep *Endpoint, nodeID, name string) (T, e
 	if err != nil {
 		return zero, err
 	}
-	if len(m.A) != 1 {
+	if m.nargs() != 1 {
 		return zero, &CallError{Peer: nodeID, Method: "Lookup", Err: ErrBadMessage}
 	}
-	v, _, err := ep.decodeRef(p, m.A[0], f, false)
+	it := m.args()
+	v, _, err := ep.decodeRef(p, it.next(), f, false)
 	if err != nil {
 		return zero, &CallError{Peer: nodeID, Method: "Lookup", Err: err}
 	}
-	r, _ := v.Interface().(T)
+	r, _ := v.(T)
 	return r, nil
 }
 
@@ -413,7 +437,7 @@ func (ep *Endpoint) peerGone(p *peer, cause error) {
 	pend, run := p.pending, p.running
 	ep.npend -= len(pend)
 	p.exports, p.byVal, p.answers, p.pending, p.running = nil, nil, nil, nil, nil
-	p.rel, p.fin, p.can, p.held, p.calls = nil, nil, nil, nil, nil
+	p.rel, p.fin, p.can, p.held, p.calls, p.hbuf, p.cbuf = nil, nil, nil, nil, nil, nil, nil
 	dead := p.dead
 	ep.mu.Unlock()
 	close(p.gone)
@@ -478,46 +502,73 @@ func (p *peer) sendAlong(ctx context.Context, m *wmsg) (int, error) {
 		p.snd = s
 	}
 	p.ep.mu.Lock()
+	// (Slices of the arrays of p.rel, p.fin and p.can: later appends to
+	// what is left of them write only past these.)
 	n := min(len(p.rel), maxRefBatch/3)
-	for i := range p.rel[:n] {
-		// (Slices of p.rel's array: later appends to p.rel[n:] write
-		// only past them.)
-		m.Rel = append(m.Rel, p.rel[i][:])
-	}
-	p.rel = p.rel[n:]
+	m.rel, p.rel = p.rel[:n:n], p.rel[n:]
 	n = min(len(p.fin), maxRefBatch/3)
-	m.Fin, p.fin = append(m.Fin, p.fin[:n]...), p.fin[n:]
+	m.Fin, p.fin = appendOrAlias(m.Fin, p.fin[:n:n]), p.fin[n:]
 	n = min(len(p.can), maxRefBatch/3)
-	m.Can, p.can = append(m.Can, p.can[:n]...), p.can[n:]
-	calls, held := p.calls, p.held
-	p.calls, p.held = nil, nil
+	m.Can, p.can = appendOrAlias(m.Can, p.can[:n:n]), p.can[n:]
+	calls, cbuf, held, hbuf := p.calls, p.cbuf, p.held, p.hbuf
+	p.calls, p.cbuf, p.held, p.hbuf = nil, nil, nil, nil
 	more := len(p.rel)+len(p.fin)+len(p.can) > 0
 	p.ep.mu.Unlock()
 	if more {
 		p.ep.kick()
 	}
-	enc := make([][]byte, 0, len(calls)+1+len(held))
-	for _, c := range calls {
-		enc = append(enc, c.b)
+	self := m.K != kCtl || m.P != 0 || len(m.Rel)+len(m.rel)+len(m.Fin)+len(m.Can) > 0
+	count := len(calls) + len(held) + btoi(self)
+	// Build the loft message in sbuf: 3 bytes for the batch's head, then
+	// the calls, m and the replies.
+	b := append(p.sbuf[:0], 0, 0, 0)
+	b = append(b, cbuf...)
+	mEnd := len(b)
+	if self {
+		b = appendMsg(b, m)
 	}
+	mLen := len(b) - mEnd
+	b = append(b, hbuf...)
+	var sent int
 	var err error
-	if m.K != kCtl || m.P != 0 || len(m.Rel)+len(m.Fin)+len(m.Can) > 0 {
-		var b []byte
-		if b, err = encodeMsg(m); err == nil {
-			enc = append(enc, b)
+	if count <= maxBatch && len(b) <= batchBytes+3 {
+		// One loft message (the usual case).
+		start := 3
+		switch {
+		case count == 1:
+		case count < 24:
+			start = 2
+			b[2] = 0x80 | byte(count)
+		default:
+			start = 1
+			b[1], b[2] = 0x98, byte(count)
 		}
-	}
-	for _, r := range held {
-		if err != nil {
-			break
+		if count > 0 {
+			err = p.snd.Send(ctx, b[start:])
+			if err != nil && errors.Is(err, loft.ErrPeerGone) && p.reattached(ctx) {
+				// The connection closed under a live peer: send it again.
+				err = p.snd.Send(ctx, b[start:])
+			}
 		}
-		var b []byte
-		if b, err = encodeMsg(r); err == nil {
-			enc = append(enc, b)
+		if err == nil {
+			sent = count
 		}
-	}
-	sent := 0
-	if err == nil {
+	} else {
+		// Several loft messages: the messages one by one.
+		enc := make([][]byte, 0, count)
+		off := 3
+		for _, c := range calls {
+			enc = append(enc, b[off:off+c.n])
+			off += c.n
+		}
+		if self {
+			enc = append(enc, b[mEnd:mEnd+mLen])
+		}
+		off = mEnd + mLen
+		for _, r := range held {
+			enc = append(enc, b[off:off+r.n])
+			off += r.n
+		}
 		sent, err = p.sendAll(ctx, enc)
 		if err != nil && errors.Is(err, loft.ErrPeerGone) && p.reattached(ctx) {
 			// The connection closed under a live peer: send the rest again.
@@ -526,15 +577,39 @@ func (p *peer) sendAlong(ctx context.Context, m *wmsg) (int, error) {
 			sent += n
 		}
 	}
+	if cap(b) <= 4*batchBytes {
+		p.sbuf = b[:0]
+	} else {
+		p.sbuf = nil
+	}
 	if err != nil && sent < len(calls) {
 		p.ep.failHeld(p, calls[sent:], err)
 	}
+	// Give the buffers back for reuse, unless new ones were started.
+	p.ep.mu.Lock()
+	if p.dead == nil {
+		if p.calls == nil {
+			p.calls, p.cbuf = calls[:0], cbuf[:0]
+		}
+		if p.held == nil {
+			p.held, p.hbuf = held[:0], hbuf[:0]
+		}
+	}
+	p.ep.mu.Unlock()
 	if err != nil && errors.Is(err, loft.ErrPeerGone) {
 		p.smu.Unlock()
 		p.ep.peerGone(p, err)
 		p.smu.Lock()
 	}
 	return len(calls), err
+}
+
+// appendOrAlias returns append(a, b...), or b itself if a is empty.
+func appendOrAlias(a, b []uint64) []uint64 {
+	if len(a) == 0 {
+		return b
+	}
+	return append(a, b...)
 }
 
 // reattached reports, after a send failed with loft.ErrPeerGone, whether
@@ -576,16 +651,14 @@ func (p *peer) sendAll(ctx context.Context, enc [][]byte) (int, error) {
 // has the control loop send it if no other message does first: calls made
 // one after another on promises travel together.
 func (p *peer) post(m *wmsg) error {
-	b, err := encodeMsg(m)
-	if err != nil {
-		return err
-	}
 	p.ep.mu.Lock()
 	if p.dead != nil {
 		p.ep.mu.Unlock()
 		return p.dead
 	}
-	p.calls = append(p.calls, heldCall{id: m.ID, b: b})
+	n := len(p.cbuf)
+	p.cbuf = appendMsg(p.cbuf, m)
+	p.calls = append(p.calls, heldMsg{id: m.ID, n: len(p.cbuf) - n})
 	p.ep.laterLocked()
 	p.ep.mu.Unlock()
 	p.ep.readSoon()
@@ -593,7 +666,7 @@ func (p *peer) post(m *wmsg) error {
 }
 
 // failHeld fails the pipelined calls whose sending failed.
-func (ep *Endpoint) failHeld(p *peer, calls []heldCall, err error) {
+func (ep *Endpoint) failHeld(p *peer, calls []heldMsg, err error) {
 	for _, c := range calls {
 		ep.mu.Lock()
 		pd := p.pending[c.id]
@@ -770,7 +843,7 @@ func (ep *Endpoint) want(p *peer, id uint64) {
 	}
 	now := false
 	for _, r := range p.held {
-		now = now || r.ID == id
+		now = now || r.id == id
 	}
 	if !now {
 		if p.wanted == nil || len(p.wanted) >= maxWanted {
@@ -894,7 +967,9 @@ func (ep *Endpoint) hold(p *peer, r *wmsg) {
 		ep.mu.Unlock()
 		return
 	}
-	p.held = append(p.held, r)
+	n := len(p.hbuf)
+	p.hbuf = appendMsg(p.hbuf, r)
+	p.held = append(p.held, heldMsg{id: r.ID, n: len(p.hbuf) - n})
 	_, now := p.wanted[r.ID]
 	if now {
 		delete(p.wanted, r.ID)
@@ -1034,33 +1109,35 @@ func (ep *Endpoint) serveLookup(p *peer, m *wmsg) {
 	var err error
 	if !ok {
 		err = fmt.Errorf("%w: %q", ErrNotFound, m.M)
-	} else if f := lookupIface(v.Type()); f.name != m.I {
-		err = fmt.Errorf("%w: %q is a %s, not a %s", ErrNotFound, m.M, f.name, m.I)
+	} else if v.f.name != m.I {
+		err = fmt.Errorf("%w: %q is a %s, not a %s", ErrNotFound, m.M, v.f.name, m.I)
 	}
 	if err != nil {
 		ep.reply(p, &wmsg{K: kReply, ID: m.ID, E: toWire(err)})
 		return
 	}
-	raw, _, err := ep.encodeRef(ep.ctx, p, v)
+	raw, _, err := ep.encodeRef(ep.ctx, p, nil, v.obj, v.f)
 	if err != nil {
 		ep.reply(p, &wmsg{K: kReply, ID: m.ID, E: toWire(err)})
 		return
 	}
-	ep.reply(p, &wmsg{K: kReply, ID: m.ID, A: []cbor.RawMessage{raw}})
+	ep.reply(p, &wmsg{K: kReply, ID: m.ID, ar: raw, an: 1})
 }
 
 // serve runs one incoming call (a step of runChain).
 func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
 	ep.callsIn.Add(1)
-	var lent []*Delegate
+	var lentBuf [4]*Delegate
+	lent := lentBuf[:0]
 	var resExp *export
-	out, err := func() (out []cbor.RawMessage, err error) {
+	r := &wmsg{K: kReply, ID: m.ID}
+	err := func() error {
 		md := ex.f.methods[m.M]
 		if md == nil {
-			return nil, fmt.Errorf("%w: %s has no method %q", ErrNoSuchMethod, ex.f.name, m.M)
+			return fmt.Errorf("%w: %s has no method %q", ErrNoSuchMethod, ex.f.name, m.M)
 		}
-		if len(m.A) != len(md.in) {
-			return nil, fmt.Errorf("%w: %s takes %d arguments, got %d", ErrBadMessage, m.M, len(md.in), len(m.A))
+		if m.nargs() != len(md.in) {
+			return fmt.Errorf("%w: %s takes %d arguments, got %d", ErrBadMessage, m.M, len(md.in), m.nargs())
 		}
 		cc := ep.callContext(time.Duration(m.TO))
 		defer cc.end()
@@ -1083,25 +1160,27 @@ func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
 		}()
 		in := make([]reflect.Value, 1+len(md.in))
 		in[0] = reflect.ValueOf(&cc.self).Elem() // (typed context.Context: Call walks no method set)
+		it := m.args()
 		for i, t := range md.in {
+			raw := it.next()
 			if f := lookupIface(t); f != nil {
-				v, d, err := ep.decodeRef(p, m.A[i], f, true)
+				obj, d, err := ep.decodeRef(p, raw, f, true)
 				if err != nil {
-					return nil, err
+					return err
 				}
 				lent = append(lent, d)
-				in[i+1] = v
+				in[i+1] = ifaceValue(t, obj)
 				continue
 			}
 			lent = append(lent, nil)
 			v := reflect.New(t)
-			if err := unmarshalValue(m.A[i], v.Interface()); err != nil {
-				return nil, fmt.Errorf("%w: argument %d of %s: %v", ErrBadMessage, i+1, m.M, err)
+			if err := unmarshalValue(raw, v.Interface()); err != nil {
+				return fmt.Errorf("%w: argument %d of %s: %v", ErrBadMessage, i+1, m.M, err)
 			}
 			in[i+1] = v.Elem()
 		}
 		t0 := monoNow()
-		res, err := call(ex.v.Method(md.idx), in)
+		res, err := call(ex.value().Method(md.idx), in)
 		sp := int32(speedQuick)
 		if cc.asked.Load() || time.Duration(monoNow()-t0-cc.awaited.Load()) > inlineSlow {
 			sp = speedSlow
@@ -1110,45 +1189,39 @@ func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
 			md.speed.Store(sp)
 		}
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if e := res[len(res)-1]; !e.IsNil() {
-			return nil, e.Interface().(error)
+			return e.Interface().(error)
 		}
-		out = make([]cbor.RawMessage, len(md.out))
 		for i, t := range md.out {
-			if lookupIface(t) != nil {
-				raw, e, err := ep.encodeRef(ctx, p, res[i])
+			if f := lookupIface(t); f != nil {
+				var e *export
+				r.ar, e, err = ep.encodeRef(ctx, p, r.ar, res[i].Interface(), f)
 				if err != nil {
-					return nil, err
+					return err
 				}
 				if resExp == nil {
 					resExp = e
 				}
-				out[i] = raw
-				continue
+			} else if r.ar, err = appendValue(r.ar, res[i].Interface()); err != nil {
+				return fmt.Errorf("rmi: encoding result %d of %s: %v", i+1, m.M, err)
 			}
-			raw, err := marshalValue(res[i].Interface())
-			if err != nil {
-				return nil, fmt.Errorf("rmi: encoding result %d of %s: %v", i+1, m.M, err)
-			}
-			out[i] = raw
+			r.an++
 		}
-		return out, nil
+		return nil
 	}()
 	// Borrowed arguments end with the call unless the method retained them.
-	var kept []uint32
 	for i, d := range lent {
 		if d != nil && d.endBorrow() {
-			kept = append(kept, uint32(i))
+			r.Ret = append(r.Ret, uint32(i))
 		}
 	}
 	ep.mu.Lock()
 	p.inflight--
 	ep.mu.Unlock()
-	r := &wmsg{K: kReply, ID: m.ID, A: out, Ret: kept}
 	if err != nil {
-		r.A = nil
+		r.ar, r.an = nil, 0
 		r.E = toWire(err)
 	}
 	return r, ep.settle(p, m, resExp, err)
@@ -1164,27 +1237,21 @@ func call(fn reflect.Value, in []reflect.Value) (out []reflect.Value, err error)
 	return fn.Call(in), nil
 }
 
-// encodeRef encodes an interface-typed value travelling to p: nil, a
-// delegate of p's own object (given back), or an object of this node
-// exported to p (one more reference).
-func (ep *Endpoint) encodeRef(ctx context.Context, p *peer, v reflect.Value) (cbor.RawMessage, *export, error) {
-	if !v.IsValid() || (v.Kind() == reflect.Interface && v.IsNil()) {
-		return cbor.RawMessage{0xf6}, nil, nil
+// encodeRef appends to b the encoding of obj, a value of remote interface
+// f travelling to p: nil, a delegate of p's own object (given back), or an
+// object of this node exported to p (one more reference).
+func (ep *Endpoint) encodeRef(ctx context.Context, p *peer, b []byte, obj any, f *iface) ([]byte, *export, error) {
+	if obj == nil {
+		return append(b, 0xf6), nil, nil
 	}
-	obj := v.Interface()
 	if h, ok := obj.(holder); ok {
 		if d := h.delegate(); d != nil && d.peer == p {
 			id, err := d.target(ctx)
 			if err != nil {
-				return nil, nil, err
+				return b, nil, err
 			}
-			b := appendRef(make([]byte, 0, 4+idLen), refReceiver, id[:])
-			return b, nil, nil
+			return appendRef(b, refReceiver, id[:]), nil, nil
 		}
-	}
-	iv := v
-	if iv.Kind() != reflect.Interface {
-		return nil, nil, fmt.Errorf("rmi: internal: reference of kind %v", v.Kind())
 	}
 	var key any
 	if reflect.TypeOf(obj).Comparable() {
@@ -1193,14 +1260,14 @@ func (ep *Endpoint) encodeRef(ctx context.Context, p *peer, v reflect.Value) (cb
 	ep.mu.Lock()
 	if p.dead != nil {
 		ep.mu.Unlock()
-		return nil, nil, p.dead
+		return b, nil, p.dead
 	}
 	var e *export
 	if key != nil {
 		e = p.byVal[key]
 	}
 	if e == nil {
-		e = &export{v: iv, f: lookupIface(iv.Type()), key: key}
+		e = &export{obj: obj, f: f, key: key}
 		ep.newIDLocked(&e.id)
 		p.exports[e.id] = e
 		if key != nil {
@@ -1210,8 +1277,7 @@ func (ep *Endpoint) encodeRef(ctx context.Context, p *peer, v reflect.Value) (cb
 	}
 	e.refs++
 	ep.mu.Unlock()
-	b := appendRef(make([]byte, 0, 4+idLen), refSender, e.id[:])
-	return b, e, nil
+	return appendRef(b, refSender, e.id[:]), e, nil
 }
 
 // newIDLocked fills id with random bytes from crypto/rand, read 4 KiB at a
@@ -1226,16 +1292,16 @@ func (ep *Endpoint) newIDLocked(id *objID) {
 	ep.ids = ep.ids[idLen:]
 }
 
-// decodeRef turns a reference sent by p into a value of interface f: a
-// new delegate for p's object, or this node's own object given back.
-func (ep *Endpoint) decodeRef(p *peer, raw cbor.RawMessage, f *iface, borrowed bool) (reflect.Value, *Delegate, error) {
-	v := reflect.New(f.t).Elem()
+// decodeRef turns a reference sent by p into a value of interface f (as
+// an any holding the dynamic value, nil for nil): a new delegate for p's
+// object, or this node's own object given back.
+func (ep *Endpoint) decodeRef(p *peer, raw []byte, f *iface, borrowed bool) (any, *Delegate, error) {
 	if len(raw) == 1 && raw[0] == 0xf6 {
-		return v, nil, nil
+		return nil, nil, nil
 	}
 	var r wref
 	if err := decodeRefRaw(raw, &r); err != nil || len(r.ID) != idLen {
-		return v, nil, fmt.Errorf("%w: bad reference", ErrBadMessage)
+		return nil, nil, fmt.Errorf("%w: bad reference", ErrBadMessage)
 	}
 	id := objID(r.ID)
 	switch r.K {
@@ -1246,22 +1312,21 @@ func (ep *Endpoint) decodeRef(p *peer, raw cbor.RawMessage, f *iface, borrowed b
 		ep.mu.Unlock()
 		if e == nil {
 			if foreign {
-				return v, nil, ErrForeignRef
+				return nil, nil, ErrForeignRef
 			}
-			return v, nil, ErrNoSuchObject
+			return nil, nil, ErrNoSuchObject
 		}
-		o := e.v.Elem()
-		if !o.Type().Implements(f.t) {
-			return v, nil, fmt.Errorf("%w: object is a %v, not a %v", ErrBadMessage, o.Type(), f.t)
+		if e.f != f {
+			if t := reflect.TypeOf(e.obj); !t.Implements(f.t) {
+				return nil, nil, fmt.Errorf("%w: object is a %v, not a %v", ErrBadMessage, t, f.t)
+			}
 		}
-		v.Set(o)
-		return v, nil, nil
+		return e.obj, nil, nil
 	case refSender:
 		d := newDelegate(ep, p, f, id, borrowed)
-		v.Set(reflect.ValueOf(f.newFn(d)))
-		return v, d, nil
+		return f.newFn(d), d, nil
 	}
-	return v, nil, fmt.Errorf("%w: reference kind %d", ErrBadMessage, r.K)
+	return nil, nil, fmt.Errorf("%w: reference kind %d", ErrBadMessage, r.K)
 }
 
 // queueCtl adds control items for p. A cancel is sent at once; releases
