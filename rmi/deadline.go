@@ -144,10 +144,18 @@ func (h *dlHeap) Pop() any {
 // endpoint's context would lock that context and add to its children per
 // call.
 func (ep *Endpoint) callContext(to time.Duration) *callCtx {
-	c := &callCtx{ep: ep}
+	c := &callCtx{}
+	ep.initCallContext(c, to)
+	return c
+}
+
+// initCallContext makes the zero *c the context of a served call, as
+// callContext (for a callCtx allocated with the rest of a served call).
+func (ep *Endpoint) initCallContext(c *callCtx, to time.Duration) {
+	c.ep = ep
 	c.self = c
 	if to <= 0 {
-		return c
+		return
 	}
 	c.hasDL = true
 	c.dl = dlEntry{at: time.Now().Add(to), ctx: c}
@@ -163,7 +171,6 @@ func (ep *Endpoint) callContext(to time.Duration) *callCtx {
 		d.armed, d.at = true, c.dl.at
 	}
 	d.mu.Unlock()
-	return c
 }
 
 // expire cancels the served calls whose deadline passed and arms the

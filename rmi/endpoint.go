@@ -1127,104 +1127,74 @@ func (ep *Endpoint) serveLookup(p *peer, m *wmsg) {
 // serve runs one incoming call (a step of runChain).
 func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
 	ep.callsIn.Add(1)
-	var lentBuf [4]*Delegate
-	lent := lentBuf[:0]
-	var resExp *export
-	r := &wmsg{K: kReply, ID: m.ID}
-	err := func() error {
-		md := ex.f.methods[m.M]
-		if md == nil {
-			return fmt.Errorf("%w: %s has no method %q", ErrNoSuchMethod, ex.f.name, m.M)
-		}
-		if m.nargs() != len(md.in) {
-			return fmt.Errorf("%w: %s takes %d arguments, got %d", ErrBadMessage, m.M, len(md.in), m.nargs())
-		}
-		cc := ep.callContext(time.Duration(m.TO))
-		defer cc.end()
-		ep.mu.Lock()
-		dead := p.running == nil
-		if !dead {
-			p.running[m.ID] = cc
-		}
-		ep.mu.Unlock()
-		if dead {
-			cc.cancel(context.Canceled)
-		}
-		ctx := cc.self
-		defer func() {
-			ep.mu.Lock()
-			if p.running != nil {
-				delete(p.running, m.ID)
-			}
-			ep.mu.Unlock()
-		}()
-		in := make([]reflect.Value, 1+len(md.in))
-		in[0] = reflect.ValueOf(&cc.self).Elem() // (typed context.Context: Call walks no method set)
-		it := m.args()
-		for i, t := range md.in {
-			raw := it.next()
-			if f := lookupIface(t); f != nil {
-				obj, d, err := ep.decodeRef(p, raw, f, true)
-				if err != nil {
-					return err
-				}
-				lent = append(lent, d)
-				in[i+1] = ifaceValue(t, obj)
-				continue
-			}
-			lent = append(lent, nil)
-			v := reflect.New(t)
-			if err := unmarshalValue(raw, v.Interface()); err != nil {
-				return fmt.Errorf("%w: argument %d of %s: %v", ErrBadMessage, i+1, m.M, err)
-			}
-			in[i+1] = v.Elem()
-		}
-		t0 := monoNow()
-		res, err := call(ex.value().Method(md.idx), in)
-		sp := int32(speedQuick)
-		if cc.asked.Load() || time.Duration(monoNow()-t0-cc.awaited.Load()) > inlineSlow {
-			sp = speedSlow
-		}
-		if md.speed.Load() != sp {
-			md.speed.Store(sp)
-		}
-		if err != nil {
-			return err
-		}
-		if e := res[len(res)-1]; !e.IsNil() {
-			return e.Interface().(error)
-		}
-		for i, t := range md.out {
-			if f := lookupIface(t); f != nil {
-				var e *export
-				r.ar, e, err = ep.encodeRef(ctx, p, r.ar, res[i].Interface(), f)
-				if err != nil {
-					return err
-				}
-				if resExp == nil {
-					resExp = e
-				}
-			} else if r.ar, err = appendValue(r.ar, res[i].Interface()); err != nil {
-				return fmt.Errorf("rmi: encoding result %d of %s: %v", i+1, m.M, err)
-			}
-			r.an++
-		}
-		return nil
-	}()
+	c := &Served{ep: ep, p: p, m: m, it: m.args()}
+	c.r = wmsg{K: kReply, ID: m.ID}
+	c.r.ar, c.lent = c.buf[:0], c.lentA[:0]
+	err := ep.dispatchCall(c, ex)
 	// Borrowed arguments end with the call unless the method retained them.
-	for i, d := range lent {
+	for i, d := range c.lent {
 		if d != nil && d.endBorrow() {
-			r.Ret = append(r.Ret, uint32(i))
+			c.r.Ret = append(c.r.Ret, uint32(i))
 		}
 	}
 	ep.mu.Lock()
 	p.inflight--
 	ep.mu.Unlock()
 	if err != nil {
-		r.ar, r.an = nil, 0
-		r.E = toWire(err)
+		c.r.ar, c.r.an = nil, 0
+		c.r.E = toWire(err)
 	}
-	return r, ep.settle(p, m, resExp, err)
+	return &c.r, ep.settle(p, m, c.resExp, err)
+}
+
+// dispatchCall runs the method of call c on ex, by its stub or by
+// reflection, in the call's context.
+func (ep *Endpoint) dispatchCall(c *Served, ex *export) error {
+	p, m := c.p, c.m
+	md := ex.f.methods[m.M]
+	if md == nil {
+		return fmt.Errorf("%w: %s has no method %q", ErrNoSuchMethod, ex.f.name, m.M)
+	}
+	if m.nargs() != len(md.in) {
+		return fmt.Errorf("%w: %s takes %d arguments, got %d", ErrBadMessage, m.M, len(md.in), m.nargs())
+	}
+	cc := &c.cc
+	ep.initCallContext(cc, time.Duration(m.TO))
+	defer cc.end()
+	ep.mu.Lock()
+	dead := p.running == nil
+	if !dead {
+		p.running[m.ID] = cc
+	}
+	ep.mu.Unlock()
+	if dead {
+		cc.cancel(context.Canceled)
+	}
+	defer func() {
+		ep.mu.Lock()
+		if p.running != nil {
+			delete(p.running, m.ID)
+		}
+		ep.mu.Unlock()
+	}()
+	t0 := monoNow()
+	var err error
+	if md.stub != nil {
+		err = callStub(md.stub, cc, ex.obj, c)
+		if err == nil && c.r.an != len(md.out) {
+			err = fmt.Errorf("rmi: the stub of %s.%s gave %d results, want %d", ex.f.name, m.M, c.r.an, len(md.out))
+		}
+	} else {
+		err = ep.callReflect(c, ex, md)
+	}
+	sp := int32(speedQuick)
+	if cc.asked.Load() || time.Duration(monoNow()-t0-cc.awaited.Load()) > inlineSlow {
+		sp = speedSlow
+	}
+	if md.speed.Load() != sp {
+		md.speed.Store(sp)
+	}
+	return err
 }
 
 // call calls fn, turning a panic into an error.

@@ -35,6 +35,7 @@ type method struct {
 	// unless its method is slow; a caller reading for its own reply, only
 	// if it is quick (see bgLoop and lead).
 	speed atomic.Int32
+	stub  stubFn // nil: dispatched by reflection
 }
 
 var (
@@ -55,8 +56,9 @@ var (
 // first and return an error last; other parameters and results are
 // encoded with CBOR, except those whose type is a registered remote
 // interface, which travel by reference. Register in an init function, in
-// every process that uses T.
-func Register[T any](newProxy func(*Delegate) T) {
+// every process that uses T. Stubs, if given, dispatch incoming calls of
+// the methods they name without reflection (see Stubs).
+func Register[T any](newProxy func(*Delegate) T, stubs ...Stubs[T]) {
 	t := reflect.TypeFor[T]()
 	if t.Kind() != reflect.Interface {
 		panic(fmt.Sprintf("rmi.Register: %v is not an interface", t))
@@ -77,6 +79,18 @@ func Register[T any](newProxy func(*Delegate) T) {
 			md.out = append(md.out, ft.Out(j))
 		}
 		f.methods[m.Name] = md
+	}
+	for _, st := range stubs {
+		for name, fn := range st {
+			md := f.methods[name]
+			if md == nil {
+				panic(fmt.Sprintf("rmi.Register: a stub for %s, which %v does not have", name, t))
+			}
+			md.stub = func(ctx context.Context, obj any, c *Served) error {
+				x, _ := obj.(T)
+				return fn(ctx, x, c)
+			}
+		}
 	}
 	regMu.Lock()
 	m := map[reflect.Type]*iface{t: f}

@@ -738,3 +738,11 @@ func unmarshalInto[T any](raw []byte, p *T) error {
 	*p = *q
 	return err
 }
+
+// appendString appends the encoding of s as appendValue does.
+func appendString(b []byte, s string) ([]byte, error) {
+	if utf8.ValidString(s) {
+		return appendText(b, s), nil
+	}
+	return appendValue(b, s)
+}
