@@ -366,8 +366,8 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 	if err := p.deadErr(); err != nil {
 		return fail(err)
 	}
-	var abuf [64]byte
-	msg := wmsg{K: kCall, ID: ep.nextID.Add(1), M: method, ar: abuf[:0]}
+	pd := &pending{}
+	msg := wmsg{K: kCall, ID: ep.nextID.Add(1), M: method, ar: pd.buf[:0]}
 	d.mu.Lock()
 	switch {
 	case d.released:
@@ -385,7 +385,6 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 		defer d.unuse()
 	}
 	d.mu.Unlock()
-	pd := &pending{}
 	if pf == nil {
 		pd.ch = make(chan *wmsg, 1) // (a promise's reply resolves the promise: nobody waits on ch)
 	}
@@ -397,11 +396,12 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 	for i, a := range args {
 		var err error
 		if f := lookupIface(md.in[i]); f != nil {
-			var e *export
-			if msg.ar, e, err = ep.encodeRef(ctx, p, msg.ar, a, f); err != nil {
+			r, e, err := ep.ref(ctx, p, a, f)
+			if err != nil {
 				undo()
 				return fail(err)
 			}
+			msg.ar = r.append(msg.ar)
 			if e != nil {
 				if pd.borrowed == nil {
 					pd.borrowed = make([]*export, len(args))

@@ -141,7 +141,8 @@ type pending struct {
 	err      error
 	borrowed []*export
 	prom     *Delegate
-	along    int // pipelined calls sent in the message of this call (reader.go's mayLeadLocked)
+	along    int      // pipelined calls sent in the message of this call (reader.go's mayLeadLocked)
+	buf      [64]byte // the call's first buffer for its arguments (one allocation with pd)
 
 	// under rd.mu (reader.go)
 	tok      chan struct{} // the read token is given to this follower
@@ -153,6 +154,7 @@ type answer struct {
 	exp   *export
 	err   error
 	queue []*wmsg
+	q1    [1]*wmsg // queue's first array (a chain queues one call per answer)
 }
 
 // ChannelName is the loft channel an endpoint of node id receives on.
@@ -504,6 +506,7 @@ func (p *peer) sendAlong(ctx context.Context, m *wmsg) (int, error) {
 	p.ep.mu.Lock()
 	// (Slices of the arrays of p.rel, p.fin and p.can: later appends to
 	// what is left of them write only past these.)
+	relAll, finAll := p.rel, p.fin // (given back for reuse after the send)
 	n := min(len(p.rel), maxRefBatch/3)
 	m.rel, p.rel = p.rel[:n:n], p.rel[n:]
 	n = min(len(p.fin), maxRefBatch/3)
@@ -585,9 +588,16 @@ func (p *peer) sendAlong(ctx context.Context, m *wmsg) (int, error) {
 	if err != nil && sent < len(calls) {
 		p.ep.failHeld(p, calls[sent:], err)
 	}
-	// Give the buffers back for reuse, unless new ones were started.
+	// Give the buffers back for reuse, unless new ones were started or
+	// items queued meanwhile.
 	p.ep.mu.Lock()
 	if p.dead == nil {
+		if len(p.rel) == 0 {
+			p.rel = relAll[:0]
+		}
+		if len(p.fin) == 0 {
+			p.fin = finAll[:0]
+		}
 		if p.calls == nil {
 			p.calls, p.cbuf = calls[:0], cbuf[:0]
 		}
@@ -1030,6 +1040,9 @@ func (ep *Endpoint) targetLocked(p *peer, m *wmsg) (*export, error) {
 		return nil, fmt.Errorf("%w: no answer %d kept", ErrNoSuchObject, m.P)
 	}
 	if !a.done {
+		if a.queue == nil {
+			a.queue = a.q1[:0]
+		}
 		a.queue = append(a.queue, m)
 		return nil, nil
 	}
@@ -1208,19 +1221,46 @@ func call(fn reflect.Value, in []reflect.Value) (out []reflect.Value, err error)
 }
 
 // encodeRef appends to b the encoding of obj, a value of remote interface
-// f travelling to p: nil, a delegate of p's own object (given back), or an
-// object of this node exported to p (one more reference).
+// f travelling to p (see ref).
 func (ep *Endpoint) encodeRef(ctx context.Context, p *peer, b []byte, obj any, f *iface) ([]byte, *export, error) {
+	r, e, err := ep.ref(ctx, p, obj, f)
+	if err != nil {
+		return b, nil, err
+	}
+	return r.append(b), e, nil
+}
+
+// wireRef is how a reference is encoded: kind 0 for nil, else
+// {1: kind, 2: id}.
+type wireRef struct {
+	kind uint8
+	id   objID
+}
+
+func (r *wireRef) append(b []byte) []byte {
+	if r.kind == 0 {
+		return append(b, 0xf6)
+	}
+	return appendRef(b, r.kind, r.id[:])
+}
+
+// ref returns the reference that obj, a value of remote interface f
+// travelling to p, is: nil, a delegate of p's own object (given back), or
+// an object of this node exported to p (one more reference), with its
+// export. (Apart from the appending: the escape analysis of the package's
+// big cycle of calls would send to the heap any buffer passed in.)
+func (ep *Endpoint) ref(ctx context.Context, p *peer, obj any, f *iface) (r wireRef, e *export, err error) {
 	if obj == nil {
-		return append(b, 0xf6), nil, nil
+		return r, nil, nil
 	}
 	if h, ok := obj.(holder); ok {
 		if d := h.delegate(); d != nil && d.peer == p {
 			id, err := d.target(ctx)
 			if err != nil {
-				return b, nil, err
+				return r, nil, err
 			}
-			return appendRef(b, refReceiver, id[:]), nil, nil
+			r.kind, r.id = refReceiver, id
+			return r, nil, nil
 		}
 	}
 	var key any
@@ -1230,9 +1270,8 @@ func (ep *Endpoint) encodeRef(ctx context.Context, p *peer, b []byte, obj any, f
 	ep.mu.Lock()
 	if p.dead != nil {
 		ep.mu.Unlock()
-		return b, nil, p.dead
+		return r, nil, p.dead
 	}
-	var e *export
 	if key != nil {
 		e = p.byVal[key]
 	}
@@ -1247,7 +1286,8 @@ func (ep *Endpoint) encodeRef(ctx context.Context, p *peer, b []byte, obj any, f
 	}
 	e.refs++
 	ep.mu.Unlock()
-	return appendRef(b, refSender, e.id[:]), e, nil
+	r.kind, r.id = refSender, e.id
+	return r, e, nil
 }
 
 // newIDLocked fills id with random bytes from crypto/rand, read 4 KiB at a
