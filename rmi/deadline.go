@@ -145,20 +145,21 @@ func (h *dlHeap) Pop() any {
 // call.
 func (ep *Endpoint) callContext(to time.Duration) *callCtx {
 	c := &callCtx{}
-	ep.initCallContext(c, to)
+	ep.initCallContext(c, to, monoNow())
 	return c
 }
 
 // initCallContext makes the zero *c the context of a served call, as
-// callContext (for a callCtx allocated with the rest of a served call).
-func (ep *Endpoint) initCallContext(c *callCtx, to time.Duration) {
+// callContext (for a callCtx allocated with the rest of a served call);
+// now is monoNow() (one clock read for the caller's timing and this).
+func (ep *Endpoint) initCallContext(c *callCtx, to time.Duration, now int64) {
 	c.ep = ep
 	c.self = c
 	if to <= 0 {
 		return
 	}
 	c.hasDL = true
-	c.dl = dlEntry{at: time.Now().Add(to), ctx: c}
+	c.dl = dlEntry{at: monoStart.Add(time.Duration(now) + to), ctx: c}
 	d := &ep.dls
 	d.mu.Lock()
 	heap.Push(&d.h, &c.dl)

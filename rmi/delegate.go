@@ -366,8 +366,8 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 	if err := p.deadErr(); err != nil {
 		return fail(err)
 	}
-	pd := &pending{}
-	msg := wmsg{K: kCall, ID: ep.nextID.Add(1), M: method, ar: pd.buf[:0]}
+	var abuf [64]byte
+	msg := wmsg{K: kCall, ID: ep.nextID.Add(1), M: method, ar: abuf[:0]}
 	d.mu.Lock()
 	switch {
 	case d.released:
@@ -385,6 +385,7 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 		defer d.unuse()
 	}
 	d.mu.Unlock()
+	pd := &pending{}
 	if pf == nil {
 		pd.ch = make(chan *wmsg, 1) // (a promise's reply resolves the promise: nobody waits on ch)
 	}
@@ -422,18 +423,17 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 	if dl, ok := ctx.Deadline(); ok {
 		msg.TO = max(int64(time.Until(dl)), 1)
 	}
-	if err := ep.addPending(p, msg.ID, pd); err != nil {
-		undo()
-		return fail(err)
-	}
 	if pd.prom != nil {
-		if err := p.post(&msg); err != nil {
-			ep.dropPending(p, msg.ID)
+		if err := p.post(&msg, pd); err != nil {
 			undo()
 			return fail(err)
 		}
 		ep.callsOut.Add(1)
 		return nil, pd.prom, nil
+	}
+	if err := ep.addPending(p, msg.ID, pd); err != nil {
+		undo()
+		return fail(err)
 	}
 	along, err := p.sendAlong(ctx, &msg)
 	if err != nil {

@@ -141,8 +141,7 @@ type pending struct {
 	err      error
 	borrowed []*export
 	prom     *Delegate
-	along    int      // pipelined calls sent in the message of this call (reader.go's mayLeadLocked)
-	buf      [64]byte // the call's first buffer for its arguments (one allocation with pd)
+	along    int // pipelined calls sent in the message of this call (reader.go's mayLeadLocked)
 
 	// under rd.mu (reader.go)
 	tok      chan struct{} // the read token is given to this follower
@@ -482,7 +481,8 @@ func (p *peer) deadErr() error {
 // then the replies held for it; in one loft message when they fit. Sends
 // to one peer are serialized under p.smu, so an item or a call queued
 // before a message is built travels with it or before it. m may be an
-// empty control message: then only what waits is sent.
+// empty control message: then only what waits is sent. m's Rel, Fin and
+// Can are set here (the caller leaves them empty).
 func (p *peer) send(ctx context.Context, m *wmsg) error {
 	_, err := p.sendAlong(ctx, m)
 	return err
@@ -510,9 +510,9 @@ func (p *peer) sendAlong(ctx context.Context, m *wmsg) (int, error) {
 	n := min(len(p.rel), maxRefBatch/3)
 	m.rel, p.rel = p.rel[:n:n], p.rel[n:]
 	n = min(len(p.fin), maxRefBatch/3)
-	m.Fin, p.fin = appendOrAlias(m.Fin, p.fin[:n:n]), p.fin[n:]
+	m.Fin, p.fin = p.fin[:n:n], p.fin[n:]
 	n = min(len(p.can), maxRefBatch/3)
-	m.Can, p.can = appendOrAlias(m.Can, p.can[:n:n]), p.can[n:]
+	m.Can, p.can = p.can[:n:n], p.can[n:]
 	calls, cbuf, held, hbuf := p.calls, p.cbuf, p.held, p.hbuf
 	p.calls, p.cbuf, p.held, p.hbuf = nil, nil, nil, nil
 	more := len(p.rel)+len(p.fin)+len(p.can) > 0
@@ -614,14 +614,6 @@ func (p *peer) sendAlong(ctx context.Context, m *wmsg) (int, error) {
 	return len(calls), err
 }
 
-// appendOrAlias returns append(a, b...), or b itself if a is empty.
-func appendOrAlias(a, b []uint64) []uint64 {
-	if len(a) == 0 {
-		return b
-	}
-	return append(a, b...)
-}
-
 // reattached reports, after a send failed with loft.ErrPeerGone, whether
 // the peer still runs (see Endpoint.gone) and the sender is attached to it
 // again. Caller holds smu.
@@ -657,15 +649,18 @@ func (p *peer) sendAll(ctx context.Context, enc [][]byte) (int, error) {
 	return sent, nil
 }
 
-// post queues pipelined call m to go before the next message to p, and
-// has the control loop send it if no other message does first: calls made
-// one after another on promises travel together.
-func (p *peer) post(m *wmsg) error {
+// post queues pipelined call m, whose pending entry is pd, to go before
+// the next message to p, and has the control loop send it if no other
+// message does first: calls made one after another on promises travel
+// together.
+func (p *peer) post(m *wmsg, pd *pending) error {
 	p.ep.mu.Lock()
 	if p.dead != nil {
 		p.ep.mu.Unlock()
 		return p.dead
 	}
+	p.pending[m.ID] = pd
+	p.ep.npend++
 	n := len(p.cbuf)
 	p.cbuf = appendMsg(p.cbuf, m)
 	p.calls = append(p.calls, heldMsg{id: m.ID, n: len(p.cbuf) - n})
@@ -916,6 +911,7 @@ type step struct {
 	m   *wmsg
 	ex  *export
 	err error
+	c   *Served // the call's state when admitted (registered in peer.running)
 }
 
 func (s step) none() bool { return s.m == nil }
@@ -932,14 +928,14 @@ func (s step) speed() int32 {
 	return md.speed.Load()
 }
 
-// runStep serves or fails the call of s and returns its reply, and the
-// call queued behind its answer that the same goroutine runs next (none if
-// none).
-func (ep *Endpoint) runStep(p *peer, s step) (reply *wmsg, next step) {
+// runStep serves or fails the call of s, sets *reply to its reply, and
+// returns the call queued behind its answer that the same goroutine runs
+// next (none if none).
+func (ep *Endpoint) runStep(p *peer, s step, reply *wmsg) (next step) {
 	if s.err != nil {
-		return ep.failCall(p, s.m, s.err)
+		return ep.failCall(p, s.m, s.err, reply)
 	}
-	return ep.serve(p, s.m, s.ex)
+	return ep.serve(p, s, reply)
 }
 
 // A job is a step of peer p that a reader left for its goroutine to run.
@@ -958,13 +954,14 @@ type job struct {
 // ep.wg until its reply is sent or held.
 func (ep *Endpoint) runChain(p *peer, run step) {
 	for {
-		r, next := ep.runStep(p, run)
+		var r wmsg // (on the stack: hold and reply encode it)
+		next := ep.runStep(p, run, &r)
 		if next.none() {
-			ep.reply(p, r)
+			ep.reply(p, &r)
 			ep.wg.Done()
 			return
 		}
-		ep.hold(p, r)
+		ep.hold(p, &r)
 		ep.wg.Done()
 		run = next
 	}
@@ -1011,15 +1008,18 @@ func (ep *Endpoint) admitRun(p *peer, m *wmsg) step {
 	if err == nil && p.inflight >= ep.opts.MaxIncoming {
 		err = ErrTooManyCalls
 	}
+	var c *Served
 	if err == nil {
 		p.inflight++
+		c = &Served{ep: ep, p: p, m: m}
+		p.running[m.ID] = &c.cc // (live before initCallContext: a cancel counts)
 	}
 	ep.wg.Add(1)
 	ep.mu.Unlock()
 	if err != nil {
 		return step{m: m, err: err}
 	}
-	return step{m: m, ex: ex}
+	return step{m: m, ex: ex, c: c}
 }
 
 // targetLocked resolves the target of a call: (export, nil), (nil, error),
@@ -1055,8 +1055,9 @@ func (ep *Endpoint) targetLocked(p *peer, m *wmsg) (*export, error) {
 	return a.exp, nil
 }
 
-func (ep *Endpoint) failCall(p *peer, m *wmsg, err error) (*wmsg, step) {
-	return &wmsg{K: kReply, ID: m.ID, E: toWire(err)}, ep.settle(p, m, nil, err)
+func (ep *Endpoint) failCall(p *peer, m *wmsg, err error, r *wmsg) step {
+	*r = wmsg{K: kReply, ID: m.ID, E: toWire(err)}
+	return ep.settle(p, m, nil, err)
 }
 
 func toWire(err error) *werr {
@@ -1075,19 +1076,31 @@ func (ep *Endpoint) settle(p *peer, m *wmsg, ex *export, err error) step {
 	if m.F&fKeep == 0 {
 		return step{}
 	}
+	ep.mu.Lock()
+	q := ep.settleLocked(p, m, ex, err)
+	ep.mu.Unlock()
+	return ep.admitQueued(p, q)
+}
+
+// settleLocked records the answer of call m, which was kept, and returns
+// the calls queued behind it. Caller holds ep.mu.
+func (ep *Endpoint) settleLocked(p *peer, m *wmsg, ex *export, err error) []*wmsg {
 	if ex == nil && err == nil {
 		err = fmt.Errorf("%w: the result is not an object of this node", ErrNoSuchObject)
 	}
-	ep.mu.Lock()
 	a := p.answers[m.ID]
 	if a == nil || a.done {
-		ep.mu.Unlock()
-		return step{}
+		return nil
 	}
 	a.done, a.exp, a.err = true, ex, err
 	q := a.queue
 	a.queue = nil
-	ep.mu.Unlock()
+	return q
+}
+
+// admitQueued admits the calls q that were queued behind an answer (see
+// settle).
+func (ep *Endpoint) admitQueued(p *peer, q []*wmsg) step {
 	var next step
 	for _, c := range q {
 		run := ep.admitRun(p, c)
@@ -1137,33 +1150,43 @@ func (ep *Endpoint) serveLookup(p *peer, m *wmsg) {
 	ep.reply(p, &wmsg{K: kReply, ID: m.ID, ar: raw, an: 1})
 }
 
-// serve runs one incoming call (a step of runChain).
-func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
+// serve runs one incoming call (a step of runChain) and sets *r to its
+// reply.
+func (ep *Endpoint) serve(p *peer, s step, r *wmsg) step {
 	ep.callsIn.Add(1)
-	c := &Served{ep: ep, p: p, m: m, it: m.args()}
-	c.r = wmsg{K: kReply, ID: m.ID}
-	c.r.ar, c.lent = c.buf[:0], c.lentA[:0]
-	err := ep.dispatchCall(c, ex)
+	m, c := s.m, s.c
+	c.it = m.args()
+	c.ar, c.lent = c.buf[:0], c.lentA[:0]
+	err := ep.dispatchCall(c, s.ex)
 	// Borrowed arguments end with the call unless the method retained them.
 	for i, d := range c.lent {
 		if d != nil && d.endBorrow() {
-			c.r.Ret = append(c.r.Ret, uint32(i))
+			r.Ret = append(r.Ret, uint32(i))
 		}
 	}
-	ep.mu.Lock()
-	p.inflight--
-	ep.mu.Unlock()
+	r.K, r.ID = kReply, m.ID
 	if err != nil {
-		c.r.ar, c.r.an = nil, 0
-		c.r.E = toWire(err)
+		r.E = toWire(err)
+	} else {
+		r.ar, r.an = c.ar, c.an
 	}
-	return &c.r, ep.settle(p, m, c.resExp, err)
+	ep.mu.Lock()
+	if p.running != nil {
+		delete(p.running, m.ID)
+	}
+	p.inflight--
+	var q []*wmsg
+	if m.F&fKeep != 0 {
+		q = ep.settleLocked(p, m, c.resExp, err)
+	}
+	ep.mu.Unlock()
+	return ep.admitQueued(p, q)
 }
 
 // dispatchCall runs the method of call c on ex, by its stub or by
 // reflection, in the call's context.
 func (ep *Endpoint) dispatchCall(c *Served, ex *export) error {
-	p, m := c.p, c.m
+	m := c.m
 	md := ex.f.methods[m.M]
 	if md == nil {
 		return fmt.Errorf("%w: %s has no method %q", ErrNoSuchMethod, ex.f.name, m.M)
@@ -1172,30 +1195,14 @@ func (ep *Endpoint) dispatchCall(c *Served, ex *export) error {
 		return fmt.Errorf("%w: %s takes %d arguments, got %d", ErrBadMessage, m.M, len(md.in), m.nargs())
 	}
 	cc := &c.cc
-	ep.initCallContext(cc, time.Duration(m.TO))
-	defer cc.end()
-	ep.mu.Lock()
-	dead := p.running == nil
-	if !dead {
-		p.running[m.ID] = cc
-	}
-	ep.mu.Unlock()
-	if dead {
-		cc.cancel(context.Canceled)
-	}
-	defer func() {
-		ep.mu.Lock()
-		if p.running != nil {
-			delete(p.running, m.ID)
-		}
-		ep.mu.Unlock()
-	}()
 	t0 := monoNow()
+	ep.initCallContext(cc, time.Duration(m.TO), t0)
+	defer cc.end()
 	var err error
 	if md.stub != nil {
 		err = callStub(md.stub, cc, ex.obj, c)
-		if err == nil && c.r.an != len(md.out) {
-			err = fmt.Errorf("rmi: the stub of %s.%s gave %d results, want %d", ex.f.name, m.M, c.r.an, len(md.out))
+		if err == nil && c.an != len(md.out) {
+			err = fmt.Errorf("rmi: the stub of %s.%s gave %d results, want %d", ex.f.name, m.M, c.an, len(md.out))
 		}
 	} else {
 		err = ep.callReflect(c, ex, md)

@@ -48,6 +48,10 @@ var (
 	// cores).
 	regMu  sync.Mutex // serializes Register
 	ifaces atomic.Pointer[map[reflect.Type]*iface]
+	// The method names of the registered interfaces, which the decoder
+	// of calls returns instead of a copy of the bytes (an allocation per
+	// call). Replaced like ifaces.
+	methodNames atomic.Pointer[map[string]string]
 )
 
 // Register declares the Go interface T remote. newProxy wraps a delegate
@@ -102,6 +106,16 @@ func Register[T any](newProxy func(*Delegate) T, stubs ...Stubs[T]) {
 		}
 	}
 	ifaces.Store(&m)
+	names := map[string]string{}
+	if old := methodNames.Load(); old != nil {
+		for k, v := range *old {
+			names[k] = v
+		}
+	}
+	for name := range f.methods {
+		names[name] = name
+	}
+	methodNames.Store(&names)
 	regMu.Unlock()
 }
 
@@ -117,3 +131,16 @@ func lookupIface(t reflect.Type) *iface {
 }
 
 func typeOf[T any]() reflect.Type { return reflect.TypeFor[T]() }
+
+// methodItem is textItem for a method name: a registered one is returned
+// without a copy.
+func methodItem(b []byte) (string, []byte, bool) {
+	if major, n, r, ok := head(b); ok && major == cbText && n <= uint64(len(r)) {
+		if names := methodNames.Load(); names != nil {
+			if s, ok := (*names)[string(r[:n])]; ok {
+				return s, r[n:], true
+			}
+		}
+	}
+	return textItem(b)
+}

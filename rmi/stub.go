@@ -27,11 +27,12 @@ type Served struct {
 	m      *wmsg
 	it     argIter
 	nargs  int         // arguments decoded so far
-	r      wmsg        // the reply
+	ar     []byte      // the results, encoded (wmsg.ar of the reply)
+	an     int         // how many
 	resExp *export     // the object exported by the first result that is one
 	lent   []*Delegate // per argument decoded: its delegate if it is a reference
 	lentA  [4]*Delegate
-	buf    [64]byte // first buffer of r.ar
+	buf    [64]byte // first buffer of ar
 }
 
 // (A served call's context, reply and buffers are one allocation.)
@@ -73,16 +74,16 @@ func Result[T any](c *Served, v T) error {
 	var err error
 	switch x := any(&v).(type) {
 	case *string:
-		c.r.ar, err = appendString(c.r.ar, *x)
+		c.ar, err = appendString(c.ar, *x)
 	case *int:
-		c.r.ar = appendInt(c.r.ar, int64(*x))
+		c.ar = appendInt(c.ar, int64(*x))
 	default:
-		c.r.ar, err = appendValue(c.r.ar, any(v))
+		c.ar, err = appendValue(c.ar, any(v))
 	}
 	if err != nil {
-		return fmt.Errorf("rmi: encoding result %d of %s: %v", c.r.an+1, c.m.M, err)
+		return fmt.Errorf("rmi: encoding result %d of %s: %v", c.an+1, c.m.M, err)
 	}
-	c.r.an++
+	c.an++
 	return nil
 }
 
@@ -90,14 +91,14 @@ func Result[T any](c *Served, v T) error {
 func (c *Served) refResult(obj any, f *iface) error {
 	var e *export
 	var err error
-	c.r.ar, e, err = c.ep.encodeRef(&c.cc, c.p, c.r.ar, obj, f)
+	c.ar, e, err = c.ep.encodeRef(&c.cc, c.p, c.ar, obj, f)
 	if err != nil {
 		return err
 	}
 	if c.resExp == nil {
 		c.resExp = e
 	}
-	c.r.an++
+	c.an++
 	return nil
 }
 
@@ -149,10 +150,10 @@ func (ep *Endpoint) callReflect(c *Served, ex *export, md *method) error {
 			}
 			continue
 		}
-		if c.r.ar, err = appendValue(c.r.ar, res[i].Interface()); err != nil {
+		if c.ar, err = appendValue(c.ar, res[i].Interface()); err != nil {
 			return fmt.Errorf("rmi: encoding result %d of %s: %v", i+1, c.m.M, err)
 		}
-		c.r.an++
+		c.an++
 	}
 	return nil
 }

@@ -451,15 +451,10 @@ func fastMsg(b []byte) (m *wmsg, rest []byte, ok bool) {
 			m.P, b, ok = uintItem(b)
 		case 3:
 			m.Obj, b, ok = bytesItem(b)
-		case 5, 14:
-			var s string
-			if s, b, ok = textItem(b); ok {
-				if key == 5 {
-					m.M = s
-				} else {
-					m.I = s
-				}
-			}
+		case 5:
+			m.M, b, ok = methodItem(b)
+		case 14:
+			m.I, b, ok = textItem(b)
 		case 6:
 			if major, n, b, ok = head(b); !ok || major != cbArray || n > 1<<16 || n > uint64(len(b)) {
 				return nil, nil, false // (every item is at least a byte)
