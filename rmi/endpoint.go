@@ -61,7 +61,7 @@ type Endpoint struct {
 	ids       []byte // random bytes for object ids, from crypto/rand
 	armed     bool   // lazy is running
 	peers     map[string]*peer
-	owner     map[objID]string // export id to the peer it was given to
+	nexports  int // exports, summed over the live peers
 	published map[string]pub
 	npend     int // pending calls, summed over peers
 
@@ -175,7 +175,7 @@ func Open(ctx context.Context, node *loft.Node, opts Options) (*Endpoint, error)
 		return nil, err
 	}
 	ep := &Endpoint{node: node, opts: opts, log: opts.Logger, recv: r, wake: make(chan struct{}, 1),
-		lazy: time.NewTimer(time.Hour), peers: map[string]*peer{}, owner: map[objID]string{}, published: map[string]pub{}}
+		lazy: time.NewTimer(time.Hour), peers: map[string]*peer{}, published: map[string]pub{}}
 	ep.lazy.Stop()
 	ep.ctx, ep.cancel = context.WithCancel(context.Background())
 	ep.rd.init(ep)
@@ -432,9 +432,7 @@ func (ep *Endpoint) peerGone(p *peer, cause error) {
 	} else {
 		p.dead = fmt.Errorf("%w: node %s: %v", ErrPeerGone, p.id, cause)
 	}
-	for id := range p.exports {
-		delete(ep.owner, id)
-	}
+	ep.nexports -= len(p.exports)
 	pend, run := p.pending, p.running
 	ep.npend -= len(pend)
 	p.exports, p.byVal, p.answers, p.pending, p.running = nil, nil, nil, nil, nil
@@ -879,7 +877,7 @@ func (ep *Endpoint) releaseLocked(p *peer, id objID) {
 		if e.key != nil {
 			delete(p.byVal, e.key)
 		}
-		delete(ep.owner, id)
+		ep.nexports--
 	}
 }
 
@@ -1030,7 +1028,7 @@ func (ep *Endpoint) targetLocked(p *peer, m *wmsg) (*export, error) {
 		if e := p.exports[id]; e != nil {
 			return e, nil
 		}
-		if _, ok := ep.owner[id]; ok {
+		if ep.foreignLocked(p, id) {
 			return nil, ErrForeignRef
 		}
 		return nil, ErrNoSuchObject
@@ -1289,12 +1287,24 @@ func (ep *Endpoint) ref(ctx context.Context, p *peer, obj any, f *iface) (r wire
 		if key != nil {
 			p.byVal[key] = e
 		}
-		ep.owner[e.id] = p.id
+		ep.nexports++
 	}
 	e.refs++
 	ep.mu.Unlock()
 	r.kind, r.id = refSender, e.id
 	return r, e, nil
+}
+
+// foreignLocked reports whether id was exported to a peer other than p
+// (an error path: a scan of the peers, not a table per export). Caller
+// holds ep.mu.
+func (ep *Endpoint) foreignLocked(p *peer, id objID) bool {
+	for _, q := range ep.peers {
+		if q != p && q.exports[id] != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // newIDLocked fills id with random bytes from crypto/rand, read 4 KiB at a
@@ -1325,7 +1335,7 @@ func (ep *Endpoint) decodeRef(p *peer, raw []byte, f *iface, borrowed bool) (any
 	case refReceiver:
 		ep.mu.Lock()
 		e := p.exports[id]
-		_, foreign := ep.owner[id]
+		foreign := e == nil && ep.foreignLocked(p, id)
 		ep.mu.Unlock()
 		if e == nil {
 			if foreign {

@@ -130,7 +130,7 @@ func (r *reader) init(ep *Endpoint) {
 func (ep *Endpoint) needReaderLocked() bool {
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
-	return ep.closed || len(ep.published) > 0 || len(ep.owner) > 0 || ep.npend > ep.rd.waiting
+	return ep.closed || len(ep.published) > 0 || ep.nexports > 0 || ep.npend > ep.rd.waiting
 }
 
 // mayLeadLocked reports whether the caller waiting for pd should read
@@ -142,7 +142,7 @@ func (ep *Endpoint) needReaderLocked() bool {
 func (ep *Endpoint) mayLeadLocked(pd *pending) bool {
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
-	return !ep.closed && len(ep.published) == 0 && len(ep.owner) == 0 && ep.npend-ep.rd.waiting <= pd.along
+	return !ep.closed && len(ep.published) == 0 && ep.nexports == 0 && ep.npend-ep.rd.waiting <= pd.along
 }
 
 // followerMayLeadLocked reports whether the first follower may lead (see
