@@ -284,7 +284,10 @@ func Watch(ctx context.Context, v any) (<-chan loft.Event, error) {
 
 // Call0 calls a method with no result but the error. Proxies call it.
 func Call0(ctx context.Context, d *Delegate, method string, args ...any) error {
-	_, _, err := d.call(ctx, method, args, nil)
+	m, _, err := d.call(ctx, method, args, nil)
+	if m != nil {
+		freeMsg(m)
+	}
 	return err
 }
 
@@ -305,7 +308,9 @@ func Call1[R any](ctx context.Context, d *Delegate, method string, args ...any) 
 		return r, nil
 	}
 	it := m.args()
-	if err := decodeResult(d, &r, it.next(), 0); err != nil {
+	err = decodeResult(d, &r, it.next(), 0)
+	freeMsg(m)
+	if err != nil {
 		return r, &CallError{Peer: d.peer.id, Method: method, Err: err}
 	}
 	return r, nil
@@ -320,10 +325,12 @@ func Call2[R1, R2 any](ctx context.Context, d *Delegate, method string, args ...
 		return r1, r2, err
 	}
 	it := m.args()
-	if err := decodeResult(d, &r1, it.next(), 0); err != nil {
-		return r1, r2, &CallError{Peer: d.peer.id, Method: method, Err: err}
+	err = decodeResult(d, &r1, it.next(), 0)
+	if err == nil {
+		err = decodeResult(d, &r2, it.next(), 1)
 	}
-	if err := decodeResult(d, &r2, it.next(), 1); err != nil {
+	freeMsg(m)
+	if err != nil {
 		return r1, r2, &CallError{Peer: d.peer.id, Method: method, Err: err}
 	}
 	return r1, r2, nil

@@ -787,13 +787,15 @@ func (ep *Endpoint) handle(p *peer, m *wmsg, run *job) *pending {
 		}
 		ep.mu.Unlock()
 		if pd == nil {
+			freeMsg(m)
 			return nil
 		}
 		if pd.prom != nil {
 			pd.prom.resolveFromReply(p, m)
+			freeMsg(m)
 			return nil
 		}
-		pd.ch <- m
+		pd.ch <- m // (the caller frees it)
 		return pd
 	case kLookup:
 		ep.wg.Add(1)
@@ -805,6 +807,8 @@ func (ep *Endpoint) handle(p *peer, m *wmsg, run *job) *pending {
 			}
 			*run = job{p, r}
 		}
+	case kCtl:
+		freeMsg(m)
 	}
 	return nil
 }
@@ -956,10 +960,12 @@ func (ep *Endpoint) runChain(p *peer, run step) {
 		next := ep.runStep(p, run, &r)
 		if next.none() {
 			ep.reply(p, &r)
+			freeMsg(run.m)
 			ep.wg.Done()
 			return
 		}
 		ep.hold(p, &r)
+		freeMsg(run.m)
 		ep.wg.Done()
 		run = next
 	}
@@ -1168,6 +1174,7 @@ func (ep *Endpoint) serve(p *peer, s step, r *wmsg) step {
 	} else {
 		r.ar, r.an = c.ar, c.an
 	}
+	c.m, c.it = nil, argIter{} // (m is freed after the reply: see runChain)
 	ep.mu.Lock()
 	if p.running != nil {
 		delete(p.running, m.ID)

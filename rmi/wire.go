@@ -2,6 +2,7 @@ package rmi
 
 import (
 	"fmt"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/fxamacker/cbor/v2"
@@ -139,6 +140,22 @@ func init() {
 	if err != nil {
 		panic(err)
 	}
+}
+
+// Decoded messages are recycled (a message per call and per reply was a
+// good part of the bytes allocated per call): newMsg returns a zero
+// message, and freeMsg takes back one that nothing refers to any more.
+// Freed: replies once handled (a promise's in handle, a waiting caller's
+// once Call0/1/2 decoded its results), control messages once handled,
+// calls once runChain sent or held their reply. A message not freed is
+// simply collected.
+var msgPool = sync.Pool{New: func() any { return new(wmsg) }}
+
+func newMsg() *wmsg { return msgPool.Get().(*wmsg) }
+
+func freeMsg(m *wmsg) {
+	*m = wmsg{}
+	msgPool.Put(m)
 }
 
 // decodeMsg decodes and checks one message.
@@ -427,7 +444,7 @@ func fastMsg(b []byte) (m *wmsg, rest []byte, ok bool) {
 	if !ok || major != cbMap || n > 14 {
 		return nil, nil, false
 	}
-	m = &wmsg{}
+	m = newMsg()
 	var seen uint16
 	for range n {
 		var key, v uint64
