@@ -596,10 +596,10 @@ func (p *peer) sendAlong(ctx context.Context, m *wmsg) (int, error) {
 		if len(p.fin) == 0 {
 			p.fin = finAll[:0]
 		}
-		if p.calls == nil {
+		if p.calls == nil && cap(cbuf) <= 4*batchBytes {
 			p.calls, p.cbuf = calls[:0], cbuf[:0]
 		}
-		if p.held == nil {
+		if p.held == nil && cap(hbuf) <= 4*batchBytes {
 			p.held, p.hbuf = held[:0], hbuf[:0]
 		}
 	}

@@ -143,3 +143,47 @@ func TestStubsRegisterUnknown(t *testing.T) {
 		"Nope": func(ctx context.Context, obj Odd, c *Served) error { return nil },
 	})
 }
+
+// TestPipelineManyAndLarge: a pipelined chain longer than a batch holds
+// (maxBatch) and a call larger than batchBytes go over several loft
+// messages, in order, both ways.
+func TestPipelineManyAndLarge(t *testing.T) {
+	ctx := testCtx(t)
+	srv := newEnv(t, true)
+	_, ep := srv.another(t)
+	if err := Publish[Svc](srv.ep, "svc", &svc{ep: srv.ep, nest: &nester{}}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Lookup[Svc](ctx, ep, srv.node.ID(), "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Release(s)
+	for _, c := range []struct {
+		name  string
+		steps int
+	}{
+		{"x", maxBatch + 44},
+		{strings.Repeat("y", batchBytes+1000), 3},
+	} {
+		pctx := Pipeline(ctx)
+		f, err := s.Open(pctx, c.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fs := []File{f}
+		for range c.steps {
+			if f, err = f.Next(pctx); err != nil {
+				t.Fatal(err)
+			}
+			fs = append(fs, f)
+		}
+		got, err := f.Read(ctx)
+		if want := "contents of " + c.name + strings.Repeat("+", c.steps); err != nil || got != want {
+			t.Fatalf("chain of %d on a name of %d bytes: %d bytes, %v", c.steps, len(c.name), len(got), err)
+		}
+		for _, f := range fs {
+			Release(f)
+		}
+	}
+}
