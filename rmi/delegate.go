@@ -392,9 +392,11 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 		defer d.unuse()
 	}
 	d.mu.Unlock()
-	pd := &pending{}
+	var pd *pending
 	if pf == nil {
-		pd.ch = make(chan *wmsg, 1) // (a promise's reply resolves the promise: nobody waits on ch)
+		pd = newPending()
+	} else {
+		pd = &pending{} // (a promise's reply resolves the promise: nobody waits on ch)
 	}
 	undo := func() {
 		ep.mu.Lock()
@@ -482,8 +484,28 @@ func (ep *Endpoint) wait(ctx context.Context, p *peer, id uint64, pd *pending, m
 	if m == nil {
 		return nil, &CallError{Peer: p.id, Method: method, Err: pd.err}
 	}
+	freePending(pd) // (the reply came: nothing refers to pd any more)
 	if m.E != nil {
-		return nil, &RemoteError{Peer: p.id, Method: method, Code: m.E.C, Msg: m.E.M}
+		err := &RemoteError{Peer: p.id, Method: method, Code: m.E.C, Msg: m.E.M}
+		freeMsg(m)
+		return nil, err
 	}
 	return m, nil
+}
+
+// The pending entries of calls that wait for their reply are recycled
+// with their channel: the handler of the reply removed the entry from
+// peer.pending before sending on ch, and the caller received it, so once
+// the reply came nothing refers to the entry. (A caller that gave up
+// leaves it in peer.pending, for the reply to settle: not recycled.)
+var pendPool = sync.Pool{New: func() any { return &pending{ch: make(chan *wmsg, 1)} }}
+
+func newPending() *pending { return pendPool.Get().(*pending) }
+
+func freePending(pd *pending) {
+	if pd.prom != nil || cap(pd.ch) != 1 || len(pd.ch) != 0 {
+		return
+	}
+	*pd = pending{ch: pd.ch}
+	pendPool.Put(pd)
 }

@@ -240,7 +240,7 @@ func Lookup[T any](ctx context.Context, ep *Endpoint, nodeID, name string) (T, e
 		return zero, err
 	}
 	id := ep.nextID.Add(1)
-	pd := &pending{ch: make(chan *wmsg, 1)}
+	pd := newPending()
 	if err := ep.addPending(p, id, pd); err != nil {
 		return zero, &CallError{Peer: nodeID, Method: "Lookup", Err: err}
 	}
