@@ -393,10 +393,14 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 	}
 	d.mu.Unlock()
 	var pd *pending
+	var prom *Delegate
 	if pf == nil {
 		pd = newPending()
 	} else {
-		pd = &pending{} // (a promise's reply resolves the promise: nobody waits on ch)
+		// A promise and its pending entry are one allocation (its reply
+		// resolves it: nobody waits on ch).
+		pr := &promise{}
+		prom, pd = &pr.d, &pr.pd
 	}
 	undo := func() {
 		ep.mu.Lock()
@@ -424,21 +428,21 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 		}
 		msg.an++
 	}
-	if pf != nil {
-		msg.F = fKeep
-		pd.prom = &Delegate{ep: ep, peer: p, f: pf, callID: msg.ID}
-		pd.prom.own()
-	}
 	if dl, ok := ctx.Deadline(); ok {
 		msg.TO = max(int64(time.Until(dl)), 1)
 	}
-	if pd.prom != nil {
+	if prom != nil {
+		msg.F = fKeep
+		prom.ep, prom.peer, prom.f, prom.callID = ep, p, pf, msg.ID
+		prom.own()
+		pd.prom = prom
 		if err := p.post(&msg, pd); err != nil {
+			pd.prom = nil
 			undo()
 			return fail(err)
 		}
 		ep.callsOut.Add(1)
-		return nil, pd.prom, nil
+		return nil, prom, nil // (not pd.prom: the reply may have taken it)
 	}
 	if err := ep.addPending(p, msg.ID, pd); err != nil {
 		undo()
@@ -470,6 +474,22 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 		return fail(fmt.Errorf("%w: %d results, want %d", ErrBadMessage, m.nargs(), len(md.out)))
 	}
 	return m, nil, nil
+}
+
+// promise is a promise's delegate with its pending entry: one allocation.
+// pd.prom points to d until the reply (or the peer's end) takes it: a
+// pointer of an object with a finalizer to itself would keep it alive.
+type promise struct {
+	d  Delegate // first: SetFinalizer needs the start of the allocation
+	pd pending
+}
+
+// takeProm returns the promise pd resolves, if any, and forgets it (see
+// promise). Called by whoever removed pd from peer.pending.
+func (pd *pending) takeProm() *Delegate {
+	d := pd.prom
+	pd.prom = nil
+	return d
 }
 
 // wait waits for the reply of call id. If ctx ends first the peer is told

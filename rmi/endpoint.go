@@ -448,8 +448,8 @@ func (ep *Endpoint) peerGone(p *peer, cause error) {
 	}
 	for _, pd := range pend {
 		pd.err = dead
-		if pd.prom != nil {
-			pd.prom.resolve(objID{}, dead)
+		if prom := pd.takeProm(); prom != nil {
+			prom.resolve(objID{}, dead)
 		} else {
 			pd.ch <- nil
 		}
@@ -683,8 +683,8 @@ func (ep *Endpoint) failHeld(p *peer, calls []heldMsg, err error) {
 			continue
 		}
 		pd.err = err
-		if pd.prom != nil {
-			pd.prom.resolve(objID{}, err)
+		if prom := pd.takeProm(); prom != nil {
+			prom.resolve(objID{}, err)
 		} else {
 			pd.ch <- nil
 		}
@@ -790,8 +790,8 @@ func (ep *Endpoint) handle(p *peer, m *wmsg, run *job) *pending {
 			freeMsg(m)
 			return nil
 		}
-		if pd.prom != nil {
-			pd.prom.resolveFromReply(p, m)
+		if prom := pd.takeProm(); prom != nil {
+			prom.resolveFromReply(p, m)
 			freeMsg(m)
 			return nil
 		}
