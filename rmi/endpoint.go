@@ -932,10 +932,10 @@ func (s step) speed() int32 {
 
 // runStep serves or fails the call of s, sets *reply to its reply, and
 // returns the call queued behind its answer that the same goroutine runs
-// next (none if none).
-func (ep *Endpoint) runStep(p *peer, s step, reply *wmsg) (next step) {
+// next (none if none), and whether it held the reply already (see hold).
+func (ep *Endpoint) runStep(p *peer, s step, reply *wmsg) (next step, held bool) {
 	if s.err != nil {
-		return ep.failCall(p, s.m, s.err, reply)
+		return ep.failCall(p, s.m, s.err, reply), false
 	}
 	return ep.serve(p, s, reply)
 }
@@ -957,14 +957,16 @@ type job struct {
 func (ep *Endpoint) runChain(p *peer, run step) {
 	for {
 		var r wmsg // (on the stack: hold and reply encode it)
-		next := ep.runStep(p, run, &r)
+		next, held := ep.runStep(p, run, &r)
 		if next.none() {
 			ep.reply(p, &r)
 			freeMsg(run.m)
 			ep.wg.Done()
 			return
 		}
-		ep.hold(p, &r)
+		if !held {
+			ep.hold(p, &r)
+		}
 		freeMsg(run.m)
 		ep.wg.Done()
 		run = next
@@ -974,31 +976,43 @@ func (ep *Endpoint) runChain(p *peer, run step) {
 // hold queues reply r to ride on the next message to p.
 func (ep *Endpoint) hold(p *peer, r *wmsg) {
 	ep.mu.Lock()
-	if p.dead != nil {
-		ep.mu.Unlock()
-		return
-	}
-	n := len(p.hbuf)
-	p.hbuf = appendMsg(p.hbuf, r)
-	p.held = append(p.held, heldMsg{id: r.ID, n: len(p.hbuf) - n})
-	_, now := p.wanted[r.ID]
-	if now {
-		delete(p.wanted, r.ID)
-	} else {
-		ep.laterLocked()
-	}
+	now := ep.holdLocked(p, r)
 	ep.mu.Unlock()
 	if now {
 		ep.kick() // the peer waits for this one: the control loop sends
 	}
 }
 
+// holdLocked is hold under ep.mu; it reports whether the peer waits for
+// r (then the caller kicks the control loop once it released ep.mu).
+func (ep *Endpoint) holdLocked(p *peer, r *wmsg) (now bool) {
+	if p.dead != nil {
+		return false
+	}
+	n := len(p.hbuf)
+	p.hbuf = appendMsg(p.hbuf, r)
+	p.held = append(p.held, heldMsg{id: r.ID, n: len(p.hbuf) - n})
+	_, now = p.wanted[r.ID]
+	if now {
+		delete(p.wanted, r.ID)
+	} else {
+		ep.laterLocked()
+	}
+	return now
+}
+
 // admitRun returns the step that serves m (or fails it), or none when m
 // was queued or dropped.
 func (ep *Endpoint) admitRun(p *peer, m *wmsg) step {
 	ep.mu.Lock()
+	s := ep.admitRunLocked(p, m)
+	ep.mu.Unlock()
+	return s
+}
+
+// admitRunLocked is admitRun under ep.mu.
+func (ep *Endpoint) admitRunLocked(p *peer, m *wmsg) step {
 	if p.dead != nil {
-		ep.mu.Unlock()
 		return step{}
 	}
 	if m.F&fKeep != 0 && p.answers[m.ID] == nil {
@@ -1006,7 +1020,6 @@ func (ep *Endpoint) admitRun(p *peer, m *wmsg) step {
 	}
 	ex, err := ep.targetLocked(p, m)
 	if ex == nil && err == nil { // queued behind a pending answer
-		ep.mu.Unlock()
 		return step{}
 	}
 	if err == nil && p.inflight >= ep.opts.MaxIncoming {
@@ -1019,7 +1032,6 @@ func (ep *Endpoint) admitRun(p *peer, m *wmsg) step {
 		p.running[m.ID] = &c.cc // (live before initCallContext: a cancel counts)
 	}
 	ep.wg.Add(1)
-	ep.mu.Unlock()
 	if err != nil {
 		return step{m: m, err: err}
 	}
@@ -1081,9 +1093,9 @@ func (ep *Endpoint) settle(p *peer, m *wmsg, ex *export, err error) step {
 		return step{}
 	}
 	ep.mu.Lock()
-	q := ep.settleLocked(p, m, ex, err)
+	next, others := ep.admitQueuedLocked(p, ep.settleLocked(p, m, ex, err))
 	ep.mu.Unlock()
-	return ep.admitQueued(p, q)
+	return ep.startOthers(p, next, others)
 }
 
 // settleLocked records the answer of call m, which was kept, and returns
@@ -1102,19 +1114,29 @@ func (ep *Endpoint) settleLocked(p *peer, m *wmsg, ex *export, err error) []*wms
 	return q
 }
 
-// admitQueued admits the calls q that were queued behind an answer (see
-// settle).
-func (ep *Endpoint) admitQueued(p *peer, q []*wmsg) step {
-	var next step
+// admitQueuedLocked admits the calls q that were queued behind an answer
+// (see settle): it returns the last runnable one, for the caller to run
+// next, and the others, to start on goroutines of their own once ep.mu is
+// released (startOthers). Caller holds ep.mu.
+func (ep *Endpoint) admitQueuedLocked(p *peer, q []*wmsg) (next step, others []step) {
 	for _, c := range q {
-		run := ep.admitRun(p, c)
+		run := ep.admitRunLocked(p, c)
 		if run.none() {
 			continue
 		}
 		if !next.none() {
-			go ep.runChain(p, next)
+			others = append(others, next)
 		}
 		next = run
+	}
+	return next, others
+}
+
+// startOthers starts the steps others on goroutines of their own and
+// returns next.
+func (ep *Endpoint) startOthers(p *peer, next step, others []step) step {
+	for _, s := range others {
+		go ep.runChain(p, s)
 	}
 	return next
 }
@@ -1155,8 +1177,9 @@ func (ep *Endpoint) serveLookup(p *peer, m *wmsg) {
 }
 
 // serve runs one incoming call (a step of runChain) and sets *r to its
-// reply.
-func (ep *Endpoint) serve(p *peer, s step, r *wmsg) step {
+// reply; when a call queued behind its answer runs next, it holds the
+// reply (under the lock it takes anyway) and says so.
+func (ep *Endpoint) serve(p *peer, s step, r *wmsg) (step, bool) {
 	ep.callsIn.Add(1)
 	m, c := s.m, s.c
 	c.it = m.args()
@@ -1180,12 +1203,20 @@ func (ep *Endpoint) serve(p *peer, s step, r *wmsg) step {
 		delete(p.running, m.ID)
 	}
 	p.inflight--
-	var q []*wmsg
+	var next step
+	var others []step
 	if m.F&fKeep != 0 {
-		q = ep.settleLocked(p, m, c.resExp, err)
+		next, others = ep.admitQueuedLocked(p, ep.settleLocked(p, m, c.resExp, err))
+	}
+	now := false
+	if !next.none() {
+		now = ep.holdLocked(p, r)
 	}
 	ep.mu.Unlock()
-	return ep.admitQueued(p, q)
+	if now {
+		ep.kick()
+	}
+	return ep.startOthers(p, next, others), !next.none()
 }
 
 // dispatchCall runs the method of call c on ex, by its stub or by
