@@ -284,7 +284,7 @@ func Watch(ctx context.Context, v any) (<-chan loft.Event, error) {
 
 // Call0 calls a method with no result but the error. Proxies call it.
 func Call0(ctx context.Context, d *Delegate, method string, args ...any) error {
-	m, _, err := d.call(ctx, method, args, nil)
+	m, _, err := d.call(ctx, method, args, false)
 	if m != nil {
 		freeMsg(m)
 	}
@@ -295,16 +295,12 @@ func Call0(ctx context.Context, d *Delegate, method string, args ...any) error {
 // is a remote interface, it returns a promise at once.
 func Call1[R any](ctx context.Context, d *Delegate, method string, args ...any) (R, error) {
 	var r R
-	var f *iface
-	if pipelined(ctx) {
-		f = lookupIface(reflect.TypeFor[R]())
-	}
-	m, prom, err := d.call(ctx, method, args, f)
+	m, prom, err := d.call(ctx, method, args, pipelined(ctx))
 	if err != nil {
 		return r, err
 	}
 	if prom != nil {
-		r, _ = f.newFn(prom).(R)
+		r, _ = prom.f.newFn(prom).(R)
 		return r, nil
 	}
 	it := m.args()
@@ -320,7 +316,7 @@ func Call1[R any](ctx context.Context, d *Delegate, method string, args ...any) 
 func Call2[R1, R2 any](ctx context.Context, d *Delegate, method string, args ...any) (R1, R2, error) {
 	var r1 R1
 	var r2 R2
-	m, _, err := d.call(ctx, method, args, nil)
+	m, _, err := d.call(ctx, method, args, false)
 	if err != nil {
 		return r1, r2, err
 	}
@@ -353,9 +349,9 @@ func decodeResult[R any](d *Delegate, r *R, raw []byte, i int) error {
 }
 
 // call sends one call and waits for its reply, which it returns with as
-// many results as the method has, or, when pf is set, returns a promise
-// of its first result at once.
-func (d *Delegate) call(ctx context.Context, method string, args []any, pf *iface) (*wmsg, *Delegate, error) {
+// many results as the method has, or, when pipe is set and the first
+// result is a remote interface, returns a promise of it at once.
+func (d *Delegate) call(ctx context.Context, method string, args []any, pipe bool) (*wmsg, *Delegate, error) {
 	ep, p := d.ep, d.peer
 	fail := func(err error) (*wmsg, *Delegate, error) {
 		return nil, nil, &CallError{Peer: p.id, Method: method, Err: err}
@@ -367,8 +363,9 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 	if len(args) != len(md.in) {
 		return fail(fmt.Errorf("rmi: %s takes %d arguments, got %d", method, len(md.in), len(args)))
 	}
-	if pf != nil && (len(md.out) == 0 || md.out[0] != pf.t) {
-		pf = nil
+	var pf *iface
+	if pipe && len(md.out) > 0 {
+		pf = md.outIface(0)
 	}
 	if err := p.deadErr(); err != nil {
 		return fail(err)
@@ -409,7 +406,7 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 	}
 	for i, a := range args {
 		var err error
-		if f := lookupIface(md.in[i]); f != nil {
+		if f := md.inIface(i); f != nil {
 			r, e, err := ep.ref(ctx, p, a, f)
 			if err != nil {
 				undo()

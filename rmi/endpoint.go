@@ -1227,6 +1227,7 @@ func (ep *Endpoint) dispatchCall(c *Served, ex *export) error {
 	if md == nil {
 		return fmt.Errorf("%w: %s has no method %q", ErrNoSuchMethod, ex.f.name, m.M)
 	}
+	c.md = md
 	if m.nargs() != len(md.in) {
 		return fmt.Errorf("%w: %s takes %d arguments, got %d", ErrBadMessage, m.M, len(md.in), m.nargs())
 	}

@@ -36,6 +36,27 @@ type method struct {
 	// if it is quick (see bgLoop and lead).
 	speed atomic.Int32
 	stub  stubFn // nil: dispatched by reflection
+	// inF and outF cache the remote interfaces of in and out once found
+	// (lookupIface: a map read per argument and result). Only found ones:
+	// an interface registered later is still looked up.
+	inF, outF []atomic.Pointer[iface]
+}
+
+// inIface returns lookupIface(md.in[i]), cached.
+func (md *method) inIface(i int) *iface { return cachedIface(&md.inF[i], md.in[i]) }
+
+// outIface returns lookupIface(md.out[i]), cached.
+func (md *method) outIface(i int) *iface { return cachedIface(&md.outF[i], md.out[i]) }
+
+func cachedIface(c *atomic.Pointer[iface], t reflect.Type) *iface {
+	if f := c.Load(); f != nil {
+		return f
+	}
+	f := lookupIface(t)
+	if f != nil {
+		c.Store(f)
+	}
+	return f
 }
 
 var (
@@ -82,6 +103,8 @@ func Register[T any](newProxy func(*Delegate) T, stubs ...Stubs[T]) {
 		for j := 0; j < ft.NumOut()-1; j++ {
 			md.out = append(md.out, ft.Out(j))
 		}
+		md.inF = make([]atomic.Pointer[iface], len(md.in))
+		md.outF = make([]atomic.Pointer[iface], len(md.out))
 		f.methods[m.Name] = md
 	}
 	for _, st := range stubs {

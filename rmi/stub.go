@@ -26,6 +26,7 @@ type Served struct {
 	p      *peer
 	m      *wmsg
 	it     argIter
+	md     *method
 	nargs  int         // arguments decoded so far
 	ar     []byte      // the results, encoded (wmsg.ar of the reply)
 	an     int         // how many
@@ -48,7 +49,7 @@ func Arg[T any](c *Served) (T, error) {
 		return v, fmt.Errorf("%w: %s has no argument %d", ErrBadMessage, c.m.M, i+1)
 	}
 	c.nargs++
-	if f := lookupIface(reflect.TypeFor[T]()); f != nil {
+	if f := c.iface(false, i, reflect.TypeFor[T]()); f != nil {
 		obj, d, err := c.ep.decodeRef(c.p, raw, f, true)
 		if err != nil {
 			return v, err
@@ -68,7 +69,7 @@ func Arg[T any](c *Served) (T, error) {
 // remote interface, else in CBOR. Stubs call it once per result (but the
 // error), in order, when the method succeeded.
 func Result[T any](c *Served, v T) error {
-	if f := lookupIface(reflect.TypeFor[T]()); f != nil {
+	if f := c.iface(true, c.an, reflect.TypeFor[T]()); f != nil {
 		return c.refResult(any(v), f)
 	}
 	var err error
@@ -85,6 +86,21 @@ func Result[T any](c *Served, v T) error {
 	}
 	c.an++
 	return nil
+}
+
+// iface returns lookupIface(t) for parameter i of the method (result i
+// if out), cached when t is its declared type.
+func (c *Served) iface(out bool, i int, t reflect.Type) *iface {
+	if md := c.md; md != nil {
+		ts, fs := md.in, md.inF
+		if out {
+			ts, fs = md.out, md.outF
+		}
+		if i < len(ts) && ts[i] == t {
+			return cachedIface(&fs[i], t)
+		}
+	}
+	return lookupIface(t)
 }
 
 // refResult encodes obj, of remote interface f, as the next result.
@@ -120,7 +136,7 @@ func (ep *Endpoint) callReflect(c *Served, ex *export, md *method) error {
 	for i, t := range md.in {
 		raw := c.it.next()
 		c.nargs++
-		if f := lookupIface(t); f != nil {
+		if f := md.inIface(i); f != nil {
 			obj, d, err := ep.decodeRef(c.p, raw, f, true)
 			if err != nil {
 				return err
@@ -143,8 +159,8 @@ func (ep *Endpoint) callReflect(c *Served, ex *export, md *method) error {
 	if e := res[len(res)-1]; !e.IsNil() {
 		return e.Interface().(error)
 	}
-	for i, t := range md.out {
-		if f := lookupIface(t); f != nil {
+	for i := range md.out {
+		if f := md.outIface(i); f != nil {
 			if err := c.refResult(res[i].Interface(), f); err != nil {
 				return err
 			}
