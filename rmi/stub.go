@@ -27,11 +27,10 @@ type Served struct {
 	m      *wmsg
 	it     argIter
 	md     *method
-	nargs  int         // arguments decoded so far
 	ar     []byte      // the results, encoded (wmsg.ar of the reply)
 	an     int         // how many
 	resExp *export     // the object exported by the first result that is one
-	lent   []*Delegate // per argument decoded: its delegate if it is a reference
+	lent   []*Delegate // per argument decoded (so far): its delegate if it is a reference
 	lentA  [4]*Delegate
 	buf    [64]byte // first buffer of ar
 }
@@ -43,18 +42,17 @@ type Served struct {
 // it once per parameter, in order.
 func Arg[T any](c *Served) (T, error) {
 	var v T
-	i := c.nargs
+	i := len(c.lent)
 	raw := c.it.next()
 	if raw == nil {
 		return v, fmt.Errorf("%w: %s has no argument %d", ErrBadMessage, c.m.M, i+1)
 	}
-	c.nargs++
 	if f := c.iface(false, i, reflect.TypeFor[T]()); f != nil {
 		obj, d, err := c.ep.decodeRef(c.p, raw, f, true)
+		c.lent = append(c.lent, d)
 		if err != nil {
 			return v, err
 		}
-		c.lent = append(c.lent, d)
 		v, _ = obj.(T)
 		return v, nil
 	}
@@ -135,7 +133,6 @@ func (ep *Endpoint) callReflect(c *Served, ex *export, md *method) error {
 	in[0] = reflect.ValueOf(&c.cc.self).Elem() // (typed context.Context: Call walks no method set)
 	for i, t := range md.in {
 		raw := c.it.next()
-		c.nargs++
 		if f := md.inIface(i); f != nil {
 			obj, d, err := ep.decodeRef(c.p, raw, f, true)
 			if err != nil {
