@@ -17,7 +17,12 @@ import (
 // both cores of a small machine. So the endpoint keeps the deadlines of
 // the calls it serves in a heap with one timer, armed for the earliest
 // and re-armed only when a call comes with an earlier one (callers'
-// deadlines are typically far and later than those before them).
+// deadlines are typically far and later than those before them). And
+// only the deadlines of calls that could wait for them: a deadline goes
+// into the heap when something asks the call's context for Done or
+// AfterFunc (directly, by deriving a context, or by a remote call of its
+// own waiting for a reply); Err compares the deadline with the clock
+// itself. A quick call that never waits costs no lock and no heap work.
 
 // callCtx is the context of a served call: a callctx.Core (one allocation
 // per served call, a Done channel only if something asks for it, AfterFunc
@@ -29,7 +34,50 @@ type callCtx struct {
 	awaited atomic.Int64 // time the call spent waiting for its own remote calls
 	dl      dlEntry      // dl.at is the deadline when hasDL
 	hasDL   bool
+	watched atomic.Bool     // dl went into the heap, or the call ended first (see watch)
 	self    context.Context // c itself, for serve's reflect.Value of type context.Context
+}
+
+// Err returns why the call's context ended, nil while it runs. Past the
+// deadline it ends it, whether or not a timer watches the deadline.
+func (c *callCtx) Err() error {
+	if err := c.Core.Err(); err != nil || !c.hasDL {
+		return err
+	}
+	if !time.Now().Before(c.dl.at) {
+		c.cancel(context.DeadlineExceeded)
+	}
+	return c.Core.Err()
+}
+
+// AfterFunc is the callctx.Core's, with the deadline watched (what
+// context.AfterFunc and derived contexts use).
+func (c *callCtx) AfterFunc(f func()) func() bool {
+	c.watch()
+	return c.Core.AfterFunc(f)
+}
+
+// watch puts the call's deadline, if any, in the endpoint's heap (once,
+// and not after end), so that the timer ends the call at its deadline.
+func (c *callCtx) watch() {
+	if !c.hasDL || c.watched.Load() {
+		return
+	}
+	d := &c.ep.dls
+	d.mu.Lock()
+	if c.watched.CompareAndSwap(false, true) { // (end may have won)
+		heap.Push(&d.h, &c.dl)
+		if !d.armed || c.dl.at.Before(d.at) {
+			to := time.Until(c.dl.at)
+			if d.t == nil {
+				d.t = time.AfterFunc(to, c.ep.expire)
+			} else {
+				d.t.Reset(to)
+			}
+			d.armed, d.at = true, c.dl.at
+		}
+	}
+	d.mu.Unlock()
 }
 
 func (c *callCtx) Deadline() (time.Time, bool) { return c.dl.at, c.hasDL }
@@ -43,6 +91,7 @@ func (c *callCtx) Done() <-chan struct{} {
 		c.asked.Store(true)
 		c.ep.blocking()
 	}
+	c.watch()
 	return c.Core.Done()
 }
 
@@ -51,6 +100,7 @@ func (c *callCtx) Done() <-chan struct{} {
 // or is handed what it waits for.
 func doneOf(ctx context.Context) <-chan struct{} {
 	if c, ok := ctx.(*callCtx); ok {
+		c.watch()
 		return c.Core.Done()
 	}
 	return ctx.Done()
@@ -60,6 +110,7 @@ func doneOf(ctx context.Context) <-chan struct{} {
 // which do not count as the served call asking for Done.
 func afterDone(ctx context.Context, f func()) (stop func() bool) {
 	if c, ok := ctx.(*callCtx); ok {
+		c.watch()
 		return c.Core.AfterFunc(f)
 	}
 	if ctx.Done() == nil {
@@ -97,7 +148,8 @@ func (c *callCtx) cancel(err error) { c.Cancel(err, nil) }
 // end is called when the call returns: it forgets the deadline and
 // cancels c.
 func (c *callCtx) end() {
-	if c.hasDL {
+	if c.hasDL && !c.watched.CompareAndSwap(false, true) {
+		// watch put the deadline in the heap (expire may have taken it).
 		d := &c.ep.dls
 		d.mu.Lock()
 		if c.dl.i >= 0 {
@@ -139,31 +191,27 @@ func (h *dlHeap) Pop() any {
 }
 
 // callContext returns the context of a served call, which end cancels;
-// if to > 0 it expires to after now. The endpoint's end (or its peer's)
+// if to > 0 it expires to after now (see watch). The endpoint's end (or its peer's)
 // cancels it through peer.running (see serve): deriving it from the
 // endpoint's context would lock that context and add to its children per
 // call.
 func (ep *Endpoint) callContext(to time.Duration) *callCtx {
-	c := &callCtx{ep: ep}
+	c := &callCtx{}
+	ep.initCallContext(c, to, monoNow())
+	return c
+}
+
+// initCallContext makes the zero *c the context of a served call, as
+// callContext (for a callCtx allocated with the rest of a served call);
+// now is monoNow() (one clock read for the caller's timing and this).
+func (ep *Endpoint) initCallContext(c *callCtx, to time.Duration, now int64) {
+	c.ep = ep
 	c.self = c
 	if to <= 0 {
-		return c
+		return
 	}
 	c.hasDL = true
-	c.dl = dlEntry{at: time.Now().Add(to), ctx: c}
-	d := &ep.dls
-	d.mu.Lock()
-	heap.Push(&d.h, &c.dl)
-	if !d.armed || c.dl.at.Before(d.at) {
-		if d.t == nil {
-			d.t = time.AfterFunc(to, ep.expire)
-		} else {
-			d.t.Reset(to)
-		}
-		d.armed, d.at = true, c.dl.at
-	}
-	d.mu.Unlock()
-	return c
+	c.dl = dlEntry{at: monoStart.Add(time.Duration(now) + to), ctx: c}
 }
 
 // expire cancels the served calls whose deadline passed and arms the

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/fxamacker/cbor/v2"
-
 	"github.com/loft-ipc/loft"
 )
 
@@ -201,7 +199,8 @@ func (d *Delegate) resolveFromReply(p *peer, m *wmsg) {
 		return
 	}
 	var r wref
-	if len(m.A) == 0 || decodeRefRaw(m.A[0], &r) != nil || len(r.ID) != idLen {
+	it := m.args()
+	if m.nargs() == 0 || decodeRefRaw(it.next(), &r) != nil || len(r.ID) != idLen {
 		d.resolve(objID{}, fmt.Errorf("%w: the pipelined call returned no object", ErrNoSuchObject))
 		return
 	}
@@ -285,7 +284,10 @@ func Watch(ctx context.Context, v any) (<-chan loft.Event, error) {
 
 // Call0 calls a method with no result but the error. Proxies call it.
 func Call0(ctx context.Context, d *Delegate, method string, args ...any) error {
-	_, _, err := d.call(ctx, method, args, nil)
+	m, _, err := d.call(ctx, method, args, false)
+	if m != nil {
+		freeMsg(m)
+	}
 	return err
 }
 
@@ -293,19 +295,20 @@ func Call0(ctx context.Context, d *Delegate, method string, args ...any) error {
 // is a remote interface, it returns a promise at once.
 func Call1[R any](ctx context.Context, d *Delegate, method string, args ...any) (R, error) {
 	var r R
-	var f *iface
-	if pipelined(ctx) {
-		f = lookupIface(reflect.TypeFor[R]())
-	}
-	out, prom, err := d.call(ctx, method, args, f)
+	m, prom, err := d.call(ctx, method, args, pipelined(ctx))
 	if err != nil {
 		return r, err
 	}
 	if prom != nil {
-		r, _ = f.newFn(prom).(R)
+		r, _ = prom.f.newFn(prom).(R)
 		return r, nil
 	}
-	r, _ = out[0].Interface().(R)
+	it := m.args()
+	err = decodeResult(d, &r, it.next(), 0)
+	freeMsg(m)
+	if err != nil {
+		return r, &CallError{Peer: d.peer.id, Method: method, Err: err}
+	}
 	return r, nil
 }
 
@@ -313,20 +316,44 @@ func Call1[R any](ctx context.Context, d *Delegate, method string, args ...any) 
 func Call2[R1, R2 any](ctx context.Context, d *Delegate, method string, args ...any) (R1, R2, error) {
 	var r1 R1
 	var r2 R2
-	out, _, err := d.call(ctx, method, args, nil)
+	m, _, err := d.call(ctx, method, args, false)
 	if err != nil {
 		return r1, r2, err
 	}
-	r1, _ = out[0].Interface().(R1)
-	r2, _ = out[1].Interface().(R2)
+	it := m.args()
+	err = decodeResult(d, &r1, it.next(), 0)
+	if err == nil {
+		err = decodeResult(d, &r2, it.next(), 1)
+	}
+	freeMsg(m)
+	if err != nil {
+		return r1, r2, &CallError{Peer: d.peer.id, Method: method, Err: err}
+	}
 	return r1, r2, nil
 }
 
-// call sends one call and waits for its reply, or, when pf is set,
-// returns a promise of its first result at once.
-func (d *Delegate) call(ctx context.Context, method string, args []any, pf *iface) ([]reflect.Value, *Delegate, error) {
+// decodeResult decodes result i of a call of d into *r.
+func decodeResult[R any](d *Delegate, r *R, raw []byte, i int) error {
+	if f := lookupIface(reflect.TypeFor[R]()); f != nil {
+		v, _, err := d.ep.decodeRef(d.peer, raw, f, false)
+		if err != nil {
+			return err
+		}
+		*r, _ = v.(R)
+		return nil
+	}
+	if err := unmarshalInto(raw, r); err != nil {
+		return fmt.Errorf("%w: result %d: %v", ErrBadMessage, i+1, err)
+	}
+	return nil
+}
+
+// call sends one call and waits for its reply, which it returns with as
+// many results as the method has, or, when pipe is set and the first
+// result is a remote interface, returns a promise of it at once.
+func (d *Delegate) call(ctx context.Context, method string, args []any, pipe bool) (*wmsg, *Delegate, error) {
 	ep, p := d.ep, d.peer
-	fail := func(err error) ([]reflect.Value, *Delegate, error) {
+	fail := func(err error) (*wmsg, *Delegate, error) {
 		return nil, nil, &CallError{Peer: p.id, Method: method, Err: err}
 	}
 	md := d.f.methods[method]
@@ -336,13 +363,15 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 	if len(args) != len(md.in) {
 		return fail(fmt.Errorf("rmi: %s takes %d arguments, got %d", method, len(md.in), len(args)))
 	}
-	if pf != nil && (len(md.out) == 0 || md.out[0] != pf.t) {
-		pf = nil
+	var pf *iface
+	if pipe && len(md.out) > 0 {
+		pf = md.outIface(0)
 	}
 	if err := p.deadErr(); err != nil {
 		return fail(err)
 	}
-	msg := &wmsg{K: kCall, ID: ep.nextID.Add(1), M: method}
+	var abuf [64]byte
+	msg := wmsg{K: kCall, ID: ep.nextID.Add(1), M: method, ar: abuf[:0]}
 	d.mu.Lock()
 	switch {
 	case d.released:
@@ -360,62 +389,63 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 		defer d.unuse()
 	}
 	d.mu.Unlock()
-	pd := &pending{}
+	var pd *pending
+	var prom *Delegate
 	if pf == nil {
-		pd.ch = make(chan *wmsg, 1) // (a promise's reply resolves the promise: nobody waits on ch)
+		pd = newPending()
+	} else {
+		// A promise and its pending entry are one allocation (its reply
+		// resolves it: nobody waits on ch).
+		pr := &promise{}
+		prom, pd = &pr.d, &pr.pd
 	}
-	msg.A = make([]cbor.RawMessage, len(args))
 	undo := func() {
 		ep.mu.Lock()
 		ep.returnBorrowedLocked(p, pd.borrowed, nil)
 		ep.mu.Unlock()
 	}
 	for i, a := range args {
-		t := md.in[i]
-		if lookupIface(t) != nil {
-			v := reflect.New(t).Elem()
-			if a != nil {
-				v.Set(reflect.ValueOf(a))
-			}
-			raw, e, err := ep.encodeRef(ctx, p, v)
+		var err error
+		if f := md.inIface(i); f != nil {
+			r, e, err := ep.ref(ctx, p, a, f)
 			if err != nil {
 				undo()
 				return fail(err)
 			}
-			msg.A[i] = raw
-			pd.borrowed = append(pd.borrowed, e)
-			continue
-		}
-		pd.borrowed = append(pd.borrowed, nil)
-		raw, err := marshalValue(a)
-		if err != nil {
+			msg.ar = r.append(msg.ar)
+			if e != nil {
+				if pd.borrowed == nil {
+					pd.borrowed = make([]*export, len(args))
+				}
+				pd.borrowed[i] = e
+			}
+		} else if msg.ar, err = appendValue(msg.ar, a); err != nil {
 			undo()
 			return fail(fmt.Errorf("rmi: encoding argument %d: %v", i+1, err))
 		}
-		msg.A[i] = raw
-	}
-	if pf != nil {
-		msg.F = fKeep
-		pd.prom = &Delegate{ep: ep, peer: p, f: pf, callID: msg.ID}
-		pd.prom.own()
+		msg.an++
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		msg.TO = max(int64(time.Until(dl)), 1)
+	}
+	if prom != nil {
+		msg.F = fKeep
+		prom.ep, prom.peer, prom.f, prom.callID = ep, p, pf, msg.ID
+		prom.own()
+		pd.prom = prom
+		if err := p.post(&msg, pd); err != nil {
+			pd.prom = nil
+			undo()
+			return fail(err)
+		}
+		ep.callsOut.Add(1)
+		return nil, prom, nil // (not pd.prom: the reply may have taken it)
 	}
 	if err := ep.addPending(p, msg.ID, pd); err != nil {
 		undo()
 		return fail(err)
 	}
-	if pd.prom != nil {
-		if err := p.post(msg); err != nil {
-			ep.dropPending(p, msg.ID)
-			undo()
-			return fail(err)
-		}
-		ep.callsOut.Add(1)
-		return nil, pd.prom, nil
-	}
-	along, err := p.sendAlong(ctx, msg)
+	along, err := p.sendAlong(ctx, &msg)
 	if err != nil {
 		ep.dropPending(p, msg.ID)
 		undo()
@@ -437,26 +467,26 @@ func (d *Delegate) call(ctx context.Context, method string, args []any, pf *ifac
 	if err != nil {
 		return nil, nil, err
 	}
-	out := make([]reflect.Value, len(md.out))
-	if len(m.A) != len(md.out) {
-		return fail(fmt.Errorf("%w: %d results, want %d", ErrBadMessage, len(m.A), len(md.out)))
+	if m.nargs() != len(md.out) {
+		return fail(fmt.Errorf("%w: %d results, want %d", ErrBadMessage, m.nargs(), len(md.out)))
 	}
-	for i, t := range md.out {
-		if f := lookupIface(t); f != nil {
-			v, _, err := ep.decodeRef(p, m.A[i], f, false)
-			if err != nil {
-				return fail(err)
-			}
-			out[i] = v
-			continue
-		}
-		v := reflect.New(t)
-		if err := unmarshalValue(m.A[i], v.Interface()); err != nil {
-			return fail(fmt.Errorf("%w: result %d: %v", ErrBadMessage, i+1, err))
-		}
-		out[i] = v.Elem()
-	}
-	return out, nil, nil
+	return m, nil, nil
+}
+
+// promise is a promise's delegate with its pending entry: one allocation.
+// pd.prom points to d until the reply (or the peer's end) takes it: a
+// pointer of an object with a finalizer to itself would keep it alive.
+type promise struct {
+	d  Delegate // first: SetFinalizer needs the start of the allocation
+	pd pending
+}
+
+// takeProm returns the promise pd resolves, if any, and forgets it (see
+// promise). Called by whoever removed pd from peer.pending.
+func (pd *pending) takeProm() *Delegate {
+	d := pd.prom
+	pd.prom = nil
+	return d
 }
 
 // wait waits for the reply of call id. If ctx ends first the peer is told
@@ -471,8 +501,28 @@ func (ep *Endpoint) wait(ctx context.Context, p *peer, id uint64, pd *pending, m
 	if m == nil {
 		return nil, &CallError{Peer: p.id, Method: method, Err: pd.err}
 	}
+	freePending(pd) // (the reply came: nothing refers to pd any more)
 	if m.E != nil {
-		return nil, &RemoteError{Peer: p.id, Method: method, Code: m.E.C, Msg: m.E.M}
+		err := &RemoteError{Peer: p.id, Method: method, Code: m.E.C, Msg: m.E.M}
+		freeMsg(m)
+		return nil, err
 	}
 	return m, nil
+}
+
+// The pending entries of calls that wait for their reply are recycled
+// with their channel: the handler of the reply removed the entry from
+// peer.pending before sending on ch, and the caller received it, so once
+// the reply came nothing refers to the entry. (A caller that gave up
+// leaves it in peer.pending, for the reply to settle: not recycled.)
+var pendPool = sync.Pool{New: func() any { return &pending{ch: make(chan *wmsg, 1)} }}
+
+func newPending() *pending { return pendPool.Get().(*pending) }
+
+func freePending(pd *pending) {
+	if pd.prom != nil || cap(pd.ch) != 1 || len(pd.ch) != 0 {
+		return
+	}
+	*pd = pending{ch: pd.ch}
+	pendPool.Put(pd)
 }

@@ -23,15 +23,20 @@
 //	type fileProxy struct{ *rmi.Delegate }
 //	func (p fileProxy) Read(ctx context.Context) (string, error) { return rmi.Call1[string](ctx, p.Delegate, "Read") }
 //	func (p fileProxy) Next(ctx context.Context) (File, error)   { return rmi.Call1[File](ctx, p.Delegate, "Next") }
-//	func init() { rmi.Register(func(d *rmi.Delegate) File { return fileProxy{d} }) }
+//	func init() { rmi.Register(func(d *rmi.Delegate) File { return fileProxy{d} }, stubs) }
 //
-// The proxy is mechanical (one line per method): cmd/loft-rmigen writes it,
-// with the Register call, from a go:generate line next to the interfaces:
+// The optional stubs (rmi.Stubs) dispatch incoming calls to an
+// implementation without reflection: per method, a function that decodes
+// the arguments (rmi.Arg), calls the method and encodes its results
+// (rmi.Result). Proxy and stubs are mechanical: cmd/loft-rmigen writes
+// them, with the Register call, from a go:generate line next to the
+// interfaces:
 //
 //	//go:generate go run github.com/loft-ipc/loft/cmd/loft-rmigen -type File,Dir
 //
-// The server side needs nothing: an ordinary implementation is dispatched
-// by reflection (method sets read once, at Register), and only the methods
+// The server side needs nothing else: an ordinary implementation is
+// called by the stubs, or by reflection for an interface registered
+// without them (method sets read once, at Register), and only the methods
 // of the interface the object was passed as can be called.
 //
 // # Endpoints, first references

@@ -12,8 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/fxamacker/cbor/v2"
-
 	"github.com/loft-ipc/loft"
 )
 
@@ -63,8 +61,8 @@ type Endpoint struct {
 	ids       []byte // random bytes for object ids, from crypto/rand
 	armed     bool   // lazy is running
 	peers     map[string]*peer
-	owner     map[objID]string // export id to the peer it was given to
-	published map[string]reflect.Value
+	nexports  int // exports, summed over the live peers
+	published map[string]pub
 	npend     int // pending calls, summed over peers
 
 	rd  reader    // who receives the endpoint's channel (reader.go)
@@ -92,23 +90,50 @@ type peer struct {
 	rel      []objID
 	fin      []uint64
 	can      []uint64
-	held     []*wmsg             // replies of a pipelined chain, to ride on the next message
-	calls    []heldCall          // pipelined calls, encoded, to go before the next message
+	held     []heldMsg           // replies of a pipelined chain, to ride on the next message
+	hbuf     []byte              // the held replies, encoded one after another
+	calls    []heldMsg           // pipelined calls, to go before the next message
+	cbuf     []byte              // the pipelined calls, encoded one after another
 	wanted   map[uint64]struct{} // calls whose reply the peer waits for (see want)
+
+	sbuf []byte // under smu: the loft message being built (loft's Send copies it)
 }
 
-// heldCall is a pipelined call waiting to be sent (peer.calls).
-type heldCall struct {
+// heldMsg is a pipelined call or a held reply waiting to be sent: its
+// call id and the size of its encoding in the peer's buffer (cbuf, hbuf).
+// (Encoded into one buffer per peer, which the sender takes whole and
+// gives back: no allocation per message.)
+type heldMsg struct {
 	id uint64
-	b  []byte
+	n  int
 }
 
 type export struct {
 	id   objID
-	v    reflect.Value // interface-typed value of the object
+	obj  any // the object (its dynamic value)
 	f    *iface
 	refs int
 	key  any
+}
+
+// value returns the object as a value of its remote interface (for
+// reflection).
+func (e *export) value() reflect.Value { return ifaceValue(e.f.t, e.obj) }
+
+// ifaceValue returns obj as a reflect.Value of interface type t.
+func ifaceValue(t reflect.Type, obj any) reflect.Value {
+	if obj == nil {
+		return reflect.Zero(t)
+	}
+	v := reflect.New(t).Elem()
+	v.Set(reflect.ValueOf(obj))
+	return v
+}
+
+// pub is a published object.
+type pub struct {
+	obj any
+	f   *iface
 }
 
 type pending struct {
@@ -128,6 +153,7 @@ type answer struct {
 	exp   *export
 	err   error
 	queue []*wmsg
+	q1    [1]*wmsg // queue's first array (a chain queues one call per answer)
 }
 
 // ChannelName is the loft channel an endpoint of node id receives on.
@@ -149,7 +175,7 @@ func Open(ctx context.Context, node *loft.Node, opts Options) (*Endpoint, error)
 		return nil, err
 	}
 	ep := &Endpoint{node: node, opts: opts, log: opts.Logger, recv: r, wake: make(chan struct{}, 1),
-		lazy: time.NewTimer(time.Hour), peers: map[string]*peer{}, owner: map[objID]string{}, published: map[string]reflect.Value{}}
+		lazy: time.NewTimer(time.Hour), peers: map[string]*peer{}, published: map[string]pub{}}
 	ep.lazy.Stop()
 	ep.ctx, ep.cancel = context.WithCancel(context.Background())
 	ep.rd.init(ep)
@@ -194,10 +220,8 @@ func Publish[T any](ep *Endpoint, name string, obj T) error {
 	if f == nil {
 		return fmt.Errorf("rmi: Publish: %v is not a registered remote interface", reflect.TypeFor[T]())
 	}
-	v := reflect.New(f.t).Elem()
-	v.Set(reflect.ValueOf(obj))
 	ep.mu.Lock()
-	ep.published[name] = v
+	ep.published[name] = pub{obj: obj, f: f}
 	ep.mu.Unlock()
 	ep.ensureReader()
 	return nil
@@ -216,7 +240,7 @@ func Lookup[T any](ctx context.Context, ep *Endpoint, nodeID, name string) (T, e
 		return zero, err
 	}
 	id := ep.nextID.Add(1)
-	pd := &pending{ch: make(chan *wmsg, 1)}
+	pd := newPending()
 	if err := ep.addPending(p, id, pd); err != nil {
 		return zero, &CallError{Peer: nodeID, Method: "Lookup", Err: err}
 	}
@@ -228,14 +252,15 @@ func Lookup[T any](ctx context.Context, ep *Endpoint, nodeID, name string) (T, e
 	if err != nil {
 		return zero, err
 	}
-	if len(m.A) != 1 {
+	if m.nargs() != 1 {
 		return zero, &CallError{Peer: nodeID, Method: "Lookup", Err: ErrBadMessage}
 	}
-	v, _, err := ep.decodeRef(p, m.A[0], f, false)
+	it := m.args()
+	v, _, err := ep.decodeRef(p, it.next(), f, false)
 	if err != nil {
 		return zero, &CallError{Peer: nodeID, Method: "Lookup", Err: err}
 	}
-	r, _ := v.Interface().(T)
+	r, _ := v.(T)
 	return r, nil
 }
 
@@ -407,13 +432,11 @@ func (ep *Endpoint) peerGone(p *peer, cause error) {
 	} else {
 		p.dead = fmt.Errorf("%w: node %s: %v", ErrPeerGone, p.id, cause)
 	}
-	for id := range p.exports {
-		delete(ep.owner, id)
-	}
+	ep.nexports -= len(p.exports)
 	pend, run := p.pending, p.running
 	ep.npend -= len(pend)
 	p.exports, p.byVal, p.answers, p.pending, p.running = nil, nil, nil, nil, nil
-	p.rel, p.fin, p.can, p.held, p.calls = nil, nil, nil, nil, nil
+	p.rel, p.fin, p.can, p.held, p.calls, p.hbuf, p.cbuf = nil, nil, nil, nil, nil, nil, nil
 	dead := p.dead
 	ep.mu.Unlock()
 	close(p.gone)
@@ -425,8 +448,8 @@ func (ep *Endpoint) peerGone(p *peer, cause error) {
 	}
 	for _, pd := range pend {
 		pd.err = dead
-		if pd.prom != nil {
-			pd.prom.resolve(objID{}, dead)
+		if prom := pd.takeProm(); prom != nil {
+			prom.resolve(objID{}, dead)
 		} else {
 			pd.ch <- nil
 		}
@@ -456,7 +479,8 @@ func (p *peer) deadErr() error {
 // then the replies held for it; in one loft message when they fit. Sends
 // to one peer are serialized under p.smu, so an item or a call queued
 // before a message is built travels with it or before it. m may be an
-// empty control message: then only what waits is sent.
+// empty control message: then only what waits is sent. m's Rel, Fin and
+// Can are set here (the caller leaves them empty).
 func (p *peer) send(ctx context.Context, m *wmsg) error {
 	_, err := p.sendAlong(ctx, m)
 	return err
@@ -478,46 +502,74 @@ func (p *peer) sendAlong(ctx context.Context, m *wmsg) (int, error) {
 		p.snd = s
 	}
 	p.ep.mu.Lock()
+	// (Slices of the arrays of p.rel, p.fin and p.can: later appends to
+	// what is left of them write only past these.)
+	relAll, finAll := p.rel, p.fin // (given back for reuse after the send)
 	n := min(len(p.rel), maxRefBatch/3)
-	for i := range p.rel[:n] {
-		// (Slices of p.rel's array: later appends to p.rel[n:] write
-		// only past them.)
-		m.Rel = append(m.Rel, p.rel[i][:])
-	}
-	p.rel = p.rel[n:]
+	m.rel, p.rel = p.rel[:n:n], p.rel[n:]
 	n = min(len(p.fin), maxRefBatch/3)
-	m.Fin, p.fin = append(m.Fin, p.fin[:n]...), p.fin[n:]
+	m.Fin, p.fin = p.fin[:n:n], p.fin[n:]
 	n = min(len(p.can), maxRefBatch/3)
-	m.Can, p.can = append(m.Can, p.can[:n]...), p.can[n:]
-	calls, held := p.calls, p.held
-	p.calls, p.held = nil, nil
+	m.Can, p.can = p.can[:n:n], p.can[n:]
+	calls, cbuf, held, hbuf := p.calls, p.cbuf, p.held, p.hbuf
+	p.calls, p.cbuf, p.held, p.hbuf = nil, nil, nil, nil
 	more := len(p.rel)+len(p.fin)+len(p.can) > 0
 	p.ep.mu.Unlock()
 	if more {
 		p.ep.kick()
 	}
-	enc := make([][]byte, 0, len(calls)+1+len(held))
-	for _, c := range calls {
-		enc = append(enc, c.b)
+	self := m.K != kCtl || m.P != 0 || len(m.Rel)+len(m.rel)+len(m.Fin)+len(m.Can) > 0
+	count := len(calls) + len(held) + btoi(self)
+	// Build the loft message in sbuf: 3 bytes for the batch's head, then
+	// the calls, m and the replies.
+	b := append(p.sbuf[:0], 0, 0, 0)
+	b = append(b, cbuf...)
+	mEnd := len(b)
+	if self {
+		b = appendMsg(b, m)
 	}
+	mLen := len(b) - mEnd
+	b = append(b, hbuf...)
+	var sent int
 	var err error
-	if m.K != kCtl || m.P != 0 || len(m.Rel)+len(m.Fin)+len(m.Can) > 0 {
-		var b []byte
-		if b, err = encodeMsg(m); err == nil {
-			enc = append(enc, b)
+	if count <= maxBatch && len(b) <= batchBytes+3 {
+		// One loft message (the usual case).
+		start := 3
+		switch {
+		case count == 1:
+		case count < 24:
+			start = 2
+			b[2] = 0x80 | byte(count)
+		default:
+			start = 1
+			b[1], b[2] = 0x98, byte(count)
 		}
-	}
-	for _, r := range held {
-		if err != nil {
-			break
+		if count > 0 {
+			err = p.snd.Send(ctx, b[start:])
+			if err != nil && errors.Is(err, loft.ErrPeerGone) && p.reattached(ctx) {
+				// The connection closed under a live peer: send it again.
+				err = p.snd.Send(ctx, b[start:])
+			}
 		}
-		var b []byte
-		if b, err = encodeMsg(r); err == nil {
-			enc = append(enc, b)
+		if err == nil {
+			sent = count
 		}
-	}
-	sent := 0
-	if err == nil {
+	} else {
+		// Several loft messages: the messages one by one.
+		enc := make([][]byte, 0, count)
+		off := 3
+		for _, c := range calls {
+			enc = append(enc, b[off:off+c.n])
+			off += c.n
+		}
+		if self {
+			enc = append(enc, b[mEnd:mEnd+mLen])
+		}
+		off = mEnd + mLen
+		for _, r := range held {
+			enc = append(enc, b[off:off+r.n])
+			off += r.n
+		}
 		sent, err = p.sendAll(ctx, enc)
 		if err != nil && errors.Is(err, loft.ErrPeerGone) && p.reattached(ctx) {
 			// The connection closed under a live peer: send the rest again.
@@ -526,9 +578,32 @@ func (p *peer) sendAlong(ctx context.Context, m *wmsg) (int, error) {
 			sent += n
 		}
 	}
+	if cap(b) <= 4*batchBytes {
+		p.sbuf = b[:0]
+	} else {
+		p.sbuf = nil
+	}
 	if err != nil && sent < len(calls) {
 		p.ep.failHeld(p, calls[sent:], err)
 	}
+	// Give the buffers back for reuse, unless new ones were started or
+	// items queued meanwhile.
+	p.ep.mu.Lock()
+	if p.dead == nil {
+		if len(p.rel) == 0 {
+			p.rel = relAll[:0]
+		}
+		if len(p.fin) == 0 {
+			p.fin = finAll[:0]
+		}
+		if p.calls == nil && cap(cbuf) <= 4*batchBytes {
+			p.calls, p.cbuf = calls[:0], cbuf[:0]
+		}
+		if p.held == nil && cap(hbuf) <= 4*batchBytes {
+			p.held, p.hbuf = held[:0], hbuf[:0]
+		}
+	}
+	p.ep.mu.Unlock()
 	if err != nil && errors.Is(err, loft.ErrPeerGone) {
 		p.smu.Unlock()
 		p.ep.peerGone(p, err)
@@ -572,20 +647,21 @@ func (p *peer) sendAll(ctx context.Context, enc [][]byte) (int, error) {
 	return sent, nil
 }
 
-// post queues pipelined call m to go before the next message to p, and
-// has the control loop send it if no other message does first: calls made
-// one after another on promises travel together.
-func (p *peer) post(m *wmsg) error {
-	b, err := encodeMsg(m)
-	if err != nil {
-		return err
-	}
+// post queues pipelined call m, whose pending entry is pd, to go before
+// the next message to p, and has the control loop send it if no other
+// message does first: calls made one after another on promises travel
+// together.
+func (p *peer) post(m *wmsg, pd *pending) error {
 	p.ep.mu.Lock()
 	if p.dead != nil {
 		p.ep.mu.Unlock()
 		return p.dead
 	}
-	p.calls = append(p.calls, heldCall{id: m.ID, b: b})
+	p.pending[m.ID] = pd
+	p.ep.npend++
+	n := len(p.cbuf)
+	p.cbuf = appendMsg(p.cbuf, m)
+	p.calls = append(p.calls, heldMsg{id: m.ID, n: len(p.cbuf) - n})
 	p.ep.laterLocked()
 	p.ep.mu.Unlock()
 	p.ep.readSoon()
@@ -593,7 +669,7 @@ func (p *peer) post(m *wmsg) error {
 }
 
 // failHeld fails the pipelined calls whose sending failed.
-func (ep *Endpoint) failHeld(p *peer, calls []heldCall, err error) {
+func (ep *Endpoint) failHeld(p *peer, calls []heldMsg, err error) {
 	for _, c := range calls {
 		ep.mu.Lock()
 		pd := p.pending[c.id]
@@ -607,8 +683,8 @@ func (ep *Endpoint) failHeld(p *peer, calls []heldCall, err error) {
 			continue
 		}
 		pd.err = err
-		if pd.prom != nil {
-			pd.prom.resolve(objID{}, err)
+		if prom := pd.takeProm(); prom != nil {
+			prom.resolve(objID{}, err)
 		} else {
 			pd.ch <- nil
 		}
@@ -711,13 +787,15 @@ func (ep *Endpoint) handle(p *peer, m *wmsg, run *job) *pending {
 		}
 		ep.mu.Unlock()
 		if pd == nil {
+			freeMsg(m)
 			return nil
 		}
-		if pd.prom != nil {
-			pd.prom.resolveFromReply(p, m)
+		if prom := pd.takeProm(); prom != nil {
+			prom.resolveFromReply(p, m)
+			freeMsg(m)
 			return nil
 		}
-		pd.ch <- m
+		pd.ch <- m // (the caller frees it)
 		return pd
 	case kLookup:
 		ep.wg.Add(1)
@@ -729,6 +807,8 @@ func (ep *Endpoint) handle(p *peer, m *wmsg, run *job) *pending {
 			}
 			*run = job{p, r}
 		}
+	case kCtl:
+		freeMsg(m)
 	}
 	return nil
 }
@@ -770,7 +850,7 @@ func (ep *Endpoint) want(p *peer, id uint64) {
 	}
 	now := false
 	for _, r := range p.held {
-		now = now || r.ID == id
+		now = now || r.id == id
 	}
 	if !now {
 		if p.wanted == nil || len(p.wanted) >= maxWanted {
@@ -801,7 +881,7 @@ func (ep *Endpoint) releaseLocked(p *peer, id objID) {
 		if e.key != nil {
 			delete(p.byVal, e.key)
 		}
-		delete(ep.owner, id)
+		ep.nexports--
 	}
 }
 
@@ -833,6 +913,7 @@ type step struct {
 	m   *wmsg
 	ex  *export
 	err error
+	c   *Served // the call's state when admitted (registered in peer.running)
 }
 
 func (s step) none() bool { return s.m == nil }
@@ -849,14 +930,14 @@ func (s step) speed() int32 {
 	return md.speed.Load()
 }
 
-// runStep serves or fails the call of s and returns its reply, and the
-// call queued behind its answer that the same goroutine runs next (none if
-// none).
-func (ep *Endpoint) runStep(p *peer, s step) (reply *wmsg, next step) {
+// runStep serves or fails the call of s, sets *reply to its reply, and
+// returns the call queued behind its answer that the same goroutine runs
+// next (none if none), and whether it held the reply already (see hold).
+func (ep *Endpoint) runStep(p *peer, s step, reply *wmsg) (next step, held bool) {
 	if s.err != nil {
-		return ep.failCall(p, s.m, s.err)
+		return ep.failCall(p, s.m, s.err, reply), false
 	}
-	return ep.serve(p, s.m, s.ex)
+	return ep.serve(p, s, reply)
 }
 
 // A job is a step of peer p that a reader left for its goroutine to run.
@@ -875,13 +956,18 @@ type job struct {
 // ep.wg until its reply is sent or held.
 func (ep *Endpoint) runChain(p *peer, run step) {
 	for {
-		r, next := ep.runStep(p, run)
+		var r wmsg // (on the stack: hold and reply encode it)
+		next, held := ep.runStep(p, run, &r)
 		if next.none() {
-			ep.reply(p, r)
+			ep.reply(p, &r)
+			freeMsg(run.m)
 			ep.wg.Done()
 			return
 		}
-		ep.hold(p, r)
+		if !held {
+			ep.hold(p, &r)
+		}
+		freeMsg(run.m)
 		ep.wg.Done()
 		run = next
 	}
@@ -890,29 +976,43 @@ func (ep *Endpoint) runChain(p *peer, run step) {
 // hold queues reply r to ride on the next message to p.
 func (ep *Endpoint) hold(p *peer, r *wmsg) {
 	ep.mu.Lock()
-	if p.dead != nil {
-		ep.mu.Unlock()
-		return
-	}
-	p.held = append(p.held, r)
-	_, now := p.wanted[r.ID]
-	if now {
-		delete(p.wanted, r.ID)
-	} else {
-		ep.laterLocked()
-	}
+	now := ep.holdLocked(p, r)
 	ep.mu.Unlock()
 	if now {
 		ep.kick() // the peer waits for this one: the control loop sends
 	}
 }
 
+// holdLocked is hold under ep.mu; it reports whether the peer waits for
+// r (then the caller kicks the control loop once it released ep.mu).
+func (ep *Endpoint) holdLocked(p *peer, r *wmsg) (now bool) {
+	if p.dead != nil {
+		return false
+	}
+	n := len(p.hbuf)
+	p.hbuf = appendMsg(p.hbuf, r)
+	p.held = append(p.held, heldMsg{id: r.ID, n: len(p.hbuf) - n})
+	_, now = p.wanted[r.ID]
+	if now {
+		delete(p.wanted, r.ID)
+	} else {
+		ep.laterLocked()
+	}
+	return now
+}
+
 // admitRun returns the step that serves m (or fails it), or none when m
 // was queued or dropped.
 func (ep *Endpoint) admitRun(p *peer, m *wmsg) step {
 	ep.mu.Lock()
+	s := ep.admitRunLocked(p, m)
+	ep.mu.Unlock()
+	return s
+}
+
+// admitRunLocked is admitRun under ep.mu.
+func (ep *Endpoint) admitRunLocked(p *peer, m *wmsg) step {
 	if p.dead != nil {
-		ep.mu.Unlock()
 		return step{}
 	}
 	if m.F&fKeep != 0 && p.answers[m.ID] == nil {
@@ -920,21 +1020,22 @@ func (ep *Endpoint) admitRun(p *peer, m *wmsg) step {
 	}
 	ex, err := ep.targetLocked(p, m)
 	if ex == nil && err == nil { // queued behind a pending answer
-		ep.mu.Unlock()
 		return step{}
 	}
 	if err == nil && p.inflight >= ep.opts.MaxIncoming {
 		err = ErrTooManyCalls
 	}
+	var c *Served
 	if err == nil {
 		p.inflight++
+		c = &Served{ep: ep, p: p, m: m}
+		p.running[m.ID] = &c.cc // (live before initCallContext: a cancel counts)
 	}
 	ep.wg.Add(1)
-	ep.mu.Unlock()
 	if err != nil {
 		return step{m: m, err: err}
 	}
-	return step{m: m, ex: ex}
+	return step{m: m, ex: ex, c: c}
 }
 
 // targetLocked resolves the target of a call: (export, nil), (nil, error),
@@ -945,7 +1046,7 @@ func (ep *Endpoint) targetLocked(p *peer, m *wmsg) (*export, error) {
 		if e := p.exports[id]; e != nil {
 			return e, nil
 		}
-		if _, ok := ep.owner[id]; ok {
+		if ep.foreignLocked(p, id) {
 			return nil, ErrForeignRef
 		}
 		return nil, ErrNoSuchObject
@@ -955,6 +1056,9 @@ func (ep *Endpoint) targetLocked(p *peer, m *wmsg) (*export, error) {
 		return nil, fmt.Errorf("%w: no answer %d kept", ErrNoSuchObject, m.P)
 	}
 	if !a.done {
+		if a.queue == nil {
+			a.queue = a.q1[:0]
+		}
 		a.queue = append(a.queue, m)
 		return nil, nil
 	}
@@ -967,8 +1071,9 @@ func (ep *Endpoint) targetLocked(p *peer, m *wmsg) (*export, error) {
 	return a.exp, nil
 }
 
-func (ep *Endpoint) failCall(p *peer, m *wmsg, err error) (*wmsg, step) {
-	return &wmsg{K: kReply, ID: m.ID, E: toWire(err)}, ep.settle(p, m, nil, err)
+func (ep *Endpoint) failCall(p *peer, m *wmsg, err error, r *wmsg) step {
+	*r = wmsg{K: kReply, ID: m.ID, E: toWire(err)}
+	return ep.settle(p, m, nil, err)
 }
 
 func toWire(err error) *werr {
@@ -987,29 +1092,51 @@ func (ep *Endpoint) settle(p *peer, m *wmsg, ex *export, err error) step {
 	if m.F&fKeep == 0 {
 		return step{}
 	}
+	ep.mu.Lock()
+	next, others := ep.admitQueuedLocked(p, ep.settleLocked(p, m, ex, err))
+	ep.mu.Unlock()
+	return ep.startOthers(p, next, others)
+}
+
+// settleLocked records the answer of call m, which was kept, and returns
+// the calls queued behind it. Caller holds ep.mu.
+func (ep *Endpoint) settleLocked(p *peer, m *wmsg, ex *export, err error) []*wmsg {
 	if ex == nil && err == nil {
 		err = fmt.Errorf("%w: the result is not an object of this node", ErrNoSuchObject)
 	}
-	ep.mu.Lock()
 	a := p.answers[m.ID]
 	if a == nil || a.done {
-		ep.mu.Unlock()
-		return step{}
+		return nil
 	}
 	a.done, a.exp, a.err = true, ex, err
 	q := a.queue
 	a.queue = nil
-	ep.mu.Unlock()
-	var next step
+	return q
+}
+
+// admitQueuedLocked admits the calls q that were queued behind an answer
+// (see settle): it returns the last runnable one, for the caller to run
+// next, and the others, to start on goroutines of their own once ep.mu is
+// released (startOthers). Caller holds ep.mu.
+func (ep *Endpoint) admitQueuedLocked(p *peer, q []*wmsg) (next step, others []step) {
 	for _, c := range q {
-		run := ep.admitRun(p, c)
+		run := ep.admitRunLocked(p, c)
 		if run.none() {
 			continue
 		}
 		if !next.none() {
-			go ep.runChain(p, next)
+			others = append(others, next)
 		}
 		next = run
+	}
+	return next, others
+}
+
+// startOthers starts the steps others on goroutines of their own and
+// returns next.
+func (ep *Endpoint) startOthers(p *peer, next step, others []step) step {
+	for _, s := range others {
+		go ep.runChain(p, s)
 	}
 	return next
 }
@@ -1034,124 +1161,97 @@ func (ep *Endpoint) serveLookup(p *peer, m *wmsg) {
 	var err error
 	if !ok {
 		err = fmt.Errorf("%w: %q", ErrNotFound, m.M)
-	} else if f := lookupIface(v.Type()); f.name != m.I {
-		err = fmt.Errorf("%w: %q is a %s, not a %s", ErrNotFound, m.M, f.name, m.I)
+	} else if v.f.name != m.I {
+		err = fmt.Errorf("%w: %q is a %s, not a %s", ErrNotFound, m.M, v.f.name, m.I)
 	}
 	if err != nil {
 		ep.reply(p, &wmsg{K: kReply, ID: m.ID, E: toWire(err)})
 		return
 	}
-	raw, _, err := ep.encodeRef(ep.ctx, p, v)
+	raw, _, err := ep.encodeRef(ep.ctx, p, nil, v.obj, v.f)
 	if err != nil {
 		ep.reply(p, &wmsg{K: kReply, ID: m.ID, E: toWire(err)})
 		return
 	}
-	ep.reply(p, &wmsg{K: kReply, ID: m.ID, A: []cbor.RawMessage{raw}})
+	ep.reply(p, &wmsg{K: kReply, ID: m.ID, ar: raw, an: 1})
 }
 
-// serve runs one incoming call (a step of runChain).
-func (ep *Endpoint) serve(p *peer, m *wmsg, ex *export) (*wmsg, step) {
+// serve runs one incoming call (a step of runChain) and sets *r to its
+// reply; when a call queued behind its answer runs next, it holds the
+// reply (under the lock it takes anyway) and says so.
+func (ep *Endpoint) serve(p *peer, s step, r *wmsg) (step, bool) {
 	ep.callsIn.Add(1)
-	var lent []*Delegate
-	var resExp *export
-	out, err := func() (out []cbor.RawMessage, err error) {
-		md := ex.f.methods[m.M]
-		if md == nil {
-			return nil, fmt.Errorf("%w: %s has no method %q", ErrNoSuchMethod, ex.f.name, m.M)
-		}
-		if len(m.A) != len(md.in) {
-			return nil, fmt.Errorf("%w: %s takes %d arguments, got %d", ErrBadMessage, m.M, len(md.in), len(m.A))
-		}
-		cc := ep.callContext(time.Duration(m.TO))
-		defer cc.end()
-		ep.mu.Lock()
-		dead := p.running == nil
-		if !dead {
-			p.running[m.ID] = cc
-		}
-		ep.mu.Unlock()
-		if dead {
-			cc.cancel(context.Canceled)
-		}
-		ctx := cc.self
-		defer func() {
-			ep.mu.Lock()
-			if p.running != nil {
-				delete(p.running, m.ID)
-			}
-			ep.mu.Unlock()
-		}()
-		in := make([]reflect.Value, 1+len(md.in))
-		in[0] = reflect.ValueOf(&cc.self).Elem() // (typed context.Context: Call walks no method set)
-		for i, t := range md.in {
-			if f := lookupIface(t); f != nil {
-				v, d, err := ep.decodeRef(p, m.A[i], f, true)
-				if err != nil {
-					return nil, err
-				}
-				lent = append(lent, d)
-				in[i+1] = v
-				continue
-			}
-			lent = append(lent, nil)
-			v := reflect.New(t)
-			if err := unmarshalValue(m.A[i], v.Interface()); err != nil {
-				return nil, fmt.Errorf("%w: argument %d of %s: %v", ErrBadMessage, i+1, m.M, err)
-			}
-			in[i+1] = v.Elem()
-		}
-		t0 := monoNow()
-		res, err := call(ex.v.Method(md.idx), in)
-		sp := int32(speedQuick)
-		if cc.asked.Load() || time.Duration(monoNow()-t0-cc.awaited.Load()) > inlineSlow {
-			sp = speedSlow
-		}
-		if md.speed.Load() != sp {
-			md.speed.Store(sp)
-		}
-		if err != nil {
-			return nil, err
-		}
-		if e := res[len(res)-1]; !e.IsNil() {
-			return nil, e.Interface().(error)
-		}
-		out = make([]cbor.RawMessage, len(md.out))
-		for i, t := range md.out {
-			if lookupIface(t) != nil {
-				raw, e, err := ep.encodeRef(ctx, p, res[i])
-				if err != nil {
-					return nil, err
-				}
-				if resExp == nil {
-					resExp = e
-				}
-				out[i] = raw
-				continue
-			}
-			raw, err := marshalValue(res[i].Interface())
-			if err != nil {
-				return nil, fmt.Errorf("rmi: encoding result %d of %s: %v", i+1, m.M, err)
-			}
-			out[i] = raw
-		}
-		return out, nil
-	}()
+	m, c := s.m, s.c
+	c.it = m.args()
+	c.ar, c.lent = c.buf[:0], c.lentA[:0]
+	err := ep.dispatchCall(c, s.ex)
 	// Borrowed arguments end with the call unless the method retained them.
-	var kept []uint32
-	for i, d := range lent {
+	for i, d := range c.lent {
 		if d != nil && d.endBorrow() {
-			kept = append(kept, uint32(i))
+			r.Ret = append(r.Ret, uint32(i))
 		}
 	}
-	ep.mu.Lock()
-	p.inflight--
-	ep.mu.Unlock()
-	r := &wmsg{K: kReply, ID: m.ID, A: out, Ret: kept}
+	r.K, r.ID = kReply, m.ID
 	if err != nil {
-		r.A = nil
 		r.E = toWire(err)
+	} else {
+		r.ar, r.an = c.ar, c.an
 	}
-	return r, ep.settle(p, m, resExp, err)
+	c.m, c.it = nil, argIter{} // (m is freed after the reply: see runChain)
+	ep.mu.Lock()
+	if p.running != nil {
+		delete(p.running, m.ID)
+	}
+	p.inflight--
+	var next step
+	var others []step
+	if m.F&fKeep != 0 {
+		next, others = ep.admitQueuedLocked(p, ep.settleLocked(p, m, c.resExp, err))
+	}
+	now := false
+	if !next.none() {
+		now = ep.holdLocked(p, r)
+	}
+	ep.mu.Unlock()
+	if now {
+		ep.kick()
+	}
+	return ep.startOthers(p, next, others), !next.none()
+}
+
+// dispatchCall runs the method of call c on ex, by its stub or by
+// reflection, in the call's context.
+func (ep *Endpoint) dispatchCall(c *Served, ex *export) error {
+	m := c.m
+	md := ex.f.methods[m.M]
+	if md == nil {
+		return fmt.Errorf("%w: %s has no method %q", ErrNoSuchMethod, ex.f.name, m.M)
+	}
+	c.md = md
+	if m.nargs() != len(md.in) {
+		return fmt.Errorf("%w: %s takes %d arguments, got %d", ErrBadMessage, m.M, len(md.in), m.nargs())
+	}
+	cc := &c.cc
+	t0 := monoNow()
+	ep.initCallContext(cc, time.Duration(m.TO), t0)
+	defer cc.end()
+	var err error
+	if md.stub != nil {
+		err = callStub(md.stub, cc, ex.obj, c)
+		if err == nil && c.an != len(md.out) {
+			err = fmt.Errorf("rmi: the stub of %s.%s gave %d results, want %d", ex.f.name, m.M, c.an, len(md.out))
+		}
+	} else {
+		err = ep.callReflect(c, ex, md)
+	}
+	sp := int32(speedQuick)
+	if cc.asked.Load() || time.Duration(monoNow()-t0-cc.awaited.Load()) > inlineSlow {
+		sp = speedSlow
+	}
+	if md.speed.Load() != sp {
+		md.speed.Store(sp)
+	}
+	return err
 }
 
 // call calls fn, turning a panic into an error.
@@ -1164,27 +1264,48 @@ func call(fn reflect.Value, in []reflect.Value) (out []reflect.Value, err error)
 	return fn.Call(in), nil
 }
 
-// encodeRef encodes an interface-typed value travelling to p: nil, a
-// delegate of p's own object (given back), or an object of this node
-// exported to p (one more reference).
-func (ep *Endpoint) encodeRef(ctx context.Context, p *peer, v reflect.Value) (cbor.RawMessage, *export, error) {
-	if !v.IsValid() || (v.Kind() == reflect.Interface && v.IsNil()) {
-		return cbor.RawMessage{0xf6}, nil, nil
+// encodeRef appends to b the encoding of obj, a value of remote interface
+// f travelling to p (see ref).
+func (ep *Endpoint) encodeRef(ctx context.Context, p *peer, b []byte, obj any, f *iface) ([]byte, *export, error) {
+	r, e, err := ep.ref(ctx, p, obj, f)
+	if err != nil {
+		return b, nil, err
 	}
-	obj := v.Interface()
+	return r.append(b), e, nil
+}
+
+// wireRef is how a reference is encoded: kind 0 for nil, else
+// {1: kind, 2: id}.
+type wireRef struct {
+	kind uint8
+	id   objID
+}
+
+func (r *wireRef) append(b []byte) []byte {
+	if r.kind == 0 {
+		return append(b, 0xf6)
+	}
+	return appendRef(b, r.kind, r.id[:])
+}
+
+// ref returns the reference that obj, a value of remote interface f
+// travelling to p, is: nil, a delegate of p's own object (given back), or
+// an object of this node exported to p (one more reference), with its
+// export. (Apart from the appending: the escape analysis of the package's
+// big cycle of calls would send to the heap any buffer passed in.)
+func (ep *Endpoint) ref(ctx context.Context, p *peer, obj any, f *iface) (r wireRef, e *export, err error) {
+	if obj == nil {
+		return r, nil, nil
+	}
 	if h, ok := obj.(holder); ok {
 		if d := h.delegate(); d != nil && d.peer == p {
 			id, err := d.target(ctx)
 			if err != nil {
-				return nil, nil, err
+				return r, nil, err
 			}
-			b := appendRef(make([]byte, 0, 4+idLen), refReceiver, id[:])
-			return b, nil, nil
+			r.kind, r.id = refReceiver, id
+			return r, nil, nil
 		}
-	}
-	iv := v
-	if iv.Kind() != reflect.Interface {
-		return nil, nil, fmt.Errorf("rmi: internal: reference of kind %v", v.Kind())
 	}
 	var key any
 	if reflect.TypeOf(obj).Comparable() {
@@ -1193,25 +1314,36 @@ func (ep *Endpoint) encodeRef(ctx context.Context, p *peer, v reflect.Value) (cb
 	ep.mu.Lock()
 	if p.dead != nil {
 		ep.mu.Unlock()
-		return nil, nil, p.dead
+		return r, nil, p.dead
 	}
-	var e *export
 	if key != nil {
 		e = p.byVal[key]
 	}
 	if e == nil {
-		e = &export{v: iv, f: lookupIface(iv.Type()), key: key}
+		e = &export{obj: obj, f: f, key: key}
 		ep.newIDLocked(&e.id)
 		p.exports[e.id] = e
 		if key != nil {
 			p.byVal[key] = e
 		}
-		ep.owner[e.id] = p.id
+		ep.nexports++
 	}
 	e.refs++
 	ep.mu.Unlock()
-	b := appendRef(make([]byte, 0, 4+idLen), refSender, e.id[:])
-	return b, e, nil
+	r.kind, r.id = refSender, e.id
+	return r, e, nil
+}
+
+// foreignLocked reports whether id was exported to a peer other than p
+// (an error path: a scan of the peers, not a table per export). Caller
+// holds ep.mu.
+func (ep *Endpoint) foreignLocked(p *peer, id objID) bool {
+	for _, q := range ep.peers {
+		if q != p && q.exports[id] != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // newIDLocked fills id with random bytes from crypto/rand, read 4 KiB at a
@@ -1226,42 +1358,41 @@ func (ep *Endpoint) newIDLocked(id *objID) {
 	ep.ids = ep.ids[idLen:]
 }
 
-// decodeRef turns a reference sent by p into a value of interface f: a
-// new delegate for p's object, or this node's own object given back.
-func (ep *Endpoint) decodeRef(p *peer, raw cbor.RawMessage, f *iface, borrowed bool) (reflect.Value, *Delegate, error) {
-	v := reflect.New(f.t).Elem()
+// decodeRef turns a reference sent by p into a value of interface f (as
+// an any holding the dynamic value, nil for nil): a new delegate for p's
+// object, or this node's own object given back.
+func (ep *Endpoint) decodeRef(p *peer, raw []byte, f *iface, borrowed bool) (any, *Delegate, error) {
 	if len(raw) == 1 && raw[0] == 0xf6 {
-		return v, nil, nil
+		return nil, nil, nil
 	}
 	var r wref
 	if err := decodeRefRaw(raw, &r); err != nil || len(r.ID) != idLen {
-		return v, nil, fmt.Errorf("%w: bad reference", ErrBadMessage)
+		return nil, nil, fmt.Errorf("%w: bad reference", ErrBadMessage)
 	}
 	id := objID(r.ID)
 	switch r.K {
 	case refReceiver:
 		ep.mu.Lock()
 		e := p.exports[id]
-		_, foreign := ep.owner[id]
+		foreign := e == nil && ep.foreignLocked(p, id)
 		ep.mu.Unlock()
 		if e == nil {
 			if foreign {
-				return v, nil, ErrForeignRef
+				return nil, nil, ErrForeignRef
 			}
-			return v, nil, ErrNoSuchObject
+			return nil, nil, ErrNoSuchObject
 		}
-		o := e.v.Elem()
-		if !o.Type().Implements(f.t) {
-			return v, nil, fmt.Errorf("%w: object is a %v, not a %v", ErrBadMessage, o.Type(), f.t)
+		if e.f != f {
+			if t := reflect.TypeOf(e.obj); !t.Implements(f.t) {
+				return nil, nil, fmt.Errorf("%w: object is a %v, not a %v", ErrBadMessage, t, f.t)
+			}
 		}
-		v.Set(o)
-		return v, nil, nil
+		return e.obj, nil, nil
 	case refSender:
 		d := newDelegate(ep, p, f, id, borrowed)
-		v.Set(reflect.ValueOf(f.newFn(d)))
-		return v, d, nil
+		return f.newFn(d), d, nil
 	}
-	return v, nil, fmt.Errorf("%w: reference kind %d", ErrBadMessage, r.K)
+	return nil, nil, fmt.Errorf("%w: reference kind %d", ErrBadMessage, r.K)
 }
 
 // queueCtl adds control items for p. A cancel is sent at once; releases

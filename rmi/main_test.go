@@ -130,12 +130,122 @@ func (p svcProxy) Echo(ctx context.Context, n int) (int, error) {
 	return Call1[int](ctx, p.Delegate, "Echo", n)
 }
 
+// Nester and Counter are registered without stubs (dispatched by
+// reflection), the others with the stubs loft-rmigen would write.
 func init() {
 	Register(func(d *Delegate) Nester { return nesterProxy{d} })
 	Register(func(d *Delegate) Counter { return counterProxy{d} })
-	Register(func(d *Delegate) File { return fileProxy{d} })
-	Register(func(d *Delegate) Listener { return listenerProxy{d} })
-	Register(func(d *Delegate) Svc { return svcProxy{d} })
+	Register(func(d *Delegate) File { return fileProxy{d} }, Stubs[File]{
+		"Next": func(ctx context.Context, obj File, c *Served) error {
+			r0, err := obj.Next(ctx)
+			if err != nil {
+				return err
+			}
+			return Result(c, r0)
+		},
+		"Read": func(ctx context.Context, obj File, c *Served) error {
+			r0, err := obj.Read(ctx)
+			if err != nil {
+				return err
+			}
+			return Result(c, r0)
+		},
+		"Visit": func(ctx context.Context, obj File, c *Served) error {
+			a1, err := Arg[Listener](c)
+			if err != nil {
+				return err
+			}
+			return obj.Visit(ctx, a1)
+		},
+		"Stall": func(ctx context.Context, obj File, c *Served) error {
+			r0, err := obj.Stall(ctx)
+			if err != nil {
+				return err
+			}
+			return Result(c, r0)
+		},
+	})
+	Register(func(d *Delegate) Listener { return listenerProxy{d} }, Stubs[Listener]{
+		"Progress": func(ctx context.Context, obj Listener, c *Served) error {
+			a1, err := Arg[int](c)
+			if err != nil {
+				return err
+			}
+			a2, err := Arg[int](c)
+			if err != nil {
+				return err
+			}
+			return obj.Progress(ctx, a1, a2)
+		},
+	})
+	// (Svc: stubs for some methods; the others by reflection.)
+	Register(func(d *Delegate) Svc { return svcProxy{d} }, Stubs[Svc]{
+		"Keep": func(ctx context.Context, obj Svc, c *Served) error {
+			a1, err := Arg[Counter](c)
+			if err != nil {
+				return err
+			}
+			return obj.Keep(ctx, a1)
+		},
+		"Make": func(ctx context.Context, obj Svc, c *Served) error {
+			r0, err := obj.Make(ctx)
+			if err != nil {
+				return err
+			}
+			return Result(c, r0)
+		},
+		"Open": func(ctx context.Context, obj Svc, c *Served) error {
+			a1, err := Arg[string](c)
+			if err != nil {
+				return err
+			}
+			r0, err := obj.Open(ctx, a1)
+			if err != nil {
+				return err
+			}
+			return Result(c, r0)
+		},
+		"Job": func(ctx context.Context, obj Svc, c *Served) error {
+			a1, err := Arg[int](c)
+			if err != nil {
+				return err
+			}
+			a2, err := Arg[Listener](c)
+			if err != nil {
+				return err
+			}
+			r0, err := obj.Job(ctx, a1, a2)
+			if err != nil {
+				return err
+			}
+			return Result(c, r0)
+		},
+		"Block": func(ctx context.Context, obj Svc, c *Served) error {
+			return obj.Block(ctx)
+		},
+		"Forge": func(ctx context.Context, obj Svc, c *Served) error {
+			a1, err := Arg[string](c)
+			if err != nil {
+				return err
+			}
+			a2, err := Arg[[]byte](c)
+			if err != nil {
+				return err
+			}
+			return obj.Forge(ctx, a1, a2)
+		},
+		"Echo": func(ctx context.Context, obj Svc, c *Served) error {
+			a1, err := Arg[int](c)
+			if err != nil {
+				return err
+			}
+			r0, err := obj.Echo(ctx, a1)
+			if err != nil {
+				return err
+			}
+			return Result(c, r0)
+		},
+	})
 }
 
 type nester struct{}

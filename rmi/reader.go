@@ -62,10 +62,13 @@ type reader struct {
 	// interrupt the current reader, and then replaced. (loft's Receiver
 	// watches the context of its last Recv until another comes: a fresh
 	// context per Recv, cancelled after it, would cost a goroutine each.)
-	ctx     context.Context
-	cancel  context.CancelFunc
-	hb      *time.Timer // readHandBack
-	hbArmed bool
+	ctx    context.Context
+	cancel context.CancelFunc
+	// interruptFn is ep.interruptLeader, made once (a method value made
+	// per wait was an allocation per call).
+	interruptFn func()
+	hb          *time.Timer // readHandBack
+	hbArmed     bool
 	// inline numbers the call a background reader serves while it keeps
 	// the token (tServe, or tCaller while a caller borrows it); 0 when
 	// none. inlineN counts such calls, inlineAt is when it began
@@ -118,6 +121,7 @@ const maxIdleReaders = 8
 func (r *reader) init(ep *Endpoint) {
 	r.cond.L = &r.mu
 	r.ctx, r.cancel = context.WithCancel(ep.ctx)
+	r.interruptFn = ep.interruptLeader
 	r.holder = tBG // until the first reader has looked
 	r.hb = time.AfterFunc(time.Hour, ep.handBack)
 	r.hb.Stop()
@@ -130,7 +134,7 @@ func (r *reader) init(ep *Endpoint) {
 func (ep *Endpoint) needReaderLocked() bool {
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
-	return ep.closed || len(ep.published) > 0 || len(ep.owner) > 0 || ep.npend > ep.rd.waiting
+	return ep.closed || len(ep.published) > 0 || ep.nexports > 0 || ep.npend > ep.rd.waiting
 }
 
 // mayLeadLocked reports whether the caller waiting for pd should read
@@ -142,7 +146,7 @@ func (ep *Endpoint) needReaderLocked() bool {
 func (ep *Endpoint) mayLeadLocked(pd *pending) bool {
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
-	return !ep.closed && len(ep.published) == 0 && len(ep.owner) == 0 && ep.npend-ep.rd.waiting <= pd.along
+	return !ep.closed && len(ep.published) == 0 && ep.nexports == 0 && ep.npend-ep.rd.waiting <= pd.along
 }
 
 // followerMayLeadLocked reports whether the first follower may lead (see
@@ -552,7 +556,7 @@ func (ep *Endpoint) await(ctx context.Context, pd *pending) (*wmsg, error) {
 // It gives the token up before returning, unless lost.
 func (ep *Endpoint) lead(ctx context.Context, pd *pending) (m *wmsg, got, lost bool, err error) {
 	r := &ep.rd
-	stop := afterDone(ctx, ep.interruptLeader)
+	stop := afterDone(ctx, r.interruptFn)
 	for {
 		r.mu.Lock()
 		rctx := r.ctx // (before the checks: an interruption after them ends this Recv)

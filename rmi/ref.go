@@ -46,19 +46,17 @@ func ExportRef[T any](ep *Endpoint, to string, obj T) (Ref, error) {
 	if DelegateOf(obj) != nil {
 		return Ref{}, fmt.Errorf("rmi: ExportRef: %v is a delegate; only objects of this node can be exported (pass the delegate in a remote-object call instead, which forwards it)", reflect.TypeOf(obj))
 	}
-	v := reflect.New(f.t).Elem()
 	if any(obj) == nil {
 		return Ref{}, fmt.Errorf("rmi: ExportRef: nil %v", f.t)
 	}
 	if to == ep.node.ID() {
 		return Ref{}, fmt.Errorf("rmi: ExportRef: node %s is this endpoint's own node", to)
 	}
-	v.Set(reflect.ValueOf(obj))
 	p, err := ep.peer(to)
 	if err != nil {
 		return Ref{}, err
 	}
-	_, e, err := ep.encodeRef(context.Background(), p, v)
+	_, e, err := ep.encodeRef(context.Background(), p, nil, obj, f)
 	if err != nil {
 		return Ref{}, err
 	}

@@ -35,6 +35,28 @@ type method struct {
 	// unless its method is slow; a caller reading for its own reply, only
 	// if it is quick (see bgLoop and lead).
 	speed atomic.Int32
+	stub  stubFn // nil: dispatched by reflection
+	// inF and outF cache the remote interfaces of in and out once found
+	// (lookupIface: a map read per argument and result). Only found ones:
+	// an interface registered later is still looked up.
+	inF, outF []atomic.Pointer[iface]
+}
+
+// inIface returns lookupIface(md.in[i]), cached.
+func (md *method) inIface(i int) *iface { return cachedIface(&md.inF[i], md.in[i]) }
+
+// outIface returns lookupIface(md.out[i]), cached.
+func (md *method) outIface(i int) *iface { return cachedIface(&md.outF[i], md.out[i]) }
+
+func cachedIface(c *atomic.Pointer[iface], t reflect.Type) *iface {
+	if f := c.Load(); f != nil {
+		return f
+	}
+	f := lookupIface(t)
+	if f != nil {
+		c.Store(f)
+	}
+	return f
 }
 
 var (
@@ -47,6 +69,10 @@ var (
 	// cores).
 	regMu  sync.Mutex // serializes Register
 	ifaces atomic.Pointer[map[reflect.Type]*iface]
+	// The method names of the registered interfaces, which the decoder
+	// of calls returns instead of a copy of the bytes (an allocation per
+	// call). Replaced like ifaces.
+	methodNames atomic.Pointer[map[string]string]
 )
 
 // Register declares the Go interface T remote. newProxy wraps a delegate
@@ -55,8 +81,9 @@ var (
 // first and return an error last; other parameters and results are
 // encoded with CBOR, except those whose type is a registered remote
 // interface, which travel by reference. Register in an init function, in
-// every process that uses T.
-func Register[T any](newProxy func(*Delegate) T) {
+// every process that uses T. Stubs, if given, dispatch incoming calls of
+// the methods they name without reflection (see Stubs).
+func Register[T any](newProxy func(*Delegate) T, stubs ...Stubs[T]) {
 	t := reflect.TypeFor[T]()
 	if t.Kind() != reflect.Interface {
 		panic(fmt.Sprintf("rmi.Register: %v is not an interface", t))
@@ -76,7 +103,21 @@ func Register[T any](newProxy func(*Delegate) T) {
 		for j := 0; j < ft.NumOut()-1; j++ {
 			md.out = append(md.out, ft.Out(j))
 		}
+		md.inF = make([]atomic.Pointer[iface], len(md.in))
+		md.outF = make([]atomic.Pointer[iface], len(md.out))
 		f.methods[m.Name] = md
+	}
+	for _, st := range stubs {
+		for name, fn := range st {
+			md := f.methods[name]
+			if md == nil {
+				panic(fmt.Sprintf("rmi.Register: a stub for %s, which %v does not have", name, t))
+			}
+			md.stub = func(ctx context.Context, obj any, c *Served) error {
+				x, _ := obj.(T)
+				return fn(ctx, x, c)
+			}
+		}
 	}
 	regMu.Lock()
 	m := map[reflect.Type]*iface{t: f}
@@ -88,6 +129,16 @@ func Register[T any](newProxy func(*Delegate) T) {
 		}
 	}
 	ifaces.Store(&m)
+	names := map[string]string{}
+	if old := methodNames.Load(); old != nil {
+		for k, v := range *old {
+			names[k] = v
+		}
+	}
+	for name := range f.methods {
+		names[name] = name
+	}
+	methodNames.Store(&names)
 	regMu.Unlock()
 }
 
@@ -103,3 +154,16 @@ func lookupIface(t reflect.Type) *iface {
 }
 
 func typeOf[T any]() reflect.Type { return reflect.TypeFor[T]() }
+
+// methodItem is textItem for a method name: a registered one is returned
+// without a copy.
+func methodItem(b []byte) (string, []byte, bool) {
+	if major, n, r, ok := head(b); ok && major == cbText && n <= uint64(len(r)) {
+		if names := methodNames.Load(); names != nil {
+			if s, ok := (*names)[string(r[:n])]; ok {
+				return s, r[n:], true
+			}
+		}
+	}
+	return textItem(b)
+}

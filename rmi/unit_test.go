@@ -118,3 +118,37 @@ func startBlocked(t *testing.T, ctx context.Context, s Svc) <-chan error {
 	}
 	return blocked
 }
+
+// TestFinalizerLeakPromise: a pipelined result dropped without Release is
+// released by the garbage collector once resolved, and counted as a leak
+// (a promise shares its allocation with its pending entry, which must not
+// keep it alive).
+func TestFinalizerLeakPromise(t *testing.T) {
+	ctx := testCtx(t)
+	a, b := pair(t)
+	s, err := Lookup[Svc](ctx, a, b.node.ID(), "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	func() {
+		f, err := s.Open(Pipeline(ctx), "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := DelegateOf(f).Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	if n := b.ExportsTo(a.node.ID()); n != 2 {
+		t.Fatalf("exports before GC: %d", n)
+	}
+	for a.Stats().Leaked == 0 {
+		runtime.GC()
+		if ctx.Err() != nil {
+			t.Fatal("the promise's finalizer never ran")
+		}
+	}
+	if n, err := s.Exports(ctx); err != nil || n != 1 {
+		t.Fatalf("exports after the leak was collected: %d %v", n, err)
+	}
+}

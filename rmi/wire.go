@@ -2,6 +2,7 @@ package rmi
 
 import (
 	"fmt"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/fxamacker/cbor/v2"
@@ -43,6 +44,58 @@ type wmsg struct {
 	Can []uint64          `cbor:"12,keyasint,omitempty"`
 	TO  int64             `cbor:"13,keyasint,omitempty"`
 	I   string            `cbor:"14,keyasint,omitempty"`
+
+	// Without reflection (fastMsg, and the encoders of calls and replies)
+	// the arguments or results travel as ar, their an encoded items one
+	// after another, instead of A (a slice per message, and one per item);
+	// a message has A or ar, not both. Likewise rel holds released ids
+	// that appendMsg writes after those of Rel (slices of peer.rel, no
+	// copy). The cbor package ignores these unexported fields.
+	ar  []byte
+	an  int
+	rel []objID
+}
+
+// nargs returns the number of arguments (results) of m.
+func (m *wmsg) nargs() int {
+	if m.A != nil {
+		return len(m.A)
+	}
+	return m.an
+}
+
+// args returns an iterator over the arguments (results) of m.
+func (m *wmsg) args() argIter { return argIter{a: m.A, r: m.ar} }
+
+// argIter walks the arguments of a message, in A or in ar.
+type argIter struct {
+	a []cbor.RawMessage
+	r []byte
+}
+
+// next returns the next argument (nil after the last one). The items of
+// ar are well-formed: fastMsg checked them, or this process wrote them.
+func (it *argIter) next() []byte {
+	if it.a != nil {
+		if len(it.a) == 0 {
+			return nil
+		}
+		x := it.a[0]
+		it.a = it.a[1:]
+		if len(x) == 0 {
+			x = cbor.RawMessage{0xf6} // (as appendMsg writes it)
+		}
+		return x
+	}
+	if len(it.r) == 0 {
+		return nil
+	}
+	item, rest, ok := skipItem(it.r, 0)
+	if !ok { // (not from fastMsg: written here by encMode; cannot happen)
+		item, rest = it.r, nil
+	}
+	it.r = rest
+	return item
 }
 
 type werr struct {
@@ -89,6 +142,22 @@ func init() {
 	}
 }
 
+// Decoded messages are recycled (a message per call and per reply was a
+// good part of the bytes allocated per call): newMsg returns a zero
+// message, and freeMsg takes back one that nothing refers to any more.
+// Freed: replies once handled (a promise's in handle, a waiting caller's
+// once Call0/1/2 decoded its results), control messages once handled,
+// calls once runChain sent or held their reply. A message not freed is
+// simply collected.
+var msgPool = sync.Pool{New: func() any { return new(wmsg) }}
+
+func newMsg() *wmsg { return msgPool.Get().(*wmsg) }
+
+func freeMsg(m *wmsg) {
+	*m = wmsg{}
+	msgPool.Put(m)
+}
+
 // decodeMsg decodes and checks one message.
 func decodeMsg(b []byte) (*wmsg, error) {
 	if m, rest, ok := fastMsg(b); ok && len(rest) == 0 {
@@ -122,8 +191,8 @@ func checkMsg(m *wmsg) (*wmsg, error) {
 	default:
 		return nil, fmt.Errorf("%w: kind %d", ErrBadMessage, m.K)
 	}
-	if len(m.A) > maxArgs {
-		return nil, fmt.Errorf("%w: %d arguments", ErrBadMessage, len(m.A))
+	if m.nargs() > maxArgs {
+		return nil, fmt.Errorf("%w: %d arguments", ErrBadMessage, m.nargs())
 	}
 	if len(m.Rel)+len(m.Fin)+len(m.Can)+len(m.Ret) > maxRefBatch {
 		return nil, fmt.Errorf("%w: control batch too long", ErrBadMessage)
@@ -139,7 +208,7 @@ func checkMsg(m *wmsg) (*wmsg, error) {
 // encodeMsg encodes m as encMode (core deterministic CBOR) would, without
 // reflection: a map of the non-zero fields in key order.
 func encodeMsg(m *wmsg) ([]byte, error) {
-	return appendMsg(make([]byte, 0, 64+len(m.M)+len(m.I)+rawLen(m.A)+len(m.Rel)*(idLen+1)), m), nil
+	return appendMsg(make([]byte, 0, 64+len(m.M)+len(m.I)+rawLen(m.A)+len(m.ar)+(len(m.Rel)+len(m.rel))*(idLen+1)), m), nil
 }
 
 func rawLen(a []cbor.RawMessage) int {
@@ -188,8 +257,8 @@ func appendText(b []byte, v string) []byte {
 
 func appendMsg(b []byte, m *wmsg) []byte {
 	n := uint64(1)
-	for _, present := range [...]bool{m.ID != 0, len(m.Obj) > 0, m.P != 0, m.M != "", len(m.A) > 0, m.F != 0, m.E != nil,
-		len(m.Ret) > 0, len(m.Rel) > 0, len(m.Fin) > 0, len(m.Can) > 0, m.TO != 0, m.I != ""} {
+	for _, present := range [...]bool{m.ID != 0, len(m.Obj) > 0, m.P != 0, m.M != "", m.nargs() > 0, m.F != 0, m.E != nil,
+		len(m.Ret) > 0, len(m.Rel)+len(m.rel) > 0, len(m.Fin) > 0, len(m.Can) > 0, m.TO != 0, m.I != ""} {
 		if present {
 			n++
 		}
@@ -208,7 +277,9 @@ func appendMsg(b []byte, m *wmsg) []byte {
 	if m.M != "" {
 		b = appendText(append(b, 5), m.M)
 	}
-	if len(m.A) > 0 {
+	if m.an > 0 && m.A == nil {
+		b = append(appendHead(append(b, 6), cbArray, uint64(m.an)), m.ar...)
+	} else if len(m.A) > 0 {
 		b = appendHead(append(b, 6), cbArray, uint64(len(m.A)))
 		for _, r := range m.A {
 			if len(r) == 0 {
@@ -237,10 +308,13 @@ func appendMsg(b []byte, m *wmsg) []byte {
 			b = appendHead(b, cbUint, uint64(v))
 		}
 	}
-	if len(m.Rel) > 0 {
-		b = appendHead(append(b, 10), cbArray, uint64(len(m.Rel)))
+	if len(m.Rel)+len(m.rel) > 0 {
+		b = appendHead(append(b, 10), cbArray, uint64(len(m.Rel)+len(m.rel)))
 		for _, v := range m.Rel {
 			b = appendBytes(b, v)
+		}
+		for i := range m.rel {
+			b = appendBytes(b, m.rel[i][:])
 		}
 	}
 	for _, f := range [...]struct {
@@ -370,7 +444,7 @@ func fastMsg(b []byte) (m *wmsg, rest []byte, ok bool) {
 	if !ok || major != cbMap || n > 14 {
 		return nil, nil, false
 	}
-	m = &wmsg{}
+	m = newMsg()
 	var seen uint16
 	for range n {
 		var key, v uint64
@@ -394,26 +468,22 @@ func fastMsg(b []byte) (m *wmsg, rest []byte, ok bool) {
 			m.P, b, ok = uintItem(b)
 		case 3:
 			m.Obj, b, ok = bytesItem(b)
-		case 5, 14:
-			var s string
-			if s, b, ok = textItem(b); ok {
-				if key == 5 {
-					m.M = s
-				} else {
-					m.I = s
-				}
-			}
+		case 5:
+			m.M, b, ok = methodItem(b)
+		case 14:
+			m.I, b, ok = textItem(b)
 		case 6:
 			if major, n, b, ok = head(b); !ok || major != cbArray || n > 1<<16 || n > uint64(len(b)) {
 				return nil, nil, false // (every item is at least a byte)
 			}
-			m.A = make([]cbor.RawMessage, n)
-			for i := range m.A {
-				var item []byte
-				if item, b, ok = skipItem(b, 0); !ok {
+			start := b
+			for range n {
+				if _, b, ok = skipItem(b, 0); !ok {
 					return nil, nil, false
 				}
-				m.A[i] = item
+			}
+			if n > 0 {
+				m.ar, m.an = start[:len(start)-len(b):len(start)-len(b)], int(n)
 			}
 		case 8:
 			if major, n, b, ok = head(b); !ok || major != cbMap || n > 2 {
@@ -609,23 +679,27 @@ func decodeRefSlow(raw []byte, r *wref) error {
 
 // marshalValue encodes v as encMode does; common basic types without
 // reflection.
-func marshalValue(v any) ([]byte, error) {
+func marshalValue(v any) ([]byte, error) { return appendValue(nil, v) }
+
+// appendValue appends the encoding of v to b, as marshalValue.
+func appendValue(b []byte, v any) ([]byte, error) {
 	switch x := v.(type) {
 	case int:
-		return appendInt(nil, int64(x)), nil
+		return appendInt(b, int64(x)), nil
 	case int64:
-		return appendInt(nil, x), nil
+		return appendInt(b, x), nil
 	case string:
 		if utf8.ValidString(x) {
-			return appendText(make([]byte, 0, 9+len(x)), x), nil
+			return appendText(b, x), nil
 		}
 	case bool:
 		if x {
-			return []byte{0xf5}, nil
+			return append(b, 0xf5), nil
 		}
-		return []byte{0xf4}, nil
+		return append(b, 0xf4), nil
 	}
-	return encMode.Marshal(v)
+	e, err := encMode.Marshal(v)
+	return append(b, e...), err
 }
 
 func appendInt(b []byte, v int64) []byte {
@@ -638,11 +712,20 @@ func appendInt(b []byte, v int64) []byte {
 // unmarshalValue decodes raw into the value p points to as decMode does;
 // a string or an int from a plain text or integer item without reflection.
 func unmarshalValue(raw []byte, p any) error {
+	if fastValue(raw, p) {
+		return nil
+	}
+	return decMode.Unmarshal(raw, p)
+}
+
+// fastValue decodes raw into *p when p is a *string or an *int and raw a
+// plain text or integer item, and reports whether it did.
+func fastValue(raw []byte, p any) bool {
 	switch x := p.(type) {
 	case *string:
 		if s, rest, ok := textItem(raw); ok && len(rest) == 0 {
 			*x = s
-			return nil
+			return true
 		}
 	case *int:
 		if major, n, rest, ok := head(raw); ok && len(rest) == 0 && n <= 1<<63-1 && (major == cbUint || major == cbNeg) {
@@ -650,8 +733,28 @@ func unmarshalValue(raw []byte, p any) error {
 			if major == cbNeg {
 				*x = -1 - int(n)
 			}
-			return nil
+			return true
 		}
 	}
-	return decMode.Unmarshal(raw, p)
+	return false
+}
+
+// unmarshalInto decodes raw into *p as unmarshalValue does, without
+// making p escape (the general case decodes into a copy).
+func unmarshalInto[T any](raw []byte, p *T) error {
+	if fastValue(raw, p) {
+		return nil
+	}
+	q := new(T)
+	err := decMode.Unmarshal(raw, q)
+	*p = *q
+	return err
+}
+
+// appendString appends the encoding of s as appendValue does.
+func appendString(b []byte, s string) ([]byte, error) {
+	if utf8.ValidString(s) {
+		return appendText(b, s), nil
+	}
+	return appendValue(b, s)
 }

@@ -548,9 +548,13 @@ func (g *gen) write(ps []*proxy, cmdline string) ([]byte, error) {
 			fmt.Fprintf(&b, "\treturn %s(%s)\n}\n", call, strings.Join(args, ", "))
 		}
 	}
-	b.WriteString("\n// init registers the remote interfaces with their proxies.\nfunc init() {\n")
+	b.WriteString("\n// init registers the remote interfaces with their proxies, and the stubs\n// that dispatch incoming calls without reflection.\nfunc init() {\n")
 	for _, p := range ps {
-		fmt.Fprintf(&b, "\t%sRegister(func(d *%sDelegate) %s { return %s{d} })\n", g.rmi, g.rmi, p.name, p.proxy)
+		fmt.Fprintf(&b, "\t%sRegister(func(d *%sDelegate) %s { return %s{d} }, %sStubs[%s]{\n", g.rmi, g.rmi, p.name, p.proxy, g.rmi, p.name)
+		for _, m := range p.methods {
+			g.writeStub(&b, p, m)
+		}
+		b.WriteString("\t})\n")
 	}
 	b.WriteString("}\n")
 	src, err := format.Source(b.Bytes())
@@ -558,6 +562,54 @@ func (g *gen) write(ps []*proxy, cmdline string) ([]byte, error) {
 		return nil, fmt.Errorf("internal error: generated code does not parse: %v\n%s", err, b.Bytes())
 	}
 	return src, nil
+}
+
+// writeStub writes the stub of method m: decode the arguments, call the
+// method, encode the results.
+func (g *gen) writeStub(b *bytes.Buffer, p *proxy, m *method) {
+	// The body names the rmi package and the parameter and result types:
+	// its variables must not shadow any of them.
+	reserved := map[string]bool{strings.TrimSuffix(g.rmi, "."): true}
+	for _, a := range m.params {
+		for _, id := range idents(a.typ) {
+			reserved[id] = true
+		}
+	}
+	for _, r := range m.results {
+		for _, id := range idents(r) {
+			reserved[id] = true
+		}
+	}
+	pick := func(base string) string {
+		n := base
+		for k := 2; reserved[n]; k++ {
+			n = base + "_" + strconv.Itoa(k)
+		}
+		reserved[n] = true
+		return n
+	}
+	ctx, obj, c, err := pick("ctx"), pick("obj"), pick("c"), pick("err")
+	fmt.Fprintf(b, "\t\t%q: func(%s %s, %s %s, %s *%sServed) error {\n", m.name, ctx, m.params[0].typ, obj, p.name, c, g.rmi)
+	args := []string{ctx}
+	for i, a := range m.params[1:] {
+		v := pick("a" + strconv.Itoa(i+1))
+		args = append(args, v)
+		fmt.Fprintf(b, "\t\t\t%s, %s := %sArg[%s](%s)\n\t\t\tif %s != nil {\n\t\t\t\treturn %s\n\t\t\t}\n", v, err, g.rmi, a.typ, c, err, err)
+	}
+	callExpr := fmt.Sprintf("%s.%s(%s)", obj, m.name, strings.Join(args, ", "))
+	if len(m.results) == 0 {
+		fmt.Fprintf(b, "\t\t\treturn %s\n\t\t},\n", callExpr)
+		return
+	}
+	var rs []string
+	for i := range m.results {
+		rs = append(rs, pick("r"+strconv.Itoa(i)))
+	}
+	fmt.Fprintf(b, "\t\t\t%s, %s := %s\n\t\t\tif %s != nil {\n\t\t\t\treturn %s\n\t\t\t}\n", strings.Join(rs, ", "), err, callExpr, err, err)
+	for _, r := range rs[:len(rs)-1] {
+		fmt.Fprintf(b, "\t\t\tif %s := %sResult(%s, %s); %s != nil {\n\t\t\t\treturn %s\n\t\t\t}\n", err, g.rmi, c, r, err, err)
+	}
+	fmt.Fprintf(b, "\t\t\treturn %sResult(%s, %s)\n\t\t},\n", g.rmi, c, rs[len(rs)-1])
 }
 
 func (m *method) paramList() string {

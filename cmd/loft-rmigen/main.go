@@ -17,7 +17,9 @@
 // For each interface it writes, in <package>_rmi.go, the proxy one would
 // write by hand (a struct embedding *rmi.Delegate, one method per
 // interface method calling rmi.Call0, Call1 or Call2) and an init
-// function that registers it:
+// function that registers it with its stubs (rmi.Stubs: per method, a
+// function that decodes the arguments with rmi.Arg, calls the method and
+// encodes its results with rmi.Result):
 //
 //	type fileProxy struct{ *rmi.Delegate }
 //
@@ -26,12 +28,20 @@
 //	}
 //
 //	func init() {
-//		rmi.Register(func(d *rmi.Delegate) Dir { return dirProxy{d} })
-//		rmi.Register(func(d *rmi.Delegate) File { return fileProxy{d} })
+//		rmi.Register(func(d *rmi.Delegate) File { return fileProxy{d} }, rmi.Stubs[File]{
+//			"Read": func(ctx context.Context, obj File, c *rmi.Served) error {
+//				r0, err := obj.Read(ctx)
+//				if err != nil {
+//					return err
+//				}
+//				return rmi.Result(c, r0)
+//			},
+//		})
 //	}
 //
-// The implementation needs nothing generated: rmi dispatches to it by
-// reflection. Outside this module, add the tool to go.mod with
+// The implementation is ordinary Go: the stubs call it through its
+// interface, without reflection (rmi dispatches by reflection to the
+// methods of an interface registered without stubs). Outside this module, add the tool to go.mod with
 // "go get -tool github.com/loft-ipc/loft/cmd/loft-rmigen" and write
 // "//go:generate go tool loft-rmigen -type Dir,File".
 //

@@ -48,10 +48,77 @@ func (p dirProxy) Open(ctx context.Context, name string) (File, error) {
 	return rmi.Call1[File](ctx, p.Delegate, "Open", name)
 }
 
-// init registers the remote interfaces with their proxies.
+// init registers the remote interfaces with their proxies, and the stubs
+// that dispatch incoming calls without reflection.
 func init() {
-	rmi.Register(func(d *rmi.Delegate) Listener { return listenerProxy{d} })
-	rmi.Register(func(d *rmi.Delegate) Jobs { return jobsProxy{d} })
-	rmi.Register(func(d *rmi.Delegate) File { return fileProxy{d} })
-	rmi.Register(func(d *rmi.Delegate) Dir { return dirProxy{d} })
+	rmi.Register(func(d *rmi.Delegate) Listener { return listenerProxy{d} }, rmi.Stubs[Listener]{
+		"Progress": func(ctx context.Context, obj Listener, c *rmi.Served) error {
+			a1, err := rmi.Arg[int](c)
+			if err != nil {
+				return err
+			}
+			a2, err := rmi.Arg[int](c)
+			if err != nil {
+				return err
+			}
+			return obj.Progress(ctx, a1, a2)
+		},
+	})
+	rmi.Register(func(d *rmi.Delegate) Jobs { return jobsProxy{d} }, rmi.Stubs[Jobs]{
+		"Run": func(ctx context.Context, obj Jobs, c *rmi.Served) error {
+			a1, err := rmi.Arg[int](c)
+			if err != nil {
+				return err
+			}
+			a2, err := rmi.Arg[Listener](c)
+			if err != nil {
+				return err
+			}
+			r0, err := obj.Run(ctx, a1, a2)
+			if err != nil {
+				return err
+			}
+			return rmi.Result(c, r0)
+		},
+		"Ping": func(ctx context.Context, obj Jobs, c *rmi.Served) error {
+			a1, err := rmi.Arg[int](c)
+			if err != nil {
+				return err
+			}
+			r0, err := obj.Ping(ctx, a1)
+			if err != nil {
+				return err
+			}
+			return rmi.Result(c, r0)
+		},
+	})
+	rmi.Register(func(d *rmi.Delegate) File { return fileProxy{d} }, rmi.Stubs[File]{
+		"Next": func(ctx context.Context, obj File, c *rmi.Served) error {
+			r0, err := obj.Next(ctx)
+			if err != nil {
+				return err
+			}
+			return rmi.Result(c, r0)
+		},
+		"Read": func(ctx context.Context, obj File, c *rmi.Served) error {
+			r0, err := obj.Read(ctx)
+			if err != nil {
+				return err
+			}
+			return rmi.Result(c, r0)
+		},
+	})
+	rmi.Register(func(d *rmi.Delegate) Dir { return dirProxy{d} }, rmi.Stubs[Dir]{
+		"Open": func(ctx context.Context, obj Dir, c *rmi.Served) error {
+			a1, err := rmi.Arg[string](c)
+			if err != nil {
+				return err
+			}
+			r0, err := obj.Open(ctx, a1)
+			if err != nil {
+				return err
+			}
+			return rmi.Result(c, r0)
+		},
+	})
 }

@@ -82,10 +82,194 @@ func (p trickyProxy) Context(context context.Context, ctx int) (int, error) {
 	return rmi.Call1[int](context, p.Delegate, "Context", ctx)
 }
 
-// init registers the remote interfaces with their proxies.
+// init registers the remote interfaces with their proxies, and the stubs
+// that dispatch incoming calls without reflection.
 func init() {
-	rmi.Register(func(d *rmi.Delegate) Store { return storeProxy{d} })
-	rmi.Register(func(d *rmi.Delegate) Item { return itemProxy{d} })
-	rmi.Register(func(d *rmi.Delegate) Watcher { return watcherProxy{d} })
-	rmi.Register(func(d *rmi.Delegate) Tricky { return trickyProxy{d} })
+	rmi.Register(func(d *rmi.Delegate) Store { return storeProxy{d} }, rmi.Stubs[Store]{
+		"Get": func(ctx context.Context, obj Store, c *rmi.Served) error {
+			a1, err := rmi.Arg[string](c)
+			if err != nil {
+				return err
+			}
+			r0, err := obj.Get(ctx, a1)
+			if err != nil {
+				return err
+			}
+			return rmi.Result(c, r0)
+		},
+		"Put": func(ctx context.Context, obj Store, c *rmi.Served) error {
+			a1, err := rmi.Arg[string](c)
+			if err != nil {
+				return err
+			}
+			a2, err := rmi.Arg[[]byte](c)
+			if err != nil {
+				return err
+			}
+			return obj.Put(ctx, a1, a2)
+		},
+		"Stat": func(ctx context.Context, obj Store, c *rmi.Served) error {
+			r0, r1, err := obj.Stat(ctx)
+			if err != nil {
+				return err
+			}
+			if err := rmi.Result(c, r0); err != nil {
+				return err
+			}
+			return rmi.Result(c, r1)
+		},
+		"Watch": func(ctx context.Context, obj Store, c *rmi.Served) error {
+			a1, err := rmi.Arg[Watcher](c)
+			if err != nil {
+				return err
+			}
+			a2, err := rmi.Arg[Logger](c)
+			if err != nil {
+				return err
+			}
+			return obj.Watch(ctx, a1, a2)
+		},
+		"Move": func(ctx context.Context, obj Store, c *rmi.Served) error {
+			a1, err := rmi.Arg[Point](c)
+			if err != nil {
+				return err
+			}
+			a2, err := rmi.Arg[map[string][]*Point](c)
+			if err != nil {
+				return err
+			}
+			r0, err := obj.Move(ctx, a1, a2)
+			if err != nil {
+				return err
+			}
+			return rmi.Result(c, r0)
+		},
+		"Keys": func(ctx context.Context, obj Store, c *rmi.Served) error {
+			a1, err := rmi.Arg[string](c)
+			if err != nil {
+				return err
+			}
+			a2, err := rmi.Arg[string](c)
+			if err != nil {
+				return err
+			}
+			a3, err := rmi.Arg[int](c)
+			if err != nil {
+				return err
+			}
+			r0, err := obj.Keys(ctx, a1, a2, a3)
+			if err != nil {
+				return err
+			}
+			return rmi.Result(c, r0)
+		},
+		"Swap": func(ctx context.Context, obj Store, c *rmi.Served) error {
+			a1, err := rmi.Arg[Item](c)
+			if err != nil {
+				return err
+			}
+			a2, err := rmi.Arg[Item](c)
+			if err != nil {
+				return err
+			}
+			r0, r1, err := obj.Swap(ctx, a1, a2)
+			if err != nil {
+				return err
+			}
+			if err := rmi.Result(c, r0); err != nil {
+				return err
+			}
+			return rmi.Result(c, r1)
+		},
+		"Clock": func(ctx context.Context, obj Store, c *rmi.Served) error {
+			a1, err := rmi.Arg[foreign.Clock](c)
+			if err != nil {
+				return err
+			}
+			r0, err := obj.Clock(ctx, a1)
+			if err != nil {
+				return err
+			}
+			return rmi.Result(c, r0)
+		},
+		"Echo": func(ctx context.Context, obj Store, c *rmi.Served) error {
+			a1, err := rmi.Arg[any](c)
+			if err != nil {
+				return err
+			}
+			a2, err := rmi.Arg[map[string]any](c)
+			if err != nil {
+				return err
+			}
+			r0, err := obj.Echo(ctx, a1, a2)
+			if err != nil {
+				return err
+			}
+			return rmi.Result(c, r0)
+		},
+	})
+	rmi.Register(func(d *rmi.Delegate) Item { return itemProxy{d} }, rmi.Stubs[Item]{
+		"Name": func(ctx context.Context, obj Item, c *rmi.Served) error {
+			r0, err := obj.Name(ctx)
+			if err != nil {
+				return err
+			}
+			return rmi.Result(c, r0)
+		},
+		"Value": func(ctx context.Context, obj Item, c *rmi.Served) error {
+			r0, err := obj.Value(ctx)
+			if err != nil {
+				return err
+			}
+			return rmi.Result(c, r0)
+		},
+	})
+	rmi.Register(func(d *rmi.Delegate) Watcher { return watcherProxy{d} }, rmi.Stubs[Watcher]{
+		"Changed": func(ctx context.Context, obj Watcher, c *rmi.Served) error {
+			a1, err := rmi.Arg[string](c)
+			if err != nil {
+				return err
+			}
+			return obj.Changed(ctx, a1)
+		},
+	})
+	rmi.Register(func(d *rmi.Delegate) Tricky { return trickyProxy{d} }, rmi.Stubs[Tricky]{
+		"Shadow": func(ctx context.Context, obj Tricky, c *rmi.Served) error {
+			a1, err := rmi.Arg[string](c)
+			if err != nil {
+				return err
+			}
+			a2, err := rmi.Arg[int](c)
+			if err != nil {
+				return err
+			}
+			a3, err := rmi.Arg[bool](c)
+			if err != nil {
+				return err
+			}
+			a4, err := rmi.Arg[Item](c)
+			if err != nil {
+				return err
+			}
+			r0, r1, err := obj.Shadow(ctx, a1, a2, a3, a4)
+			if err != nil {
+				return err
+			}
+			if err := rmi.Result(c, r0); err != nil {
+				return err
+			}
+			return rmi.Result(c, r1)
+		},
+		"Context": func(ctx context.Context, obj Tricky, c *rmi.Served) error {
+			a1, err := rmi.Arg[int](c)
+			if err != nil {
+				return err
+			}
+			r0, err := obj.Context(ctx, a1)
+			if err != nil {
+				return err
+			}
+			return rmi.Result(c, r0)
+		},
+	})
 }

@@ -16,7 +16,16 @@ func (p loggerProxy) Log(ctx context.Context, line string) error {
 	return rmi.Call0(ctx, p.Delegate, "Log", line)
 }
 
-// init registers the remote interfaces with their proxies.
+// init registers the remote interfaces with their proxies, and the stubs
+// that dispatch incoming calls without reflection.
 func init() {
-	rmi.Register(func(d *rmi.Delegate) Logger { return loggerProxy{d} })
+	rmi.Register(func(d *rmi.Delegate) Logger { return loggerProxy{d} }, rmi.Stubs[Logger]{
+		"Log": func(ctx context.Context, obj Logger, c *rmi.Served) error {
+			a1, err := rmi.Arg[string](c)
+			if err != nil {
+				return err
+			}
+			return obj.Log(ctx, a1)
+		},
+	})
 }

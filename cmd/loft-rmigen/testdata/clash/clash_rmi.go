@@ -16,7 +16,43 @@ func (p httpServerProxy) Serve(ctx context2.Context, n int) (int, error) {
 	return rmi2.Call1[int](ctx, p.Delegate, "Serve", n)
 }
 
-// init registers the remote interfaces with their proxies.
+func (p httpServerProxy) Route(ctx context2.Context, x c, y obj, z a1) (r0, error) {
+	return rmi2.Call1[r0](ctx, p.Delegate, "Route", x, y, z)
+}
+
+// init registers the remote interfaces with their proxies, and the stubs
+// that dispatch incoming calls without reflection.
 func init() {
-	rmi2.Register(func(d *rmi2.Delegate) HTTPServer { return httpServerProxy{d} })
+	rmi2.Register(func(d *rmi2.Delegate) HTTPServer { return httpServerProxy{d} }, rmi2.Stubs[HTTPServer]{
+		"Serve": func(ctx context2.Context, obj HTTPServer, c *rmi2.Served) error {
+			a1, err := rmi2.Arg[int](c)
+			if err != nil {
+				return err
+			}
+			r0, err := obj.Serve(ctx, a1)
+			if err != nil {
+				return err
+			}
+			return rmi2.Result(c, r0)
+		},
+		"Route": func(ctx context2.Context, obj_2 HTTPServer, c_2 *rmi2.Served) error {
+			a1_2, err := rmi2.Arg[c](c_2)
+			if err != nil {
+				return err
+			}
+			a2, err := rmi2.Arg[obj](c_2)
+			if err != nil {
+				return err
+			}
+			a3, err := rmi2.Arg[a1](c_2)
+			if err != nil {
+				return err
+			}
+			r0_2, err := obj_2.Route(ctx, a1_2, a2, a3)
+			if err != nil {
+				return err
+			}
+			return rmi2.Result(c_2, r0_2)
+		},
+	})
 }

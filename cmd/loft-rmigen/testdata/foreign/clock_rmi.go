@@ -17,7 +17,16 @@ func (p clockProxy) Now(ctx context.Context) (time.Time, error) {
 	return rmi.Call1[time.Time](ctx, p.Delegate, "Now")
 }
 
-// init registers the remote interfaces with their proxies.
+// init registers the remote interfaces with their proxies, and the stubs
+// that dispatch incoming calls without reflection.
 func init() {
-	rmi.Register(func(d *rmi.Delegate) Clock { return clockProxy{d} })
+	rmi.Register(func(d *rmi.Delegate) Clock { return clockProxy{d} }, rmi.Stubs[Clock]{
+		"Now": func(ctx context.Context, obj Clock, c *rmi.Served) error {
+			r0, err := obj.Now(ctx)
+			if err != nil {
+				return err
+			}
+			return rmi.Result(c, r0)
+		},
+	})
 }
