@@ -571,10 +571,12 @@ func (c *conn) handleLoan(d *wire.Decoder, flags uint16) error {
 	return a.r.deliverOne(a, floor, m)
 }
 
-// carveChunk is the size of the chunks lent messages are copied into: as
-// large as wire.Reader's largest, since a message kept by the application
-// keeps its whole chunk alive, as a framed one does.
-const carveChunk = wire.MaxChunk
+// carveChunk is the size of the chunks lent messages are copied into (a
+// message kept by the application keeps its whole chunk alive, as a framed
+// one does). It stays at 4 MiB, not wire.MaxChunk: lent messages are large
+// and few, and a chunk is made for the first of them however slow they
+// come.
+const carveChunk = 4 << 20
 
 // carve returns a copy of b on the Go heap, cut from a chunk shared with
 // the lent messages before and after it, as wire.Reader does for framed

@@ -207,7 +207,9 @@ func AppendFrame(b []byte, t Type, flags uint16, payload []byte) []byte {
 // process that receives fast (the chunk being filled is live, and the
 // collector paces itself on the live heap): at a few million 64-byte
 // messages a second, 4 MiB chunks took 25% less CPU per message than
-// 256 KiB ones.
+// 256 KiB ones, and at ten million, 16 MiB ones 10-20% less again than
+// 4 MiB ones (BENCHMARKS.md). Only a stream that fills a chunk within
+// chunkFast grows to them.
 type Reader struct {
 	r     io.Reader
 	max   int
@@ -222,7 +224,7 @@ type Reader struct {
 // Chunk sizes of a Reader (see Reader).
 const (
 	MinChunk  = 256 << 10
-	MaxChunk  = 4 << 20
+	MaxChunk  = 16 << 20
 	chunkFast = 20 * time.Millisecond
 	chunkSlow = time.Second
 )

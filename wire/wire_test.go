@@ -256,7 +256,7 @@ func TestResumeAndReady(t *testing.T) {
 // MaxChunk; a slow one smaller ones, down to MinChunk; no payload handed
 // out is overwritten on the way.
 func TestReaderChunks(t *testing.T) {
-	const n = 20000
+	const n = 80000
 	var b []byte
 	for i := 0; i < n; i++ {
 		b = AppendFrame(b, TData, 0, bytes.Repeat([]byte{byte(i)}, 1000))
