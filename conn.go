@@ -1332,9 +1332,10 @@ func (c *conn) readLoop() {
 // waiting Recv that can read for itself and nobody else needs the conn
 // read: that Recv then reads on, without a hand-off per message or burst.
 // For a Recv reading for itself (r and ctx set) it stops as soon as r has
-// a message, is closed or interrupted, or ctx ends. Either way it handles
-// every whole frame already buffered before it stops. It returns false
-// once the conn is closed.
+// a message, is closed or interrupted, or ctx ends. It handles every whole
+// frame already buffered before it stops, except after the frame that
+// brought r its message: the rest wait for the next read (see below). It
+// returns false once the conn is closed.
 func (c *conn) readFrames(r *Receiver, ctx context.Context) bool {
 	c.pollFor(r != nil)
 	c.dr, c.drArmed, c.drGot = r, false, false
@@ -1343,7 +1344,16 @@ func (c *conn) readFrames(r *Receiver, ctx context.Context) bool {
 	for {
 		// A frame that queued messages for r ends the read without
 		// another look under r's lock (Recv takes one under it next).
-		if r != nil && (c.drGot || r.directDone(ctx)) {
+		if r != nil && c.drGot {
+			// The frames after it wait for the next read (this Recv's
+			// next call, typically, while its peer works on the answer),
+			// or for the background reader, called at once by releaseRead
+			// when somebody waits for this conn: an ACK riding on an
+			// answer was handled before the answer reached the
+			// application, a tenth of a shared-memory round trip.
+			return true
+		}
+		if r != nil && r.directDone(ctx) {
 			return c.handleBuffered()
 		}
 		f, err := c.rd.Next()
