@@ -147,22 +147,8 @@ func TestSendBatchRecvBatch(t *testing.T) {
 func BenchmarkSendRecvBatch(b *testing.B) {
 	for _, tr := range []string{"unix", "shm"} {
 		b.Run(tr+"/64B", func(b *testing.B) {
-			dir := filepath.Join(b.TempDir(), "rt")
 			ctx := context.Background()
-			opts := Options{Dir: dir, NoInProcess: true, NoSharedMemory: tr == "unix"}
-			rn, err := Open(ctx, opts)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer rn.Close()
-			sn, err := Open(ctx, opts)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer sn.Close()
-			r, _ := rn.Receive(ctx, "bench", ChannelOptions{Capacity: 4096})
-			s, _ := sn.Sender(ctx, "bench")
-			waitReceivers(b, s, 1)
+			s, r := streamPair(b, tr)
 			const batch = 64
 			msgs := make([][]byte, batch)
 			for i := range msgs {

@@ -18,22 +18,8 @@ func BenchmarkSendRecv(b *testing.B) {
 	for _, tr := range []string{"unix", "shm"} {
 		for _, size := range []int{64, 4096} {
 			b.Run(tr+"/"+byteSize(size), func(b *testing.B) {
-				dir := filepath.Join(b.TempDir(), "rt")
 				ctx := context.Background()
-				opts := Options{Dir: dir, NoInProcess: true, NoSharedMemory: tr == "unix"}
-				rn, err := Open(ctx, opts)
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer rn.Close()
-				sn, err := Open(ctx, opts)
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer sn.Close()
-				r, _ := rn.Receive(ctx, "bench", ChannelOptions{Capacity: 4096})
-				s, _ := sn.Sender(ctx, "bench")
-				waitReceivers(b, s, 1)
+				s, r := streamPair(b, tr)
 				msg := make([]byte, size)
 				b.SetBytes(int64(size))
 				b.ReportAllocs()
@@ -93,35 +79,8 @@ func BenchmarkPingPong(b *testing.B) {
 			name = "shm"
 		}
 		b.Run(name, func(b *testing.B) {
-			dir := filepath.Join(b.TempDir(), "rt")
 			ctx := context.Background()
-			a, err := Open(ctx, Options{Dir: dir, NoSharedMemory: !shm, NoInProcess: true})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer a.Close()
-			z, err := Open(ctx, Options{Dir: dir, NoSharedMemory: !shm, NoInProcess: true})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer z.Close()
-			ping, _ := z.Receive(ctx, "ping", ChannelOptions{Capacity: 16})
-			pong, _ := a.Receive(ctx, "pong", ChannelOptions{Capacity: 16})
-			sa, _ := a.Sender(ctx, "ping")
-			sz, _ := z.Sender(ctx, "pong")
-			waitReceivers(b, sa, 1)
-			waitReceivers(b, sz, 1)
-			go func() {
-				for {
-					m, err := ping.Recv(ctx)
-					if err != nil {
-						return
-					}
-					if sz.Send(ctx, m.Data) != nil {
-						return
-					}
-				}
-			}()
+			sa, pong := echoPair(b, Options{NoSharedMemory: !shm, NoInProcess: true})
 			msg := make([]byte, 64)
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -170,26 +129,8 @@ func BenchmarkRawUnixPingPong(b *testing.B) {
 }
 
 func BenchmarkPingPongInProcess(b *testing.B) {
-	dir := filepath.Join(b.TempDir(), "rt")
 	ctx := context.Background()
-	a, _ := Open(ctx, Options{Dir: dir})
-	defer a.Close()
-	z, _ := Open(ctx, Options{Dir: dir})
-	defer z.Close()
-	ping, _ := z.Receive(ctx, "ping", ChannelOptions{Capacity: 16})
-	pong, _ := a.Receive(ctx, "pong", ChannelOptions{Capacity: 16})
-	sa, _ := a.Sender(ctx, "ping")
-	sz, _ := z.Sender(ctx, "pong")
-	waitReceivers(b, sa, 1)
-	waitReceivers(b, sz, 1)
-	go func() {
-		for {
-			m, err := ping.Recv(ctx)
-			if err != nil || sz.Send(ctx, m.Data) != nil {
-				return
-			}
-		}
-	}()
+	sa, pong := echoPair(b, Options{})
 	msg := make([]byte, 64)
 	b.ReportAllocs()
 	for b.Loop() {
@@ -271,27 +212,8 @@ func BenchmarkPingPongVsRaw(b *testing.B) {
 // -cpu 2 each side has a core, and the time is the path of a message
 // through loft, Send to Recv, twice.
 func BenchmarkPingPongPoll(b *testing.B) {
-	dir := filepath.Join(b.TempDir(), "rt")
 	ctx := context.Background()
-	opts := Options{Dir: dir, NoInProcess: true, BusyPoll: true}
-	a, _ := Open(ctx, opts)
-	defer a.Close()
-	z, _ := Open(ctx, opts)
-	defer z.Close()
-	ping, _ := z.Receive(ctx, "ping", ChannelOptions{Capacity: 16})
-	pong, _ := a.Receive(ctx, "pong", ChannelOptions{Capacity: 16})
-	sa, _ := a.Sender(ctx, "ping")
-	sz, _ := z.Sender(ctx, "pong")
-	waitReceivers(b, sa, 1)
-	waitReceivers(b, sz, 1)
-	go func() {
-		for {
-			m, err := ping.Recv(ctx)
-			if err != nil || sz.Send(ctx, m.Data) != nil {
-				return
-			}
-		}
-	}()
+	sa, pong := echoPair(b, Options{NoInProcess: true, BusyPoll: true})
 	msg := make([]byte, 64)
 	lat := make([]time.Duration, 0, b.N)
 	for b.Loop() {
@@ -306,4 +228,59 @@ func BenchmarkPingPongPoll(b *testing.B) {
 	}
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
+}
+
+// echoPair opens two nodes of this process with opts, an echo from "ping"
+// to "pong" on one, and returns the other's sender to "ping" and receiver
+// of "pong". The nodes close when the benchmark ends.
+func echoPair(b *testing.B, opts Options) (*Sender, *Receiver) {
+	opts.Dir = filepath.Join(b.TempDir(), "rt")
+	ctx := context.Background()
+	a, err := Open(ctx, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { a.Close() })
+	z, err := Open(ctx, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { z.Close() })
+	ping, _ := z.Receive(ctx, "ping", ChannelOptions{Capacity: 16})
+	pong, _ := a.Receive(ctx, "pong", ChannelOptions{Capacity: 16})
+	sa, _ := a.Sender(ctx, "ping")
+	sz, _ := z.Sender(ctx, "pong")
+	waitReceivers(b, sa, 1)
+	waitReceivers(b, sz, 1)
+	go func() {
+		for {
+			m, err := ping.Recv(ctx)
+			if err != nil || sz.Send(ctx, m.Data) != nil {
+				return
+			}
+		}
+	}()
+	return sa, pong
+}
+
+// streamPair opens two nodes of this process that talk over transport tr
+// ("unix" or "shm"), a receiver of "bench" on one and a sender to it on
+// the other. The nodes close when the benchmark ends.
+func streamPair(b *testing.B, tr string) (*Sender, *Receiver) {
+	ctx := context.Background()
+	opts := Options{Dir: filepath.Join(b.TempDir(), "rt"), NoInProcess: true, NoSharedMemory: tr == "unix"}
+	rn, err := Open(ctx, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { rn.Close() })
+	sn, err := Open(ctx, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { sn.Close() })
+	r, _ := rn.Receive(ctx, "bench", ChannelOptions{Capacity: 4096})
+	s, _ := sn.Sender(ctx, "bench")
+	waitReceivers(b, s, 1)
+	return s, r
 }
