@@ -101,7 +101,7 @@ func runChild(role string, args []string) error {
 	}
 	name := arg(args, "name", "jobs")
 	switch role {
-	case "recv", "hold", "subscribe", "step":
+	case "recv", "hold", "subscribe", "step", "recvbatch":
 		var r *Receiver
 		if role == "subscribe" {
 			r, err = n.Subscribe(ctx, name, parseOpts(args))
@@ -116,6 +116,18 @@ func runChild(role string, args []string) error {
 			// Receive into the buffer but never take: messages stay in flight.
 			io.Copy(io.Discard, os.Stdin)
 			return nil
+		}
+		if role == "recvbatch" {
+			ms := make([]Message, 16)
+			for {
+				k, err := r.RecvBatch(ctx, ms)
+				if err != nil {
+					return err
+				}
+				for _, m := range ms[:k] {
+					printf("got %s %s\n", m.From, m.Data)
+				}
+			}
 		}
 		in := bufio.NewScanner(os.Stdin)
 		for {
