@@ -61,7 +61,8 @@ type Endpoint struct {
 	ids       []byte // random bytes for object ids, from crypto/rand
 	armed     bool   // lazy is running
 	peers     map[string]*peer
-	nexports  int // exports, summed over the live peers
+	lastPeer  *peer // the peer peer last returned: most messages come from it (peers are never removed)
+	nexports  int   // exports, summed over the live peers
 	published map[string]pub
 	npend     int // pending calls, summed over peers
 
@@ -312,8 +313,13 @@ func (ep *Endpoint) peer(id string) (*peer, error) {
 		ep.mu.Unlock()
 		return nil, ErrClosed
 	}
+	if p := ep.lastPeer; p != nil && p.id == id {
+		ep.mu.Unlock()
+		return p, nil
+	}
 	p := ep.peers[id]
 	if p != nil {
+		ep.lastPeer = p
 		ep.mu.Unlock()
 		return p, nil
 	}
