@@ -939,11 +939,12 @@ func (s step) speed() int32 {
 // runStep serves or fails the call of s, sets *reply to its reply, and
 // returns the call queued behind its answer that the same goroutine runs
 // next (none if none), and whether it held the reply already (see hold).
-func (ep *Endpoint) runStep(p *peer, s step, reply *wmsg) (next step, held bool) {
+// *clock is as for dispatchCall.
+func (ep *Endpoint) runStep(p *peer, s step, reply *wmsg, clock *int64) (next step, held bool) {
 	if s.err != nil {
 		return ep.failCall(p, s.m, s.err, reply), false
 	}
-	return ep.serve(p, s, reply)
+	return ep.serve(p, s, reply, clock)
 }
 
 // A job is a step of peer p that a reader left for its goroutine to run.
@@ -961,9 +962,10 @@ type job struct {
 // ctlDelay. Every admitted call counts once in
 // ep.wg until its reply is sent or held.
 func (ep *Endpoint) runChain(p *peer, run step) {
+	var clock int64 // (the end of the last step served: the start of the next, see dispatchCall)
 	for {
 		var r wmsg // (on the stack: hold and reply encode it)
-		next, held := ep.runStep(p, run, &r)
+		next, held := ep.runStep(p, run, &r, &clock)
 		if next.none() {
 			ep.reply(p, &r)
 			freeMsg(run.m)
@@ -1185,12 +1187,12 @@ func (ep *Endpoint) serveLookup(p *peer, m *wmsg) {
 // serve runs one incoming call (a step of runChain) and sets *r to its
 // reply; when a call queued behind its answer runs next, it holds the
 // reply (under the lock it takes anyway) and says so.
-func (ep *Endpoint) serve(p *peer, s step, r *wmsg) (step, bool) {
+func (ep *Endpoint) serve(p *peer, s step, r *wmsg, clock *int64) (step, bool) {
 	ep.callsIn.Add(1)
 	m, c := s.m, s.c
 	c.it = m.args()
 	c.ar, c.lent = c.buf[:0], c.lentA[:0]
-	err := ep.dispatchCall(c, s.ex)
+	err := ep.dispatchCall(c, s.ex, clock)
 	// Borrowed arguments end with the call unless the method retained them.
 	for i, d := range c.lent {
 		if d != nil && d.endBorrow() {
@@ -1227,7 +1229,16 @@ func (ep *Endpoint) serve(p *peer, s step, r *wmsg) (step, bool) {
 
 // dispatchCall runs the method of call c on ex, by its stub or by
 // reflection, in the call's context.
-func (ep *Endpoint) dispatchCall(c *Served, ex *export) error {
+//
+// *clock is monoNow() at the start of the call, or 0 to read the clock;
+// dispatchCall sets it to monoNow() at the call's end. A chain's calls
+// run one after another on one goroutine (runChain), so the end of one
+// is taken as the start of the next: one clock read per call, not two.
+// (What lies between, sending or holding a reply, takes well under a
+// microsecond: it counts in the next call's time against inlineSlow and
+// makes its deadline, if any, that much earlier, nearer the arrival of
+// the chain that brought it.)
+func (ep *Endpoint) dispatchCall(c *Served, ex *export, clock *int64) error {
 	m := c.m
 	md := ex.f.methods[m.M]
 	if md == nil {
@@ -1238,7 +1249,10 @@ func (ep *Endpoint) dispatchCall(c *Served, ex *export) error {
 		return fmt.Errorf("%w: %s takes %d arguments, got %d", ErrBadMessage, m.M, len(md.in), m.nargs())
 	}
 	cc := &c.cc
-	t0 := monoNow()
+	t0 := *clock
+	if t0 == 0 {
+		t0 = monoNow()
+	}
 	ep.initCallContext(cc, time.Duration(m.TO), t0)
 	defer cc.end()
 	var err error
@@ -1250,8 +1264,10 @@ func (ep *Endpoint) dispatchCall(c *Served, ex *export) error {
 	} else {
 		err = ep.callReflect(c, ex, md)
 	}
+	end := monoNow()
+	*clock = end
 	sp := int32(speedQuick)
-	if cc.asked.Load() || time.Duration(monoNow()-t0-cc.awaited.Load()) > inlineSlow {
+	if cc.asked.Load() || time.Duration(end-t0-cc.awaited.Load()) > inlineSlow {
 		sp = speedSlow
 	}
 	if md.speed.Load() != sp {
