@@ -84,7 +84,7 @@ type peer struct {
 	dead     error
 	exports  map[objID]*export
 	byVal    map[any]*export
-	pending  map[uint64]*pending
+	pending  pendTable
 	answers  map[uint64]*answer
 	running  map[uint64]*callCtx // calls being served
 	inflight int
@@ -324,7 +324,7 @@ func (ep *Endpoint) peer(id string) (*peer, error) {
 		return p, nil
 	}
 	p = &peer{id: id, ep: ep, gone: make(chan struct{}), exports: map[objID]*export{}, byVal: map[any]*export{},
-		pending: map[uint64]*pending{}, answers: map[uint64]*answer{}, running: map[uint64]*callCtx{}}
+		answers: map[uint64]*answer{}, running: map[uint64]*callCtx{}}
 	ep.peers[id] = p
 	wctx, wcancel := context.WithCancel(ep.ctx)
 	p.ctx, p.wcancel = wctx, wcancel
@@ -410,15 +410,14 @@ func (ep *Endpoint) addPending(p *peer, id uint64, pd *pending) error {
 	if p.dead != nil {
 		return p.dead
 	}
-	p.pending[id] = pd
+	p.pending.put(id, pd)
 	ep.npend++
 	return nil
 }
 
 func (ep *Endpoint) dropPending(p *peer, id uint64) {
 	ep.mu.Lock()
-	if p.pending[id] != nil {
-		delete(p.pending, id)
+	if p.pending.take(id) != nil {
 		ep.npend--
 	}
 	ep.mu.Unlock()
@@ -439,9 +438,10 @@ func (ep *Endpoint) peerGone(p *peer, cause error) {
 		p.dead = fmt.Errorf("%w: node %s: %v", ErrPeerGone, p.id, cause)
 	}
 	ep.nexports -= len(p.exports)
-	pend, run := p.pending, p.running
-	ep.npend -= len(pend)
-	p.exports, p.byVal, p.answers, p.pending, p.running = nil, nil, nil, nil, nil
+	pend, run := p.pending.all(), p.running
+	ep.npend -= p.pending.n
+	p.pending = pendTable{}
+	p.exports, p.byVal, p.answers, p.running = nil, nil, nil, nil
 	p.rel, p.fin, p.can, p.held, p.calls, p.hbuf, p.cbuf = nil, nil, nil, nil, nil, nil, nil
 	dead := p.dead
 	ep.mu.Unlock()
@@ -663,7 +663,7 @@ func (p *peer) post(m *wmsg, pd *pending) error {
 		p.ep.mu.Unlock()
 		return p.dead
 	}
-	p.pending[m.ID] = pd
+	p.pending.put(m.ID, pd)
 	p.ep.npend++
 	n := len(p.cbuf)
 	p.cbuf = appendMsg(p.cbuf, m)
@@ -678,9 +678,8 @@ func (p *peer) post(m *wmsg, pd *pending) error {
 func (ep *Endpoint) failHeld(p *peer, calls []heldMsg, err error) {
 	for _, c := range calls {
 		ep.mu.Lock()
-		pd := p.pending[c.id]
+		pd := p.pending.take(c.id)
 		if pd != nil {
-			delete(p.pending, c.id)
 			ep.npend--
 			ep.returnBorrowedLocked(p, pd.borrowed, nil)
 		}
@@ -785,9 +784,8 @@ func (ep *Endpoint) handle(p *peer, m *wmsg, run *job) *pending {
 	switch m.K {
 	case kReply:
 		ep.mu.Lock()
-		pd := p.pending[m.ID]
+		pd := p.pending.take(m.ID)
 		if pd != nil {
-			delete(p.pending, m.ID)
 			ep.npend--
 			ep.returnBorrowedLocked(p, pd.borrowed, m.Ret)
 		}

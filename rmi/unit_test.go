@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"slices"
 	"testing"
 )
 
@@ -150,5 +151,43 @@ func TestFinalizerLeakPromise(t *testing.T) {
 	}
 	if n, err := s.Exports(ctx); err != nil || n != 1 {
 		t.Fatalf("exports after the leak was collected: %d %v", n, err)
+	}
+}
+
+// TestPendTable: calls whose ids share a slot go to the map and are found
+// there; take removes each call once; all lists what is left.
+func TestPendTable(t *testing.T) {
+	var tb pendTable
+	pds := map[uint64]*pending{}
+	for _, id := range []uint64{1, 2, 1 + pendSlots, 1 + 2*pendSlots, 3, 2 + pendSlots} {
+		pds[id] = &pending{}
+		tb.put(id, pds[id])
+	}
+	if tb.n != 6 || len(tb.more) != 3 {
+		t.Fatalf("n %d, %d in the map; want 6, 3", tb.n, len(tb.more))
+	}
+	if tb.take(4) != nil || tb.take(1+3*pendSlots) != nil {
+		t.Fatal("take found a call never put")
+	}
+	for _, id := range []uint64{1, 1 + 2*pendSlots, 2 + pendSlots} {
+		if tb.take(id) != pds[id] {
+			t.Fatalf("take(%d) is not the call put", id)
+		}
+		if tb.take(id) != nil {
+			t.Fatalf("take(%d) twice found it twice", id)
+		}
+	}
+	tb.put(1+4*pendSlots, &pending{}) // (slot 1 is free again)
+	if tb.slots[1].id != 1+4*pendSlots {
+		t.Fatal("a freed slot was not reused")
+	}
+	left := tb.all()
+	if tb.n != 4 || len(left) != 4 {
+		t.Fatalf("n %d, all %d; want 4", tb.n, len(left))
+	}
+	for _, id := range []uint64{2, 3, 1 + pendSlots} {
+		if !slices.Contains(left, pds[id]) {
+			t.Fatalf("all lacks call %d", id)
+		}
 	}
 }
