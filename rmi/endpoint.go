@@ -86,7 +86,7 @@ type peer struct {
 	byVal    map[any]*export
 	pending  pendTable
 	answers  map[uint64]*answer
-	running  map[uint64]*callCtx // calls being served
+	running  map[uint64]*callCtx // calls being served, but those kept (in answer.run)
 	inflight int
 	rel      []objID
 	fin      []uint64
@@ -150,6 +150,7 @@ type pending struct {
 }
 
 type answer struct {
+	run   *callCtx // the call while it is served (a kept call is in no peer.running: one map entry per call)
 	done  bool
 	exp   *export
 	err   error
@@ -438,7 +439,15 @@ func (ep *Endpoint) peerGone(p *peer, cause error) {
 		p.dead = fmt.Errorf("%w: node %s: %v", ErrPeerGone, p.id, cause)
 	}
 	ep.nexports -= len(p.exports)
-	pend, run := p.pending.all(), p.running
+	pend, run := p.pending.all(), make([]*callCtx, 0, len(p.running))
+	for _, c := range p.running {
+		run = append(run, c)
+	}
+	for _, a := range p.answers {
+		if a.run != nil {
+			run = append(run, a.run)
+		}
+	}
 	ep.npend -= p.pending.n
 	p.pending = pendTable{}
 	p.exports, p.byVal, p.answers, p.running = nil, nil, nil, nil
@@ -826,11 +835,19 @@ func (ep *Endpoint) control(p *peer, m *wmsg) {
 			ep.releaseLocked(p, objID(b))
 		}
 		for _, id := range m.Fin {
+			if a := p.answers[id]; a != nil && a.run != nil {
+				// (A peer ends an answer once it has its reply: not one
+				// of a call still served, but if it does, the call
+				// stays cancellable.)
+				p.running[id] = a.run
+			}
 			delete(p.answers, id)
 		}
 		for _, id := range m.Can {
 			if c := p.running[id]; c != nil {
 				cancels = append(cancels, c)
+			} else if a := p.answers[id]; a != nil && a.run != nil {
+				cancels = append(cancels, a.run)
 			}
 		}
 	}
@@ -1021,8 +1038,12 @@ func (ep *Endpoint) admitRunLocked(p *peer, m *wmsg) step {
 	if p.dead != nil {
 		return step{}
 	}
-	if m.F&fKeep != 0 && p.answers[m.ID] == nil {
-		p.answers[m.ID] = &answer{} // (a call re-admitted after waiting keeps its answer)
+	var a *answer
+	if m.F&fKeep != 0 {
+		if a = p.answers[m.ID]; a == nil {
+			a = &answer{} // (a call re-admitted after waiting keeps its answer)
+			p.answers[m.ID] = a
+		}
 	}
 	ex, err := ep.targetLocked(p, m)
 	if ex == nil && err == nil { // queued behind a pending answer
@@ -1035,7 +1056,12 @@ func (ep *Endpoint) admitRunLocked(p *peer, m *wmsg) step {
 	if err == nil {
 		p.inflight++
 		c = &Served{ep: ep, p: p, m: m}
-		p.running[m.ID] = &c.cc // (live before initCallContext: a cancel counts)
+		// (Live before initCallContext: a cancel counts.)
+		if a != nil {
+			a.run = &c.cc
+		} else {
+			p.running[m.ID] = &c.cc
+		}
 	}
 	ep.wg.Add(1)
 	if err != nil {
@@ -1110,7 +1136,12 @@ func (ep *Endpoint) settleLocked(p *peer, m *wmsg, ex *export, err error) []*wms
 	if ex == nil && err == nil {
 		err = fmt.Errorf("%w: the result is not an object of this node", ErrNoSuchObject)
 	}
-	a := p.answers[m.ID]
+	return settleAnswerLocked(p.answers[m.ID], ex, err)
+}
+
+// settleAnswerLocked is settleLocked once the answer a (nil: none) was
+// looked up.
+func settleAnswerLocked(a *answer, ex *export, err error) []*wmsg {
 	if a == nil || a.done {
 		return nil
 	}
@@ -1205,14 +1236,24 @@ func (ep *Endpoint) serve(p *peer, s step, r *wmsg, clock *int64) (step, bool) {
 	}
 	c.m, c.it = nil, argIter{} // (m is freed after the reply: see runChain)
 	ep.mu.Lock()
-	if p.running != nil {
+	var a *answer
+	if m.F&fKeep != 0 {
+		a = p.answers[m.ID]
+	}
+	if a != nil && a.run == &c.cc {
+		a.run = nil
+	} else if p.running != nil {
 		delete(p.running, m.ID)
 	}
 	p.inflight--
 	var next step
 	var others []step
 	if m.F&fKeep != 0 {
-		next, others = ep.admitQueuedLocked(p, ep.settleLocked(p, m, c.resExp, err))
+		ex, err := c.resExp, err
+		if ex == nil && err == nil {
+			err = fmt.Errorf("%w: the result is not an object of this node", ErrNoSuchObject)
+		}
+		next, others = ep.admitQueuedLocked(p, settleAnswerLocked(a, ex, err))
 	}
 	now := false
 	if !next.none() {

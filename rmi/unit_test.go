@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"slices"
 	"testing"
+	"time"
 )
 
 // pair opens two endpoints in this process (loft's in-process transport).
@@ -189,5 +190,56 @@ func TestPendTable(t *testing.T) {
 		if !slices.Contains(left, pds[id]) {
 			t.Fatalf("all lacks call %d", id)
 		}
+	}
+}
+
+// TestCancelKeptCall: a pipelined call whose answer is kept (its context
+// is found through the answer, not peer.running) is cancelled by a cancel
+// from its caller, also after a (premature) end of its answer.
+func TestCancelKeptCall(t *testing.T) {
+	for _, finFirst := range []bool{false, true} {
+		ctx := testCtx(t)
+		a, b := pair(t)
+		s, err := Lookup[Svc](ctx, a, b.node.ID(), "svc")
+		if err != nil {
+			t.Fatal(err)
+		}
+		pctx := Pipeline(ctx)
+		f, _ := s.Open(pctx, "x")
+		h, err := f.Stall(pctx) // (kept: Stall returns a File)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hd := DelegateOf(h)
+		go func() { _ = hd.Wait(ctx) }() // (sends the held calls)
+		running := func() bool {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			for _, p := range b.peers {
+				if an := p.answers[hd.callID]; an != nil && an.run != nil {
+					return true
+				}
+				if p.running[hd.callID] != nil {
+					return true
+				}
+			}
+			return false
+		}
+		for !running() {
+			if ctx.Err() != nil {
+				t.Fatal("Stall never ran")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if finFirst {
+			a.queueCtl(hd.peer, nil, hd.callID, 0)
+		}
+		a.queueCtl(hd.peer, nil, 0, hd.callID)
+		if err := hd.Wait(ctx); err == nil || ctx.Err() != nil {
+			t.Fatalf("finFirst %v: Stall not cancelled: %v", finFirst, err)
+		}
+		Release(f)
+		Release(h)
+		Release(s)
 	}
 }
