@@ -243,3 +243,68 @@ func TestCancelKeptCall(t *testing.T) {
 		Release(s)
 	}
 }
+
+// TestLeaderDoneKept: the registration that interrupts a leading caller
+// when its context ends is kept for the caller's next wait with a
+// context that ends with it (reader.afDone); it still ends that wait, and
+// its firing later, while another caller leads, only restarts that
+// caller's Recv.
+func TestLeaderDoneKept(t *testing.T) {
+	ctx := testCtx(t)
+	a, b := pair(t)
+	s, err := Lookup[Svc](ctx, a, b.node.ID(), "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Release(s)
+	c1, cancel1 := context.WithCancel(ctx)
+	defer cancel1()
+	if _, err := s.Echo(c1, 1); err != nil {
+		t.Fatal(err)
+	}
+	a.rd.mu.Lock()
+	kept := a.rd.afDone == c1.Done()
+	a.rd.mu.Unlock()
+	if !kept {
+		t.Fatal("the registration on the caller's context was not kept")
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Block(Pipeline(c1)) }() // (same Done: the kept registration)
+	time.Sleep(20 * time.Millisecond)
+	cancel1()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Block returned nil after its context ended")
+		}
+	case <-ctx.Done():
+		t.Fatal("a wait with the kept registration did not end with its context")
+	}
+
+	c2, cancel2 := context.WithCancel(ctx)
+	if _, err := s.Echo(c2, 2); err != nil {
+		t.Fatal(err)
+	}
+	c3, cancel3 := context.WithCancel(ctx)
+	defer cancel3()
+	go func() { done <- s.Block(c3) }()
+	time.Sleep(20 * time.Millisecond)
+	cancel2() // (fires the registration kept for c2 while Block's caller leads)
+	select {
+	case err := <-done:
+		t.Fatalf("Block returned when another caller's context ended: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if n, err := s.Echo(ctx, 3); err != nil || n != 3 {
+		t.Fatalf("Echo during Block: %d, %v", n, err)
+	}
+	cancel3()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Block returned nil after its context ended")
+		}
+	case <-ctx.Done():
+		t.Fatal("Block did not end with its context")
+	}
+}
