@@ -85,7 +85,7 @@ type peer struct {
 	exports  map[objID]*export
 	byVal    map[any]*export
 	pending  pendTable
-	answers  map[uint64]*answer
+	answers  answerTable
 	running  map[uint64]*callCtx // calls being served, but those kept (in answer.run)
 	inflight int
 	rel      []objID
@@ -325,7 +325,7 @@ func (ep *Endpoint) peer(id string) (*peer, error) {
 		return p, nil
 	}
 	p = &peer{id: id, ep: ep, gone: make(chan struct{}), exports: map[objID]*export{}, byVal: map[any]*export{},
-		answers: map[uint64]*answer{}, running: map[uint64]*callCtx{}}
+		running: map[uint64]*callCtx{}}
 	ep.peers[id] = p
 	wctx, wcancel := context.WithCancel(ep.ctx)
 	p.ctx, p.wcancel = wctx, wcancel
@@ -443,14 +443,15 @@ func (ep *Endpoint) peerGone(p *peer, cause error) {
 	for _, c := range p.running {
 		run = append(run, c)
 	}
-	for _, a := range p.answers {
+	for _, a := range p.answers.all() {
 		if a.run != nil {
 			run = append(run, a.run)
 		}
 	}
 	ep.npend -= p.pending.n
 	p.pending = pendTable{}
-	p.exports, p.byVal, p.answers, p.running = nil, nil, nil, nil
+	p.exports, p.byVal, p.running = nil, nil, nil
+	p.answers = answerTable{}
 	p.rel, p.fin, p.can, p.held, p.calls, p.hbuf, p.cbuf = nil, nil, nil, nil, nil, nil, nil
 	dead := p.dead
 	ep.mu.Unlock()
@@ -835,18 +836,17 @@ func (ep *Endpoint) control(p *peer, m *wmsg) {
 			ep.releaseLocked(p, objID(b))
 		}
 		for _, id := range m.Fin {
-			if a := p.answers[id]; a != nil && a.run != nil {
+			if a := p.answers.take(id); a != nil && a.run != nil {
 				// (A peer ends an answer once it has its reply: not one
 				// of a call still served, but if it does, the call
 				// stays cancellable.)
 				p.running[id] = a.run
 			}
-			delete(p.answers, id)
 		}
 		for _, id := range m.Can {
 			if c := p.running[id]; c != nil {
 				cancels = append(cancels, c)
-			} else if a := p.answers[id]; a != nil && a.run != nil {
+			} else if a := p.answers.get(id); a != nil && a.run != nil {
 				cancels = append(cancels, a.run)
 			}
 		}
@@ -1040,9 +1040,9 @@ func (ep *Endpoint) admitRunLocked(p *peer, m *wmsg) step {
 	}
 	var a *answer
 	if m.F&fKeep != 0 {
-		if a = p.answers[m.ID]; a == nil {
+		if a = p.answers.get(m.ID); a == nil {
 			a = &answer{} // (a call re-admitted after waiting keeps its answer)
-			p.answers[m.ID] = a
+			p.answers.put(m.ID, a)
 		}
 	}
 	ex, err := ep.targetLocked(p, m)
@@ -1083,7 +1083,7 @@ func (ep *Endpoint) targetLocked(p *peer, m *wmsg) (*export, error) {
 		}
 		return nil, ErrNoSuchObject
 	}
-	a := p.answers[m.P]
+	a := p.answers.get(m.P)
 	if a == nil {
 		return nil, fmt.Errorf("%w: no answer %d kept", ErrNoSuchObject, m.P)
 	}
@@ -1136,7 +1136,7 @@ func (ep *Endpoint) settleLocked(p *peer, m *wmsg, ex *export, err error) []*wms
 	if ex == nil && err == nil {
 		err = fmt.Errorf("%w: the result is not an object of this node", ErrNoSuchObject)
 	}
-	return settleAnswerLocked(p.answers[m.ID], ex, err)
+	return settleAnswerLocked(p.answers.get(m.ID), ex, err)
 }
 
 // settleAnswerLocked is settleLocked once the answer a (nil: none) was
@@ -1238,7 +1238,7 @@ func (ep *Endpoint) serve(p *peer, s step, r *wmsg, clock *int64) (step, bool) {
 	ep.mu.Lock()
 	var a *answer
 	if m.F&fKeep != 0 {
-		a = p.answers[m.ID]
+		a = p.answers.get(m.ID)
 	}
 	if a != nil && a.run == &c.cc {
 		a.run = nil

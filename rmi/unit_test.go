@@ -156,21 +156,30 @@ func TestFinalizerLeakPromise(t *testing.T) {
 }
 
 // TestPendTable: calls whose ids share a slot go to the map and are found
-// there; take removes each call once; all lists what is left.
+// there (idTable, also the table of kept answers); get leaves them, take
+// removes each call once; all lists what is left.
 func TestPendTable(t *testing.T) {
 	var tb pendTable
 	pds := map[uint64]*pending{}
-	for _, id := range []uint64{1, 2, 1 + pendSlots, 1 + 2*pendSlots, 3, 2 + pendSlots} {
+	for _, id := range []uint64{1, 2, 1 + idSlots, 1 + 2*idSlots, 3, 2 + idSlots} {
 		pds[id] = &pending{}
 		tb.put(id, pds[id])
 	}
 	if tb.n != 6 || len(tb.more) != 3 {
 		t.Fatalf("n %d, %d in the map; want 6, 3", tb.n, len(tb.more))
 	}
-	if tb.take(4) != nil || tb.take(1+3*pendSlots) != nil {
+	for id, pd := range pds {
+		if tb.get(id) != pd {
+			t.Fatalf("get(%d) is not the call put", id)
+		}
+	}
+	if tb.get(4) != nil || tb.get(1+3*idSlots) != nil || tb.n != 6 {
+		t.Fatal("get found a call never put, or removed one")
+	}
+	if tb.take(4) != nil || tb.take(1+3*idSlots) != nil {
 		t.Fatal("take found a call never put")
 	}
-	for _, id := range []uint64{1, 1 + 2*pendSlots, 2 + pendSlots} {
+	for _, id := range []uint64{1, 1 + 2*idSlots, 2 + idSlots} {
 		if tb.take(id) != pds[id] {
 			t.Fatalf("take(%d) is not the call put", id)
 		}
@@ -178,15 +187,15 @@ func TestPendTable(t *testing.T) {
 			t.Fatalf("take(%d) twice found it twice", id)
 		}
 	}
-	tb.put(1+4*pendSlots, &pending{}) // (slot 1 is free again)
-	if tb.slots[1].id != 1+4*pendSlots {
+	tb.put(1+4*idSlots, &pending{}) // (slot 1 is free again)
+	if tb.slots[1].id != 1+4*idSlots {
 		t.Fatal("a freed slot was not reused")
 	}
 	left := tb.all()
 	if tb.n != 4 || len(left) != 4 {
 		t.Fatalf("n %d, all %d; want 4", tb.n, len(left))
 	}
-	for _, id := range []uint64{2, 3, 1 + pendSlots} {
+	for _, id := range []uint64{2, 3, 1 + idSlots} {
 		if !slices.Contains(left, pds[id]) {
 			t.Fatalf("all lacks call %d", id)
 		}
@@ -216,7 +225,7 @@ func TestCancelKeptCall(t *testing.T) {
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			for _, p := range b.peers {
-				if an := p.answers[hd.callID]; an != nil && an.run != nil {
+				if an := p.answers.get(hd.callID); an != nil && an.run != nil {
 					return true
 				}
 				if p.running[hd.callID] != nil {
