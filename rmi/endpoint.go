@@ -61,7 +61,8 @@ type Endpoint struct {
 	ids       []byte // random bytes for object ids, from crypto/rand
 	armed     bool   // lazy is running
 	peers     map[string]*peer
-	nexports  int // exports, summed over the live peers
+	lastPeer  *peer // the peer peer last returned: most messages come from it (peers are never removed)
+	nexports  int   // exports, summed over the live peers
 	published map[string]pub
 	npend     int // pending calls, summed over peers
 
@@ -83,9 +84,9 @@ type peer struct {
 	dead     error
 	exports  map[objID]*export
 	byVal    map[any]*export
-	pending  map[uint64]*pending
-	answers  map[uint64]*answer
-	running  map[uint64]*callCtx // calls being served
+	pending  pendTable
+	answers  answerTable
+	running  map[uint64]*callCtx // calls being served, but those kept (in answer.run)
 	inflight int
 	rel      []objID
 	fin      []uint64
@@ -149,6 +150,7 @@ type pending struct {
 }
 
 type answer struct {
+	run   *callCtx // the call while it is served (a kept call is in no peer.running: one map entry per call)
 	done  bool
 	exp   *export
 	err   error
@@ -312,13 +314,18 @@ func (ep *Endpoint) peer(id string) (*peer, error) {
 		ep.mu.Unlock()
 		return nil, ErrClosed
 	}
+	if p := ep.lastPeer; p != nil && p.id == id {
+		ep.mu.Unlock()
+		return p, nil
+	}
 	p := ep.peers[id]
 	if p != nil {
+		ep.lastPeer = p
 		ep.mu.Unlock()
 		return p, nil
 	}
 	p = &peer{id: id, ep: ep, gone: make(chan struct{}), exports: map[objID]*export{}, byVal: map[any]*export{},
-		pending: map[uint64]*pending{}, answers: map[uint64]*answer{}, running: map[uint64]*callCtx{}}
+		running: map[uint64]*callCtx{}}
 	ep.peers[id] = p
 	wctx, wcancel := context.WithCancel(ep.ctx)
 	p.ctx, p.wcancel = wctx, wcancel
@@ -404,15 +411,14 @@ func (ep *Endpoint) addPending(p *peer, id uint64, pd *pending) error {
 	if p.dead != nil {
 		return p.dead
 	}
-	p.pending[id] = pd
+	p.pending.put(id, pd)
 	ep.npend++
 	return nil
 }
 
 func (ep *Endpoint) dropPending(p *peer, id uint64) {
 	ep.mu.Lock()
-	if p.pending[id] != nil {
-		delete(p.pending, id)
+	if p.pending.take(id) != nil {
 		ep.npend--
 	}
 	ep.mu.Unlock()
@@ -433,9 +439,19 @@ func (ep *Endpoint) peerGone(p *peer, cause error) {
 		p.dead = fmt.Errorf("%w: node %s: %v", ErrPeerGone, p.id, cause)
 	}
 	ep.nexports -= len(p.exports)
-	pend, run := p.pending, p.running
-	ep.npend -= len(pend)
-	p.exports, p.byVal, p.answers, p.pending, p.running = nil, nil, nil, nil, nil
+	pend, run := p.pending.all(), make([]*callCtx, 0, len(p.running))
+	for _, c := range p.running {
+		run = append(run, c)
+	}
+	for _, a := range p.answers.all() {
+		if a.run != nil {
+			run = append(run, a.run)
+		}
+	}
+	ep.npend -= p.pending.n
+	p.pending = pendTable{}
+	p.exports, p.byVal, p.running = nil, nil, nil
+	p.answers = answerTable{}
 	p.rel, p.fin, p.can, p.held, p.calls, p.hbuf, p.cbuf = nil, nil, nil, nil, nil, nil, nil
 	dead := p.dead
 	ep.mu.Unlock()
@@ -657,7 +673,7 @@ func (p *peer) post(m *wmsg, pd *pending) error {
 		p.ep.mu.Unlock()
 		return p.dead
 	}
-	p.pending[m.ID] = pd
+	p.pending.put(m.ID, pd)
 	p.ep.npend++
 	n := len(p.cbuf)
 	p.cbuf = appendMsg(p.cbuf, m)
@@ -672,9 +688,8 @@ func (p *peer) post(m *wmsg, pd *pending) error {
 func (ep *Endpoint) failHeld(p *peer, calls []heldMsg, err error) {
 	for _, c := range calls {
 		ep.mu.Lock()
-		pd := p.pending[c.id]
+		pd := p.pending.take(c.id)
 		if pd != nil {
-			delete(p.pending, c.id)
 			ep.npend--
 			ep.returnBorrowedLocked(p, pd.borrowed, nil)
 		}
@@ -779,9 +794,8 @@ func (ep *Endpoint) handle(p *peer, m *wmsg, run *job) *pending {
 	switch m.K {
 	case kReply:
 		ep.mu.Lock()
-		pd := p.pending[m.ID]
+		pd := p.pending.take(m.ID)
 		if pd != nil {
-			delete(p.pending, m.ID)
 			ep.npend--
 			ep.returnBorrowedLocked(p, pd.borrowed, m.Ret)
 		}
@@ -822,11 +836,18 @@ func (ep *Endpoint) control(p *peer, m *wmsg) {
 			ep.releaseLocked(p, objID(b))
 		}
 		for _, id := range m.Fin {
-			delete(p.answers, id)
+			if a := p.answers.take(id); a != nil && a.run != nil {
+				// (A peer ends an answer once it has its reply: not one
+				// of a call still served, but if it does, the call
+				// stays cancellable.)
+				p.running[id] = a.run
+			}
 		}
 		for _, id := range m.Can {
 			if c := p.running[id]; c != nil {
 				cancels = append(cancels, c)
+			} else if a := p.answers.get(id); a != nil && a.run != nil {
+				cancels = append(cancels, a.run)
 			}
 		}
 	}
@@ -933,11 +954,12 @@ func (s step) speed() int32 {
 // runStep serves or fails the call of s, sets *reply to its reply, and
 // returns the call queued behind its answer that the same goroutine runs
 // next (none if none), and whether it held the reply already (see hold).
-func (ep *Endpoint) runStep(p *peer, s step, reply *wmsg) (next step, held bool) {
+// *clock is as for dispatchCall.
+func (ep *Endpoint) runStep(p *peer, s step, reply *wmsg, clock *int64) (next step, held bool) {
 	if s.err != nil {
 		return ep.failCall(p, s.m, s.err, reply), false
 	}
-	return ep.serve(p, s, reply)
+	return ep.serve(p, s, reply, clock)
 }
 
 // A job is a step of peer p that a reader left for its goroutine to run.
@@ -955,9 +977,10 @@ type job struct {
 // ctlDelay. Every admitted call counts once in
 // ep.wg until its reply is sent or held.
 func (ep *Endpoint) runChain(p *peer, run step) {
+	var clock int64 // (the end of the last step served: the start of the next, see dispatchCall)
 	for {
 		var r wmsg // (on the stack: hold and reply encode it)
-		next, held := ep.runStep(p, run, &r)
+		next, held := ep.runStep(p, run, &r, &clock)
 		if next.none() {
 			ep.reply(p, &r)
 			freeMsg(run.m)
@@ -1015,8 +1038,12 @@ func (ep *Endpoint) admitRunLocked(p *peer, m *wmsg) step {
 	if p.dead != nil {
 		return step{}
 	}
-	if m.F&fKeep != 0 && p.answers[m.ID] == nil {
-		p.answers[m.ID] = &answer{} // (a call re-admitted after waiting keeps its answer)
+	var a *answer
+	if m.F&fKeep != 0 {
+		if a = p.answers.get(m.ID); a == nil {
+			a = &answer{} // (a call re-admitted after waiting keeps its answer)
+			p.answers.put(m.ID, a)
+		}
 	}
 	ex, err := ep.targetLocked(p, m)
 	if ex == nil && err == nil { // queued behind a pending answer
@@ -1029,7 +1056,12 @@ func (ep *Endpoint) admitRunLocked(p *peer, m *wmsg) step {
 	if err == nil {
 		p.inflight++
 		c = &Served{ep: ep, p: p, m: m}
-		p.running[m.ID] = &c.cc // (live before initCallContext: a cancel counts)
+		// (Live before initCallContext: a cancel counts.)
+		if a != nil {
+			a.run = &c.cc
+		} else {
+			p.running[m.ID] = &c.cc
+		}
 	}
 	ep.wg.Add(1)
 	if err != nil {
@@ -1051,7 +1083,7 @@ func (ep *Endpoint) targetLocked(p *peer, m *wmsg) (*export, error) {
 		}
 		return nil, ErrNoSuchObject
 	}
-	a := p.answers[m.P]
+	a := p.answers.get(m.P)
 	if a == nil {
 		return nil, fmt.Errorf("%w: no answer %d kept", ErrNoSuchObject, m.P)
 	}
@@ -1104,7 +1136,12 @@ func (ep *Endpoint) settleLocked(p *peer, m *wmsg, ex *export, err error) []*wms
 	if ex == nil && err == nil {
 		err = fmt.Errorf("%w: the result is not an object of this node", ErrNoSuchObject)
 	}
-	a := p.answers[m.ID]
+	return settleAnswerLocked(p.answers.get(m.ID), ex, err)
+}
+
+// settleAnswerLocked is settleLocked once the answer a (nil: none) was
+// looked up.
+func settleAnswerLocked(a *answer, ex *export, err error) []*wmsg {
 	if a == nil || a.done {
 		return nil
 	}
@@ -1179,12 +1216,12 @@ func (ep *Endpoint) serveLookup(p *peer, m *wmsg) {
 // serve runs one incoming call (a step of runChain) and sets *r to its
 // reply; when a call queued behind its answer runs next, it holds the
 // reply (under the lock it takes anyway) and says so.
-func (ep *Endpoint) serve(p *peer, s step, r *wmsg) (step, bool) {
+func (ep *Endpoint) serve(p *peer, s step, r *wmsg, clock *int64) (step, bool) {
 	ep.callsIn.Add(1)
 	m, c := s.m, s.c
 	c.it = m.args()
 	c.ar, c.lent = c.buf[:0], c.lentA[:0]
-	err := ep.dispatchCall(c, s.ex)
+	err := ep.dispatchCall(c, s.ex, clock)
 	// Borrowed arguments end with the call unless the method retained them.
 	for i, d := range c.lent {
 		if d != nil && d.endBorrow() {
@@ -1199,14 +1236,24 @@ func (ep *Endpoint) serve(p *peer, s step, r *wmsg) (step, bool) {
 	}
 	c.m, c.it = nil, argIter{} // (m is freed after the reply: see runChain)
 	ep.mu.Lock()
-	if p.running != nil {
+	var a *answer
+	if m.F&fKeep != 0 {
+		a = p.answers.get(m.ID)
+	}
+	if a != nil && a.run == &c.cc {
+		a.run = nil
+	} else if p.running != nil {
 		delete(p.running, m.ID)
 	}
 	p.inflight--
 	var next step
 	var others []step
 	if m.F&fKeep != 0 {
-		next, others = ep.admitQueuedLocked(p, ep.settleLocked(p, m, c.resExp, err))
+		ex, err := c.resExp, err
+		if ex == nil && err == nil {
+			err = fmt.Errorf("%w: the result is not an object of this node", ErrNoSuchObject)
+		}
+		next, others = ep.admitQueuedLocked(p, settleAnswerLocked(a, ex, err))
 	}
 	now := false
 	if !next.none() {
@@ -1221,7 +1268,16 @@ func (ep *Endpoint) serve(p *peer, s step, r *wmsg) (step, bool) {
 
 // dispatchCall runs the method of call c on ex, by its stub or by
 // reflection, in the call's context.
-func (ep *Endpoint) dispatchCall(c *Served, ex *export) error {
+//
+// *clock is monoNow() at the start of the call, or 0 to read the clock;
+// dispatchCall sets it to monoNow() at the call's end. A chain's calls
+// run one after another on one goroutine (runChain), so the end of one
+// is taken as the start of the next: one clock read per call, not two.
+// (What lies between, sending or holding a reply, takes well under a
+// microsecond: it counts in the next call's time against inlineSlow and
+// makes its deadline, if any, that much earlier, nearer the arrival of
+// the chain that brought it.)
+func (ep *Endpoint) dispatchCall(c *Served, ex *export, clock *int64) error {
 	m := c.m
 	md := ex.f.methods[m.M]
 	if md == nil {
@@ -1232,7 +1288,10 @@ func (ep *Endpoint) dispatchCall(c *Served, ex *export) error {
 		return fmt.Errorf("%w: %s takes %d arguments, got %d", ErrBadMessage, m.M, len(md.in), m.nargs())
 	}
 	cc := &c.cc
-	t0 := monoNow()
+	t0 := *clock
+	if t0 == 0 {
+		t0 = monoNow()
+	}
 	ep.initCallContext(cc, time.Duration(m.TO), t0)
 	defer cc.end()
 	var err error
@@ -1244,8 +1303,10 @@ func (ep *Endpoint) dispatchCall(c *Served, ex *export) error {
 	} else {
 		err = ep.callReflect(c, ex, md)
 	}
+	end := monoNow()
+	*clock = end
 	sp := int32(speedQuick)
-	if cc.asked.Load() || time.Duration(monoNow()-t0-cc.awaited.Load()) > inlineSlow {
+	if cc.asked.Load() || time.Duration(end-t0-cc.awaited.Load()) > inlineSlow {
 		sp = speedSlow
 	}
 	if md.speed.Load() != sp {

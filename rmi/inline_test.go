@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/fxamacker/cbor/v2"
 )
 
 // A background reader serves a call while keeping the read token (see
@@ -263,5 +265,48 @@ func TestInlineCallWaitingForPromise(t *testing.T) {
 		if after != before {
 			t.Fatalf("call %d: the promise's reply was read only after the 10 ms timer ended the inline serving", i)
 		}
+	}
+}
+
+// TestDispatchCallClock: dispatchCall takes *clock, when set, as the
+// start of its call (in a chain, the end of the call before, see
+// runChain) and leaves the call's end there; 0 makes it read the clock.
+// A start long past makes the method count as slow, as a slow call would.
+func TestDispatchCallClock(t *testing.T) {
+	_, b := pair(t)
+	f := lookupIface(typeOf[Gate]())
+	ex := &export{obj: &gate{ep: b}, f: f}
+	speed := func() int32 { return f.methods["Sleep"].speed.Load() }
+	call := func(clock *int64) {
+		t.Helper()
+		m := &wmsg{K: kCall, ID: 1, M: "Sleep", A: []cbor.RawMessage{{0}}} // Sleep(ctx, 0)
+		c := &Served{ep: b, m: m}
+		c.it = m.args()
+		c.ar, c.lent = c.buf[:0], c.lentA[:0]
+		if err := b.dispatchCall(c, ex, clock); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var clock int64
+	before := monoNow()
+	call(&clock)
+	if clock < before || clock > monoNow() {
+		t.Fatalf("clock %d after a call from %d, want its end", clock, before)
+	}
+	if speed() != speedQuick {
+		t.Fatal("Sleep(0) counted as slow")
+	}
+	clock = monoNow() - int64(time.Second)
+	call(&clock)
+	if speed() != speedSlow {
+		t.Fatal("a call started (by *clock) a second ago counted as quick")
+	}
+	if clock < monoNow()-int64(time.Second)/2 {
+		t.Fatal("clock not set to the call's end")
+	}
+	clock = monoNow()
+	call(&clock)
+	if speed() != speedQuick {
+		t.Fatal("Sleep(0) from a fresh clock counted as slow")
 	}
 }

@@ -67,8 +67,17 @@ type reader struct {
 	// interruptFn is ep.interruptLeader, made once (a method value made
 	// per wait was an allocation per call).
 	interruptFn func()
-	hb          *time.Timer // readHandBack
-	hbArmed     bool
+	// afDone is the Done channel of the last context a leading caller
+	// waited with (not a served call's), and afStop stops the interruptFn
+	// registered on it: it stays registered after the wait, for the next
+	// wait with a context that ends with it (a caller's next call), which
+	// saves a context.AfterFunc (an allocation, and a map entry in the
+	// parent context) per call. Its firing after its wait interrupts
+	// whichever caller leads then, which only makes that Recv start again.
+	afDone  <-chan struct{}
+	afStop  func() bool
+	hb      *time.Timer // readHandBack
+	hbArmed bool
 	// inline numbers the call a background reader serves while it keeps
 	// the token (tServe, or tCaller while a caller borrows it); 0 when
 	// none. inlineN counts such calls, inlineAt is when it began
@@ -300,6 +309,10 @@ func (ep *Endpoint) closeReader() {
 	r := &ep.rd
 	r.mu.Lock()
 	r.closed = true
+	if r.afStop != nil {
+		r.afStop()
+		r.afStop, r.afDone = nil, nil
+	}
 	r.hb.Stop()
 	r.wd.Stop()
 	r.cancel()
@@ -556,7 +569,7 @@ func (ep *Endpoint) await(ctx context.Context, pd *pending) (*wmsg, error) {
 // It gives the token up before returning, unless lost.
 func (ep *Endpoint) lead(ctx context.Context, pd *pending) (m *wmsg, got, lost bool, err error) {
 	r := &ep.rd
-	stop := afterDone(ctx, r.interruptFn)
+	stop := ep.leaderDone(ctx)
 	for {
 		r.mu.Lock()
 		rctx := r.ctx // (before the checks: an interruption after them ends this Recv)
@@ -604,6 +617,33 @@ func (ep *Endpoint) lead(ctx context.Context, pd *pending) (m *wmsg, got, lost b
 		r.mu.Unlock()
 	}
 	return m, got, lost, err
+}
+
+// leaderDone has a leading caller's Recv interrupted when ctx ends, as
+// afterDone(ctx, r.interruptFn); for a context other than a served call's
+// it keeps the registration for the next wait (see reader.afDone) and
+// returns nil.
+func (ep *Endpoint) leaderDone(ctx context.Context) (stop func() bool) {
+	if _, ok := ctx.(*callCtx); ok {
+		return afterDone(ctx, ep.rd.interruptFn)
+	}
+	done := ctx.Done()
+	if done == nil {
+		return nil
+	}
+	r := &ep.rd
+	r.mu.Lock()
+	if r.afDone == done || r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	old := r.afStop
+	r.afDone, r.afStop = done, context.AfterFunc(ctx, r.interruptFn)
+	r.mu.Unlock()
+	if old != nil {
+		old()
+	}
+	return nil
 }
 
 // readSoon makes sure that a free token goes to the background readers
