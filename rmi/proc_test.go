@@ -364,7 +364,7 @@ func TestProcPipelineCallerReads(t *testing.T) {
 	s := lookupSvc(t, ctx, e, c)
 	ep := e.ep
 	before := ep.handoffs.Load()
-	const rounds = 20
+	const rounds = 40
 	for i := range rounds {
 		ep.ensureReader() // the token goes to the background readers
 		for range 1000000 {
@@ -380,8 +380,10 @@ func TestProcPipelineCallerReads(t *testing.T) {
 			t.Fatalf("round %d: %v", i, err)
 		}
 	}
-	// (A reply can beat its caller to the token now and then.)
-	if n := ep.handoffs.Load() - before; n >= rounds/2 {
+	// A reply can beat its caller to the token now and then, and often on a
+	// loaded machine (11 of 20 once, beside a benchmark); without the
+	// take-over every reply is handed over.
+	if n := ep.handoffs.Load() - before; n > rounds*3/4 {
 		t.Fatalf("%d of %d chain replies were handed over to their caller", n, rounds)
 	}
 }
