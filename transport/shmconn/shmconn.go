@@ -140,6 +140,7 @@ type Conn struct {
 	// through the Go netpoller while parked (no thread held); the peer
 	// writes them. peerData and peerSpace are the peer's, which we write.
 	evData, evSpace     *os.File
+	rcData, rcSpace     syscall.RawConn // evData's and evSpace's, for readEvent
 	peerData, peerSpace int
 	closed              chan struct{}
 	gone                chan struct{} // the peer's socket closed
@@ -186,6 +187,9 @@ func newConn(sock *net.UnixConn, mem []byte, dialer bool, cfg *Config, ev eventf
 		local:     sock.LocalAddr(),
 		remot:     sock.RemoteAddr(),
 	}
+	// (SyscallConn cannot fail for an *os.File from NewFile.)
+	c.rcData, _ = c.evData.SyscallConn()
+	c.rcSpace, _ = c.evSpace.SyscallConn()
 	c.rpoll.Store(c.poll)
 	if dialer {
 		c.tx, c.rx = a, b
@@ -256,7 +260,31 @@ func (c *Conn) wake(b byte) {
 	if b == wakeSpace {
 		fd = c.peerSpace
 	}
-	unix.Write(fd, one[:])
+	// A raw system call: an eventfd write never blocks. (See readEvent.)
+	unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&one[0])), 8)
+}
+
+// readEvent consumes rc's eventfd count, parking in the Go netpoller while
+// it is zero (honouring the file's read deadline, and ended by its Close).
+//
+// The read is a raw system call, as is wake's write: the runtime's entry
+// for a blocking call wakes its monitor thread (sysmon) when that thread
+// sleeps after an idle spell, and one more thread asking for a CPU, on a
+// host where both sides of a busy connection spin, takes it from one of
+// them: rmi calls back to back over shared memory had a mean of 10-11.5
+// us against a median of 2.5 us. Both calls must be raw for the gain
+// (BENCHMARKS.md).
+func readEvent(rc syscall.RawConn) error {
+	var buf [8]byte
+	var errno syscall.Errno
+	err := rc.Read(func(fd uintptr) bool {
+		_, _, errno = unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), 8)
+		return errno != unix.EAGAIN
+	})
+	if err == nil && errno != 0 {
+		err = errno
+	}
+	return err
 }
 
 func (c *Conn) isGone() bool { return c.goneF.Load() }
@@ -327,9 +355,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 func (c *Conn) wait(r *ring, want uint64, reader bool) error {
 	// peer is the other side's parked word on this same ring (see wait's
 	// safety net).
-	word, park, peer, ev, dl := r.tail, r.consPark, r.prodPark, c.evData, &c.rdl
+	word, park, peer, ev, rc, dl := r.tail, r.consPark, r.prodPark, c.evData, c.rcData, &c.rdl
 	if !reader {
-		word, park, peer, ev, dl = r.head, r.prodPark, r.consPark, c.evSpace, &c.wdl
+		word, park, peer, ev, rc, dl = r.head, r.prodPark, r.consPark, c.evSpace, c.rcSpace, &c.wdl
 	}
 	if dl.expired() {
 		return os.ErrDeadlineExceeded
@@ -427,7 +455,6 @@ func (c *Conn) wait(r *ring, want uint64, reader bool) error {
 	// below ends the sleep. A count left by a wake-up that raced with an
 	// earlier recheck only makes a later sleep return early: the caller
 	// looks at the ring again and waits again, so that is harmless.
-	var buf [8]byte
 	bound := sleepFirst
 	var suspect bool // the ring moved with no wake-up at the last bound
 	var moved uint64 // the word then
@@ -451,7 +478,7 @@ func (c *Conn) wait(r *ring, want uint64, reader bool) error {
 			park.Store(0)
 			return nil
 		}
-		_, err := ev.Read(buf[:])
+		err := readEvent(rc)
 		expired := errors.Is(err, os.ErrDeadlineExceeded)
 		if expired && !c.isGone() && !c.isClosed() && !dl.expired() && !(hasDL && !time.Now().Before(at)) {
 			// The bound passed, not the user's deadline.
