@@ -30,6 +30,8 @@ type Result struct {
 	P50ns     int64   `json:"p50_ns"`     // round trip for pingpong; 0 where not measured
 	P99ns     int64   `json:"p99_ns"`
 	Round     int     `json:"round"` // which round, from 1 (the table shows medians over rounds)
+	// Pinned is set when each side ran on its own CPU ([Case.Pin]).
+	Pinned bool `json:"pinned,omitempty"`
 
 	// CPU time (user and system, of the whole process) and heap
 	// allocations per message on each side, where measured (loft's
@@ -72,6 +74,12 @@ type Case struct {
 	// "vs raw" column compares this case with; empty means Transport. A loft
 	// case over shared memory might compare with "unix".
 	RawTransport string
+	// Pin puts each side on its own CPU for the round, where the machine
+	// has two or more: this process on the first CPU it may use, its
+	// children on the others in turn. Busy-polling cases set it: on two
+	// CPUs, a side that spins shares its CPU with the side it waits for
+	// otherwise, whenever the kernel places them together.
+	Pin bool
 
 	// Run measures one round. Budget bounds its duration: the case should
 	// stop after roughly that long or after enough messages. It sets Msgs,
@@ -299,6 +307,17 @@ func runCase(parent context.Context, c Case, budget time.Duration, quick bool) R
 	defer cancel()
 	deadline := time.Now().Add(limit + 2*time.Second) // children give up a bit after the harness
 
+	var cpus []int // this process's CPU, then the children's, when pinned
+	if c.Pin {
+		if cpus = pinCPUs(); cpus != nil {
+			restore, err := pinProcess(cpus[0])
+			if err != nil {
+				return Result{System: c.System, Transport: c.Transport, Pattern: c.Pattern, Size: c.Size, Mode: c.Mode,
+					Err: fmt.Sprintf("pinning to CPU %d: %v", cpus[0], err)}
+			}
+			defer restore()
+		}
+	}
 	var mu sync.Mutex
 	var children []*Child
 	spawn := func(sctx context.Context, role string, files []*os.File, args ...string) (*Child, error) {
@@ -307,7 +326,11 @@ func runCase(parent context.Context, c Case, budget time.Duration, quick bool) R
 		if ctx.Err() != nil {
 			return nil, context.Cause(ctx)
 		}
-		ch, err := startChild(sctx, role, files, deadline, args...)
+		cpu := -1
+		if cpus != nil {
+			cpu = cpus[1+len(children)%(len(cpus)-1)]
+		}
+		ch, err := startChild(sctx, role, files, deadline, cpu, args...)
 		if err == nil {
 			context.AfterFunc(ctx, ch.kill)
 			children = append(children, ch)
@@ -384,6 +407,7 @@ func runCase(parent context.Context, c Case, budget time.Duration, quick bool) R
 	if r.Inflight == 0 {
 		r.Inflight = c.Inflight
 	}
+	r.Pinned = cpus != nil
 	if r.MBPerS == 0 {
 		r.MBPerS = r.MsgsPerS * float64(c.Size) / 1e6
 	}

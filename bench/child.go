@@ -19,6 +19,7 @@ import (
 const (
 	envRole     = "LOFT_BENCH_ROLE"     // role to run; its presence makes a process a child
 	envDeadline = "LOFT_BENCH_DEADLINE" // Unix time in ns after which the child exits on its own
+	envCPU      = "LOFT_BENCH_CPU"      // the CPU the child runs on, for a case with Pin
 )
 
 // childGrace is how long a child whose context has ended (parent gone or
@@ -79,6 +80,16 @@ func runChild(role string, args []string) int {
 	if fn == nil {
 		fmt.Fprintf(os.Stderr, "loft bench child: unknown role %q\n", role)
 		return 2
+	}
+	if s := os.Getenv(envCPU); s != "" {
+		cpu, err := strconv.Atoi(s)
+		if err == nil {
+			_, err = pinProcess(cpu)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "loft bench child %s: pinning to CPU %s: %v\n", role, s, err)
+			return 2
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -167,7 +178,7 @@ type Child struct {
 // files become descriptors 3, 4, ... in the child; the caller keeps (and
 // should close) its own copies. deadline is when the child gives up on its
 // own. The child is killed when ctx ends.
-func startChild(ctx context.Context, role string, files []*os.File, deadline time.Time, args ...string) (*Child, error) {
+func startChild(ctx context.Context, role string, files []*os.File, deadline time.Time, cpu int, args ...string) (*Child, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("bench: finding own executable: %w", err)
@@ -196,6 +207,9 @@ func startChild(ctx context.Context, role string, files []*os.File, deadline tim
 	cmd.Env = append(childEnv(), envRole+"="+role)
 	if !deadline.IsZero() {
 		cmd.Env = append(cmd.Env, envDeadline+"="+strconv.FormatInt(deadline.UnixNano(), 10))
+	}
+	if cpu >= 0 {
+		cmd.Env = append(cmd.Env, envCPU+"="+strconv.Itoa(cpu))
 	}
 	cmd.SysProcAttr = sysProcAttr()
 	err = startCmd(cmd)
@@ -244,7 +258,7 @@ func startChild(ctx context.Context, role string, files []*os.File, deadline tim
 func childEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, envRole+"=") || strings.HasPrefix(kv, envDeadline+"=") {
+		if strings.HasPrefix(kv, envRole+"=") || strings.HasPrefix(kv, envDeadline+"=") || strings.HasPrefix(kv, envCPU+"=") {
 			continue
 		}
 		env = append(env, kv)

@@ -40,7 +40,7 @@ func init() {
 	for _, tr := range []string{"unix", "tcp", "shm", "shm-poll"} {
 		c := Case{System: "loft", Transport: tr, Mode: "blocking"}
 		if tr == "shm-poll" {
-			c.Transport, c.Mode = "shm", "polling"
+			c.Transport, c.Mode, c.Pin = "shm", "polling", true
 		}
 		if c.Transport == "shm" {
 			c.RawTransport = "unix"

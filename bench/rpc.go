@@ -42,7 +42,7 @@ func init() {
 				c := Case{System: s.name, Transport: tr, Pattern: "call", Mode: "blocking", MaxSize: 4096, Inflight: inflight}
 				if tr == "shm-poll" {
 					// Shared memory with busy polling (loft.Options.BusyPoll).
-					c.Transport, c.Mode = "shm", "polling"
+					c.Transport, c.Mode, c.Pin = "shm", "polling", true
 				}
 				if c.Transport == "shm" {
 					c.RawTransport = "unix"

@@ -85,7 +85,11 @@ func renderTable(w io.Writer, results []Result, cases []Case, markdown bool) err
 		}
 	}
 	for _, r := range results {
-		k := rowKey{r.System, r.Transport, r.Pattern, r.Size, r.Mode, r.Inflight}
+		mode := r.Mode
+		if r.Pinned {
+			mode += ", pinned" // each side on its own CPU
+		}
+		k := rowKey{r.System, r.Transport, r.Pattern, r.Size, mode, r.Inflight}
 		rw := rows[k]
 		if rw == nil {
 			rw = &row{key: k, order: len(list)}
