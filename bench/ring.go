@@ -1,0 +1,208 @@
+package bench
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The raw shared-memory ring: the floor under loft's shared-memory
+// transport, measured the way loft is (two processes, every payload byte
+// written by the sender and copied out by the receiver, sequence numbers
+// checked). A single-producer, single-consumer ring in a memfd, with
+// nothing else: no framing beyond a length, no flow control beyond the
+// ring, no retention, no wake-ups (both sides busy-poll, so the case is
+// pinned, each side on its own CPU). "raw" publishes the producer's index
+// after every message, as one write per message does on a socket;
+// "raw-batched" after every rawBatch messages.
+//
+// Layout of the memfd: the producer's tail (bytes written, a uint64) at 0,
+// the consumer's head at 64 (its own cache line), a "finished" word at
+// 128 (the tail the sender ended at, plus one), records from ringData on.
+// A record is a little-endian uint32 length, the payload, and padding to
+// 8 bytes; a length of ringSkip means the rest of the ring up to its end
+// is padding.
+const (
+	ringData = 4096
+	ringSize = 4 << 20
+	ringSkip = 0xffffffff
+)
+
+func init() {
+	Register(
+		Case{System: "raw", Transport: "shm-ring", Pattern: "oneway", Mode: "polling", MaxSize: 64 << 10, Pin: true, Run: ringOneway(1)},
+		Case{System: "raw-batched", Transport: "shm-ring", Pattern: "oneway", Mode: "polling", MaxSize: 64 << 10, Pin: true, Run: ringOneway(rawBatch)},
+	)
+	RegisterRole("raw-ring-recv", ringRecvRole)
+}
+
+func ringWord(mem []byte, off int) *atomic.Uint64 {
+	return (*atomic.Uint64)(unsafe.Pointer(&mem[off]))
+}
+
+// ringRecord is the bytes a message of size takes in the ring.
+func ringRecord(size int) int { return (4 + size + 7) &^ 7 }
+
+func ringOneway(batch int) func(context.Context, Env) (Result, error) {
+	return func(ctx context.Context, env Env) (Result, error) {
+		fd, err := unix.MemfdCreate("loft-bench-ring", unix.MFD_CLOEXEC)
+		if err != nil {
+			return Result{}, err
+		}
+		f := os.NewFile(uintptr(fd), "ring")
+		defer f.Close()
+		if err := f.Truncate(ringData + ringSize); err != nil {
+			return Result{}, err
+		}
+		mem, err := unix.Mmap(fd, 0, ringData+ringSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			return Result{}, err
+		}
+		defer unix.Munmap(mem)
+		ch, err := env.SpawnFiles(ctx, "raw-ring-recv", []*os.File{f}, strconv.Itoa(env.Size))
+		if err != nil {
+			return Result{}, err
+		}
+		if _, err := ch.Expect(ctx, "ready"); err != nil {
+			return Result{}, err
+		}
+		sent, err := ringSend(ctx, mem, env.Size, batch, env.Budget)
+		if err != nil {
+			return Result{}, err
+		}
+		fields, err := ch.Expect(ctx, "done")
+		if err != nil {
+			return Result{}, err
+		}
+		return receiverResult(fields, sent)
+	}
+}
+
+// ringSend writes messages of size into the ring for about budget,
+// publishing its tail every batch messages, then marks the ring finished.
+func ringSend(ctx context.Context, mem []byte, size, batch int, budget time.Duration) (int64, error) {
+	tail, head, fin := ringWord(mem, 0), ringWord(mem, 64), ringWord(mem, 128)
+	data := mem[ringData:]
+	rec := ringRecord(size)
+	payload := make([]byte, size)
+	for j := range payload {
+		payload[j] = byte(j)
+	}
+	var t, seen uint64 // our tail, and the head last read
+	var n int64
+	start := time.Now()
+	// room waits until rec bytes past t are free.
+	room := func(need uint64) error {
+		for i := 0; t+need-seen > ringSize; i++ {
+			seen = head.Load()
+			if i&0xfffff == 0xfffff && ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+		}
+		return nil
+	}
+	for {
+		for range batch {
+			p := t % ringSize
+			if p+uint64(rec) > ringSize {
+				if err := room(ringSize - p); err != nil {
+					return n, err
+				}
+				binary.LittleEndian.PutUint32(data[p:], ringSkip)
+				t += ringSize - p
+				p = 0
+			}
+			if err := room(uint64(rec)); err != nil {
+				return n, err
+			}
+			binary.LittleEndian.PutUint32(data[p:], uint32(size))
+			copy(data[p+4:], payload)
+			if size >= 8 {
+				binary.LittleEndian.PutUint64(data[p+4:], uint64(n))
+			}
+			t += uint64(rec)
+			n++
+			if batch == 1 {
+				tail.Store(t)
+			}
+		}
+		tail.Store(t)
+		if n&1023 < int64(batch) && (time.Since(start) >= budget || ctx.Err() != nil) {
+			break
+		}
+	}
+	fin.Store(t + 1)
+	return n, context.Cause(ctx)
+}
+
+// ringRecvRole is the receiving child of the shared-memory ring cases.
+// Args: size. The ring's memfd is descriptor 3.
+func ringRecvRole(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("want size; got %q", args)
+	}
+	size, err := strconv.Atoi(args[0])
+	if err != nil || size < 0 || size > ringSize/2 {
+		return fmt.Errorf("bad size %q", args[0])
+	}
+	f := InheritedFile(0, "ring")
+	defer f.Close()
+	mem, err := unix.Mmap(int(f.Fd()), 0, ringData+ringSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(mem)
+	if err := ToParent("ready"); err != nil {
+		return err
+	}
+	tail, head, fin := ringWord(mem, 0), ringWord(mem, 64), ringWord(mem, 128)
+	data := mem[ringData:]
+	rec := uint64(ringRecord(size))
+	msg := make([]byte, size)
+	var h, avail uint64 // our head, and the tail last read
+	var n int64
+	var first time.Time
+	for i := 0; ; i++ {
+		if h == avail {
+			if avail = tail.Load(); h == avail {
+				if e := fin.Load(); e != 0 && e-1 == h {
+					break
+				}
+				if i&0xfffff == 0xfffff && ctx.Err() != nil {
+					return context.Cause(ctx)
+				}
+				continue
+			}
+			if n == 0 {
+				first = time.Now()
+			}
+		}
+		p := h % ringSize
+		ln := binary.LittleEndian.Uint32(data[p:])
+		if ln == ringSkip {
+			h += ringSize - p
+			continue
+		}
+		if ln != uint32(size) || p+rec > ringSize {
+			return fmt.Errorf("message %d: length %d at %d, want %d", n, ln, p, size)
+		}
+		copy(msg, data[p+4:p+4+uint64(size)])
+		if size >= 8 && binary.LittleEndian.Uint64(msg) != uint64(n) {
+			return fmt.Errorf("message %d: sequence number %d", n, binary.LittleEndian.Uint64(msg))
+		}
+		h += rec
+		n++
+		head.Store(h)
+	}
+	if n == 0 {
+		return ToParent("done 0 0")
+	}
+	return ToParent("done %d %d", n, time.Since(first).Nanoseconds())
+}
