@@ -239,6 +239,13 @@ func (p *outPool) free(off int) bool {
 	return ok
 }
 
+// isDead reports whether kill has run.
+func (p *outPool) isDead() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dead
+}
+
 // kill marks the pool dead when its connection ends: waiting loans fail,
 // and the mapping goes once the loans still held let go.
 func (p *outPool) kill() {
@@ -603,6 +610,11 @@ func (c *conn) handleRelease(d *wire.Decoder) error {
 	c.lmu.Lock()
 	p := c.pool
 	c.lmu.Unlock()
+	if p != nil && p.id == pool && p.isDead() {
+		// The connection is ending and the pool took its loans back
+		// (kill): a RELEASE the peer sent meanwhile is late, not wrong.
+		return nil
+	}
 	if p == nil || p.id != pool || off > uint64(len(p.m.mem)) || !p.release(int(off)) {
 		return protoErr("RELEASE of %d in pool %d: not a live loan", off, pool)
 	}
