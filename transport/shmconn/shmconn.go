@@ -151,7 +151,10 @@ type Conn struct {
 	once           sync.Once
 	goneErr        error
 
-	rxSpin, txSpin   atomic.Int64 // adaptive spin budgets, ns
+	rxSpin, txSpin atomic.Int64 // adaptive spin budgets, ns
+	// wokePeer: a Write since the last Read's wait woke the parked peer.
+	wokePeer         atomic.Bool
+	yields           atomic.Int64 // CPU yields in Read's spins (for tests)
 	rxFails, txFails atomic.Int32 // parks since the last spin that paid off
 	rmu, wmu         sync.Mutex
 	// txHead is the peer's head of tx as last loaded (guarded by wmu): a
@@ -370,6 +373,19 @@ func (c *Conn) wait(r *ring, want uint64, reader bool) error {
 	if budget == 0 {
 		budget = c.spin
 	}
+	// yield: what we wait for comes from a peer that our last write had
+	// to wake. It answers no sooner than a wake-up, tens of microseconds,
+	// and the kernel may run it on this very CPU, which our spin would
+	// keep from it until the spin ends: at 1000 round trips a second,
+	// ping-pong took 1.1-1.8x a raw Unix socket's round trip with a plain
+	// spin, 0.5-0.9x with one that yields the CPU every few dozen looks
+	// at the ring (BENCHMARKS.md). Spinning as usual otherwise: a yield
+	// is a system call.
+	yield := false
+	if reader && c.wokePeer.Load() {
+		c.wokePeer.Store(false)
+		yield = true
+	}
 	var start time.Time
 	// A writer waiting for room does not busy-poll: it waits for a
 	// quarter of the ring to drain (see Write), which is throughput, not
@@ -422,6 +438,10 @@ func (c *Conn) wait(r *ring, want uint64, reader bool) error {
 			}
 			if time.Since(start) > budget {
 				break
+			}
+			if yield {
+				unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+				c.yields.Add(1)
 			}
 		}
 	}
@@ -609,6 +629,9 @@ func (c *Conn) Write(p []byte) (int, error) {
 		total += int(n)
 		if r.consPark.Load() != 0 && r.consPark.CompareAndSwap(1, 0) {
 			c.wake(wakeData)
+			if !c.wokePeer.Load() {
+				c.wokePeer.Store(true)
+			}
 		}
 	}
 	return total, nil

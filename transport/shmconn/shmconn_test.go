@@ -444,3 +444,61 @@ func TestSpinAdapts(t *testing.T) {
 		t.Fatalf("after long waits the spin is %v (it had grown to %v), want at most the base %v", low, grown, base)
 	}
 }
+
+// TestSpinYieldsAfterWakingPeer: a Read that waits for the answer of a
+// peer its last Write had to wake yields the CPU as it spins (the peer may
+// be woken on this CPU); one whose peer was awake spins without yielding.
+func TestSpinYieldsAfterWakingPeer(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		spin   time.Duration // the peer's: 1 ns parks at once, 10 s spins
+		yields bool
+	}{
+		{"parked peer", time.Nanosecond, true},
+		{"spinning peer", 10 * time.Second, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// a spins for 5 ms before it parks; b as tc.spin says.
+			a, b := pair(t, &Config{Spin: 5 * time.Millisecond})
+			defer a.Close()
+			defer b.Close()
+			b.(*Conn).spin = tc.spin
+			b.(*Conn).rxSpin.Store(int64(tc.spin))
+			ac := a.(*Conn)
+			done := make(chan error, 1)
+			go func() {
+				buf := make([]byte, 1)
+				if _, err := b.Read(buf); err != nil {
+					done <- err
+					return
+				}
+				// Answer after a's spin had time to loop: this delay is
+				// what is tested, not a wait for something.
+				time.Sleep(2 * time.Millisecond)
+				_, err := b.Write(buf)
+				done <- err
+			}()
+			// Write only once b is where tc wants it: parked, or spinning.
+			for dl := time.Now().Add(5 * time.Second); tc.yields && ac.tx.consPark.Load() == 0; {
+				if time.Now().After(dl) {
+					t.Fatal("b never parked")
+				}
+				runtime.Gosched()
+			}
+			y0 := ac.yields.Load()
+			if _, err := a.Write([]byte{7}); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 1)
+			if _, err := a.Read(buf); err != nil || buf[0] != 7 {
+				t.Fatalf("read %v %v", buf, err)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if got := ac.yields.Load() - y0; (got > 0) != tc.yields {
+				t.Errorf("%d yields while waiting for the answer, want yields: %v", got, tc.yields)
+			}
+		})
+	}
+}
