@@ -194,11 +194,19 @@ func TestInlineLearnsSlowMethods(t *testing.T) {
 	if !noInline("Sleep") {
 		t.Fatal("a 2 ms call left its method to be served inline")
 	}
-	if err := g.Sleep(ctx, 0); err != nil {
-		t.Fatal(err)
-	}
-	if noInline("Sleep") {
-		t.Fatal("a quick call left its method marked slow")
+	// (A quick call stretched past inlineSlow by a loaded machine, which
+	// happened once with three test packages running at once, leaves
+	// the method slow: a few tries.)
+	for i := 0; ; i++ {
+		if err := g.Sleep(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+		if !noInline("Sleep") {
+			break
+		}
+		if i == 9 {
+			t.Fatal("ten quick calls in a row left their method marked slow")
+		}
 	}
 	// (The rest of Relay is quick, but a loaded machine, or the race
 	// detector, can stretch calls past inlineSlow, a tenth of them under
