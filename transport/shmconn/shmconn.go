@@ -140,7 +140,7 @@ type Conn struct {
 	// through the Go netpoller while parked (no thread held); the peer
 	// writes them. peerData and peerSpace are the peer's, which we write.
 	evData, evSpace     *os.File
-	rcData, rcSpace     syscall.RawConn // evData's and evSpace's, for readEvent
+	erData, erSpace     *evReader // evData's and evSpace's
 	peerData, peerSpace int
 	closed              chan struct{}
 	gone                chan struct{} // the peer's socket closed
@@ -190,9 +190,7 @@ func newConn(sock *net.UnixConn, mem []byte, dialer bool, cfg *Config, ev eventf
 		local:     sock.LocalAddr(),
 		remot:     sock.RemoteAddr(),
 	}
-	// (SyscallConn cannot fail for an *os.File from NewFile.)
-	c.rcData, _ = c.evData.SyscallConn()
-	c.rcSpace, _ = c.evSpace.SyscallConn()
+	c.erData, c.erSpace = newEvReader(c.evData), newEvReader(c.evSpace)
 	c.rpoll.Store(c.poll)
 	if dialer {
 		c.tx, c.rx = a, b
@@ -263,12 +261,14 @@ func (c *Conn) wake(b byte) {
 	if b == wakeSpace {
 		fd = c.peerSpace
 	}
-	// A raw system call: an eventfd write never blocks. (See readEvent.)
+	// A raw system call: an eventfd write never blocks. (See evReader.)
 	unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&one[0])), 8)
 }
 
-// readEvent consumes rc's eventfd count, parking in the Go netpoller while
+// evReader consumes an eventfd's count, parking in the Go netpoller while
 // it is zero (honouring the file's read deadline, and ended by its Close).
+// One per direction, made once: a closure per wait cost three allocations.
+// Its user holds the direction's lock (rmu or wmu).
 //
 // The read is a raw system call, as is wake's write: the runtime's entry
 // for a blocking call wakes its monitor thread (sysmon) when that thread
@@ -277,15 +277,30 @@ func (c *Conn) wake(b byte) {
 // them: rmi calls back to back over shared memory had a mean of 10-11.5
 // us against a median of 2.5 us. Both calls must be raw for the gain
 // (BENCHMARKS.md).
-func readEvent(rc syscall.RawConn) error {
-	var buf [8]byte
-	var errno syscall.Errno
-	err := rc.Read(func(fd uintptr) bool {
-		_, _, errno = unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), 8)
-		return errno != unix.EAGAIN
-	})
-	if err == nil && errno != 0 {
-		err = errno
+type evReader struct {
+	rc    syscall.RawConn
+	fn    func(fd uintptr) bool // e.read
+	buf   [8]byte
+	errno syscall.Errno
+}
+
+func newEvReader(f *os.File) *evReader {
+	e := &evReader{}
+	e.rc, _ = f.SyscallConn() // (it cannot fail for an *os.File from NewFile)
+	e.fn = e.read
+	return e
+}
+
+func (e *evReader) read(fd uintptr) bool {
+	_, _, e.errno = unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&e.buf[0])), 8)
+	return e.errno != unix.EAGAIN
+}
+
+func (e *evReader) wait() error {
+	e.errno = 0
+	err := e.rc.Read(e.fn)
+	if err == nil && e.errno != 0 {
+		err = e.errno
 	}
 	return err
 }
@@ -358,9 +373,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 func (c *Conn) wait(r *ring, want uint64, reader bool) error {
 	// peer is the other side's parked word on this same ring (see wait's
 	// safety net).
-	word, park, peer, ev, rc, dl := r.tail, r.consPark, r.prodPark, c.evData, c.rcData, &c.rdl
+	word, park, peer, ev, er, dl := r.tail, r.consPark, r.prodPark, c.evData, c.erData, &c.rdl
 	if !reader {
-		word, park, peer, ev, rc, dl = r.head, r.prodPark, r.consPark, c.evSpace, c.rcSpace, &c.wdl
+		word, park, peer, ev, er, dl = r.head, r.prodPark, r.consPark, c.evSpace, c.erSpace, &c.wdl
 	}
 	if dl.expired() {
 		return os.ErrDeadlineExceeded
@@ -498,7 +513,7 @@ func (c *Conn) wait(r *ring, want uint64, reader bool) error {
 			park.Store(0)
 			return nil
 		}
-		err := readEvent(rc)
+		err := er.wait()
 		expired := errors.Is(err, os.ErrDeadlineExceeded)
 		if expired && !c.isGone() && !c.isClosed() && !dl.expired() && !(hasDL && !time.Now().Before(at)) {
 			// The bound passed, not the user's deadline.
