@@ -278,14 +278,7 @@ func TestLeaderDoneKept(t *testing.T) {
 	go func() { done <- s.Block(Pipeline(c1)) }() // (same Done: the kept registration)
 	time.Sleep(20 * time.Millisecond)
 	cancel1()
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Fatal("Block returned nil after its context ended")
-		}
-	case <-ctx.Done():
-		t.Fatal("a wait with the kept registration did not end with its context")
-	}
+	expectBlockEnded(t, ctx, done, "a wait with the kept registration")
 
 	c2, cancel2 := context.WithCancel(ctx)
 	if _, err := s.Echo(c2, 2); err != nil {
@@ -305,12 +298,19 @@ func TestLeaderDoneKept(t *testing.T) {
 		t.Fatalf("Echo during Block: %d, %v", n, err)
 	}
 	cancel3()
+	expectBlockEnded(t, ctx, done, "Block")
+}
+
+// expectBlockEnded fails unless a Block call, whose result comes on done,
+// returns an error (its context ended) before ctx, the test's, ends.
+func expectBlockEnded(t *testing.T, ctx context.Context, done <-chan error, what string) {
+	t.Helper()
 	select {
 	case err := <-done:
 		if err == nil {
 			t.Fatal("Block returned nil after its context ended")
 		}
 	case <-ctx.Done():
-		t.Fatal("Block did not end with its context")
+		t.Fatalf("%s did not end with its context", what)
 	}
 }
