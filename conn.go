@@ -51,6 +51,7 @@ type conn struct {
 	segs          []bigSeg
 	segBytes      int
 	dirty         []*inAtt
+	urgentAcks    int // urgent ACKs scheduled (guarded by wmu; for tests)
 	ackTimer      *time.Timer
 	ackArmed      bool
 	ackNow        atomic.Int64 // until then (monoNow) ACKs are urgent: a peer's Flush waits
@@ -495,6 +496,7 @@ func (c *conn) appendAcksLocked() {
 		a.ackUrgent.Store(false)
 		taken, limit := a.ackTaken.Load(), a.ackLimit.Load()
 		a.told.Store(limit)
+		a.toldTaken.Store(taken)
 		c.closeOpenLocked()
 		off := len(c.out)
 		c.out = wire.AppendHeader(c.out, wire.TAck, 0)
@@ -632,6 +634,7 @@ func (c *conn) markAck(a *inAtt, urgent bool) {
 		c.wmu.Unlock()
 		return
 	}
+	c.urgentAcks++
 	w := c.wakeLocked()
 	c.wmu.Unlock()
 	if w {

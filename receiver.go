@@ -118,6 +118,7 @@ type inAtt struct {
 	ackQueued atomic.Bool   // an ACK is queued and not yet built
 	ackUrgent atomic.Bool   // an urgent one is: the writer was called for it
 	told      atomic.Uint64 // the credit limit in the last ACK built: what the sender knows, or soon will
+	toldTaken atomic.Uint64 // the count of taken messages in the last ACK built
 	dirty     bool          // guarded by c.wmu
 }
 
@@ -573,14 +574,19 @@ func (r *Receiver) finishLocked(a *inAtt, idx uint64, grew bool) {
 		return
 	}
 	// Urgent when the sender waits (a synchronous channel, or Flush) or is
-	// about to run out of credit, and every quarter of a large window (a
-	// stream keeps flowing, retained copies are freed); otherwise lazy: the ACK rides on the next write
+	// about to run out of credit, and when a quarter of a large window
+	// was taken since the last ACK went (a stream keeps flowing, retained
+	// copies are freed); otherwise lazy: the ACK rides on the next write
 	// (a reply, typically) or goes after ackDelay, and costs no write of
-	// its own.
+	// its own. (Counting the quarter from the last ACK built, lazy ones
+	// included, not from the last urgent one: where replies carry the
+	// ACKs, calls back to back, an urgent one every quarter window woke
+	// the writer goroutine for nothing, and the thread it woke took the
+	// CPU from a side spinning for its answer.)
 	w := r.windowLocked()
 	switch {
 	case r.opts.Capacity == 0 || grew && a.creditLowLocked(w) || a.c.ackingNow() ||
-		w >= 64 && a.acked-a.lastAck >= (w+3)/4:
+		w >= 64 && a.acked-max(a.lastAck, a.toldTaken.Load()) >= (w+3)/4:
 		r.scheduleAckLocked(a, true)
 	case a.acked > a.lastAck && (r.qn == 0 || a.acked-a.pubAcked >= lazyPublish):
 		// Publishing costs three locked instructions; in a stream it is

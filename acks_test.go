@@ -1,0 +1,87 @@
+package loft
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// TestRepliesCarryAcks checks that calls back to back (a request on one
+// channel, its reply on another) need no urgent ACK: each side's ACKs ride
+// on its next message. An urgent ACK wakes the conn's writer goroutine, and
+// on a small machine the thread it wakes takes the CPU from a side that
+// spins for its answer (one call in a hundred took 100 µs over shared
+// memory when one went every quarter window).
+func TestRepliesCarryAcks(t *testing.T) {
+	ns := testNodes(t, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	const window = 64
+	reqs, err := ns[0].Receive(ctx, "req", ChannelOptions{Capacity: window})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reps, err := ns[1].Receive(ctx, "rep", ChannelOptions{Capacity: window})
+	if err != nil {
+		t.Fatal(err)
+	}
+	toServer, err := ns[1].Sender(ctx, "req")
+	if err != nil {
+		t.Fatal(err)
+	}
+	toClient, err := ns[0].Sender(ctx, "rep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReceivers(t, toServer, 1)
+	waitReceivers(t, toClient, 1)
+	const calls = 40 * window
+	served := make(chan error, 1)
+	go func() {
+		for range calls {
+			m, err := reqs.Recv(ctx)
+			if err == nil {
+				err = toClient.Send(ctx, m.Data)
+			}
+			if err != nil {
+				served <- err
+				return
+			}
+		}
+		served <- nil
+	}()
+	urgent := func() int {
+		n := 0
+		for _, nd := range ns {
+			nd.mu.Lock()
+			for c := range nd.conns {
+				c.wmu.Lock()
+				n += c.urgentAcks
+				c.wmu.Unlock()
+			}
+			nd.mu.Unlock()
+		}
+		return n
+	}
+	before := urgent()
+	for i := range calls {
+		if err := toServer.Send(ctx, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		m, err := reps.Recv(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Data[0] != byte(i) {
+			t.Fatalf("reply %d carries %d", i, m.Data[0])
+		}
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	// A quarter window each way is 2*calls/(window/4) = 320 ACKs; a few
+	// may still go urgent (a 20 ms timer's lazy ACK racing a reply).
+	if n := urgent() - before; n > 8 {
+		t.Fatalf("%d urgent ACKs for %d calls back to back with a window of %d: replies should carry them", n, calls, window)
+	}
+}
