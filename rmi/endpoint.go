@@ -983,6 +983,7 @@ func (ep *Endpoint) runChain(p *peer, run step) {
 		next, held := ep.runStep(p, run, &r, &clock)
 		if next.none() {
 			ep.reply(p, &r)
+			freeServed(run.c) // (the reply is encoded: its results, in run.c, are no longer needed)
 			freeMsg(run.m)
 			ep.wg.Done()
 			return
@@ -990,6 +991,7 @@ func (ep *Endpoint) runChain(p *peer, run step) {
 		if !held {
 			ep.hold(p, &r)
 		}
+		freeServed(run.c)
 		freeMsg(run.m)
 		ep.wg.Done()
 		run = next
@@ -1055,12 +1057,13 @@ func (ep *Endpoint) admitRunLocked(p *peer, m *wmsg) step {
 	var c *Served
 	if err == nil {
 		p.inflight++
-		c = &Served{ep: ep, p: p, m: m}
+		c = newServed()
+		c.ep, c.p, c.m = ep, p, m
 		// (Live before initCallContext: a cancel counts.)
 		if a != nil {
-			a.run = &c.cc
+			a.run = c.cc
 		} else {
-			p.running[m.ID] = &c.cc
+			p.running[m.ID] = c.cc
 		}
 	}
 	ep.wg.Add(1)
@@ -1240,7 +1243,7 @@ func (ep *Endpoint) serve(p *peer, s step, r *wmsg, clock *int64) (step, bool) {
 	if m.F&fKeep != 0 {
 		a = p.answers.get(m.ID)
 	}
-	if a != nil && a.run == &c.cc {
+	if a != nil && a.run == c.cc {
 		a.run = nil
 	} else if p.running != nil {
 		delete(p.running, m.ID)
@@ -1287,7 +1290,7 @@ func (ep *Endpoint) dispatchCall(c *Served, ex *export, clock *int64) error {
 	if m.nargs() != len(md.in) {
 		return fmt.Errorf("%w: %s takes %d arguments, got %d", ErrBadMessage, m.M, len(md.in), m.nargs())
 	}
-	cc := &c.cc
+	cc := c.cc
 	t0 := *clock
 	if t0 == 0 {
 		t0 = monoNow()

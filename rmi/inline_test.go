@@ -288,7 +288,7 @@ func TestDispatchCallClock(t *testing.T) {
 	call := func(clock *int64) {
 		t.Helper()
 		m := &wmsg{K: kCall, ID: 1, M: "Sleep", A: []cbor.RawMessage{{0}}} // Sleep(ctx, 0)
-		c := &Served{ep: b, m: m}
+		c := &Served{ep: b, m: m, cc: new(callCtx)}
 		c.it = m.args()
 		c.ar, c.lent = c.buf[:0], c.lentA[:0]
 		if err := b.dispatchCall(c, ex, clock); err != nil {

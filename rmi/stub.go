@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"sync"
 )
 
 // Stubs dispatch incoming calls to an object of remote interface T
@@ -19,9 +20,10 @@ type Stubs[T any] map[string]func(ctx context.Context, obj T, c *Served) error
 type stubFn func(ctx context.Context, obj any, c *Served) error
 
 // Served is an incoming call being dispatched by a stub (see Stubs). It is
-// valid only while the stub runs.
+// valid only while the stub runs: once the call's reply is encoded, it is
+// recycled for another call.
 type Served struct {
-	cc     callCtx
+	cc     *callCtx // the context the method runs in: its own allocation, as a method may keep it
 	ep     *Endpoint
 	p      *peer
 	m      *wmsg
@@ -35,7 +37,28 @@ type Served struct {
 	buf    [64]byte // first buffer of ar
 }
 
-// (A served call's context, reply and buffers are one allocation.)
+// A served call's state and result buffers are recycled (servedPool): a
+// chain of calls allocated one per call, the largest allocation of
+// serving, and with the rest made the collector run often enough to slow
+// every call down. The context is not: a method may keep it.
+var servedPool = sync.Pool{New: func() any { return new(Served) }}
+
+// newServed returns a cleared Served with a fresh context.
+func newServed() *Served {
+	c := servedPool.Get().(*Served)
+	c.cc = new(callCtx)
+	return c
+}
+
+// freeServed recycles c (nil: none) once nothing refers to it: its call
+// ended and its reply was encoded.
+func freeServed(c *Served) {
+	if c == nil {
+		return
+	}
+	*c = Served{}
+	servedPool.Put(c)
+}
 
 // Arg decodes the next argument of call c as a T: a remote interface
 // (received by reference, lent for the call) or a CBOR value. Stubs call
@@ -105,7 +128,7 @@ func (c *Served) iface(out bool, i int, t reflect.Type) *iface {
 func (c *Served) refResult(obj any, f *iface) error {
 	var e *export
 	var err error
-	c.ar, e, err = c.ep.encodeRef(&c.cc, c.p, c.ar, obj, f)
+	c.ar, e, err = c.ep.encodeRef(c.cc, c.p, c.ar, obj, f)
 	if err != nil {
 		return err
 	}
