@@ -34,8 +34,7 @@ type callCtx struct {
 	awaited atomic.Int64 // time the call spent waiting for its own remote calls
 	dl      dlEntry      // dl.at is the deadline when hasDL
 	hasDL   bool
-	watched atomic.Bool     // dl went into the heap, or the call ended first (see watch)
-	self    context.Context // c itself, for serve's reflect.Value of type context.Context
+	watched atomic.Bool // dl went into the heap, or the call ended first (see watch)
 }
 
 // Err returns why the call's context ended, nil while it runs. Past the
@@ -206,7 +205,6 @@ func (ep *Endpoint) callContext(to time.Duration) *callCtx {
 // now is monoNow() (one clock read for the caller's timing and this).
 func (ep *Endpoint) initCallContext(c *callCtx, to time.Duration, now int64) {
 	c.ep = ep
-	c.self = c
 	if to <= 0 {
 		return
 	}

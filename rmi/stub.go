@@ -153,7 +153,8 @@ func callStub(fn stubFn, ctx context.Context, obj any, c *Served) (err error) {
 // the method called, the results encoded, as a stub does.
 func (ep *Endpoint) callReflect(c *Served, ex *export, md *method) error {
 	in := make([]reflect.Value, 1+len(md.in))
-	in[0] = reflect.ValueOf(&c.cc.self).Elem() // (typed context.Context: Call walks no method set)
+	var ctx context.Context = c.cc
+	in[0] = reflect.ValueOf(&ctx).Elem() // (typed context.Context: Call walks no method set)
 	for i, t := range md.in {
 		raw := c.it.next()
 		if f := md.inIface(i); f != nil {
