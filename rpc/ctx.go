@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/loft-ipc/loft/internal/callctx"
@@ -15,6 +16,12 @@ type callCtx struct {
 	base     context.Context // values only
 	info     CallInfo
 	deadline time.Time
+
+	// A call run by a pool's worker itself (see pool): its Done starts
+	// another worker, once (asked).
+	inline *pool
+	srv    *Server
+	asked  atomic.Bool
 
 	// Under the Core's lock (set in Cancel's locked function, read with With).
 	timer    *time.Timer
@@ -47,6 +54,16 @@ func CallInfoFrom(ctx context.Context) (CallInfo, bool) {
 }
 
 func (c *callCtx) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
+
+// Done returns the channel closed when the call ends. A handler asking for
+// it is about to wait: if it runs on the worker that receives, another
+// worker starts receiving (see pool).
+func (c *callCtx) Done() <-chan struct{} {
+	if c.inline != nil && !c.asked.Load() && c.asked.CompareAndSwap(false, true) {
+		c.srv.helpSlow(c.inline)
+	}
+	return c.Core.Done()
+}
 
 func (c *callCtx) Value(key any) any {
 	if key == (callInfoKey{}) {

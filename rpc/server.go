@@ -93,6 +93,13 @@ func (o ServerOptions) normalized() ServerOptions {
 //
 // Register procedures with Register, then Start (or Serve). A Server is
 // safe for concurrent use; procedures may be registered while it serves.
+//
+// A handler runs on the goroutine that received its call, and while it
+// runs nobody else receives unless calls wait behind it, its procedure's
+// last call took over 100 µs, or it asks for its context's Done channel
+// (to wait on it, or to derive a context). A handler that blocks on
+// anything else holds up the calls behind it for 10 ms, once: then another
+// goroutine starts receiving, and the procedure counts as slow.
 type Server struct {
 	node    *loft.Node
 	service string
@@ -110,7 +117,8 @@ type Server struct {
 	inflight    map[callKey]*callCtx
 	running     int
 	tombs       map[callKey]time.Time
-	directTaken uint64 // messages taken from direct by workers
+	directTaken uint64  // messages taken from direct by workers
+	pools       []*pool // the workers of direct and shared
 	tombList    []callKey
 	shared      *loft.Receiver
 	direct      *loft.Receiver
@@ -131,6 +139,7 @@ type ServerStats struct {
 	Canceled     uint64 // calls cancelled by their client
 	Running      int    // handlers running now
 	Peers        int    // clients known now
+	Workers      int    // worker goroutines now, serving a call or waiting for one (see Server)
 }
 
 type callKey struct {
@@ -153,6 +162,7 @@ type method struct {
 	name      string
 	req, resp reflect.Type
 	invoke    func(ctx context.Context, codec Codec, payload []byte, out *bytes.Buffer) error
+	slow      atomic.Bool // its last call took over slowCall (see pool)
 }
 
 var serviceRE = regexp.MustCompile(`^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$`)
@@ -286,11 +296,14 @@ func (s *Server) Start(ctx context.Context) error {
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go s.sweep()
+	s.mu.Lock()
 	for _, r := range []*loft.Receiver{direct, shared} {
 		p := &pool{r: r, idle: 1, total: 1}
+		s.pools = append(s.pools, p)
 		s.wg.Add(1)
 		go s.worker(p)
 	}
+	s.mu.Unlock()
 	return nil
 }
 
@@ -361,6 +374,11 @@ func (s *Server) Close() error {
 	}
 	s.closed = true
 	shared, direct := s.shared, s.direct
+	for _, p := range s.pools {
+		if p.wd != nil {
+			p.wd.Stop() // (one that fires anyway finds s.closed)
+		}
+	}
 	calls := make([]*callCtx, 0, len(s.inflight))
 	for _, c := range s.inflight {
 		calls = append(calls, c)
@@ -395,8 +413,13 @@ func (s *Server) Close() error {
 func (s *Server) Stats() ServerStats {
 	s.mu.Lock()
 	r, p := s.running, len(s.peers)
+	w := 0
+	for _, pl := range s.pools {
+		w += pl.total
+	}
 	s.mu.Unlock()
 	return ServerStats{
+		Workers:      w,
 		Calls:        s.calls.Load(),
 		Errors:       s.errs.Load(),
 		Panics:       s.panics.Load(),
@@ -407,20 +430,108 @@ func (s *Server) Stats() ServerStats {
 	}
 }
 
-// pool is the set of workers taking the messages of one channel. Each
-// worker receives a message and runs its call inline, so a call costs no
+// pool is the set of workers taking the messages of one channel. A worker
+// receives a message and runs its call inline, so a call costs no
 // goroutine switch on the server beyond the one from the connection's
-// reader; a worker that takes the last idle slot starts another worker
-// first, so that there is always one receiving (and a handler that blocks
-// never stops cancels or other calls from being taken). Workers beyond
-// maxIdleWorkers idle ones exit. Guarded by Server.mu.
+// reader. When it takes a call and no other worker waits to receive, it
+// starts another first if more messages wait behind the call or if the
+// call's method is known to be slow (its last call took over slowCall, or
+// asked for its context's Done channel); otherwise nobody receives while
+// it serves: the call's handler asking for Done starts another worker then
+// (it is about to wait), and a watchdog does if the call still runs after
+// inlineFor, so that a handler that blocks stops cancels and other calls
+// from being taken for inlineFor at most, once. A worker done with a call
+// exits if another already waits to receive. (Keeping one waiting to
+// receive at all times cost a goroutine wake-up per call, and on a small
+// machine a thread's: over a Unix socket a call one at a time took 1.6x as
+// long, BENCHMARKS.md.) Guarded by Server.mu.
 type pool struct {
 	r     *loft.Receiver
 	idle  int
 	total int
+
+	// Under Server.mu.
+	inlineN  uint64    // numbers the runs of a worker serving with none idle
+	inline   uint64    // the run in progress, 0: none
+	inlineAt time.Time // when it started
+	wd       *time.Timer
+	wdArmed  bool
+	busy     int // takes left in busy mode (see worker)
 }
 
-const maxIdleWorkers = 8
+// maxIdleWorkers is how many workers of a busy pool may wait to receive;
+// a pool that is not busy keeps one (with two, the one that receives a
+// call wakes the other, loft.Receiver handing reading on to a waiting
+// Recv: a goroutine wake-up per call). busyFor is how many takes a pool
+// stays busy after one that found calls waiting behind it.
+const (
+	maxIdleWorkers = 8
+	busyFor        = 64
+)
+
+// slowCall is how long a call runs before its method counts as slow: the
+// next call of it gets a worker of its own started first. inlineFor is how
+// long any call may hold up the calls behind it before the watchdog starts
+// another worker.
+const (
+	slowCall  = 100 * time.Microsecond
+	inlineFor = 10 * time.Millisecond
+)
+
+// spawnLocked starts a worker for p. Caller holds s.mu.
+func (s *Server) spawnLocked(p *pool) {
+	p.idle++
+	p.total++
+	s.wg.Add(1)
+	go s.worker(p)
+}
+
+// startInlineLocked records that a worker serves a call with no other
+// worker waiting, and arms the watchdog. Caller holds s.mu.
+func (s *Server) startInlineLocked(p *pool) uint64 {
+	p.inlineN++
+	p.inline, p.inlineAt = p.inlineN, time.Now()
+	if !p.wdArmed {
+		p.wdArmed = true
+		if p.wd == nil {
+			p.wd = time.AfterFunc(inlineFor, func() { s.watchdog(p) })
+		} else {
+			p.wd.Reset(inlineFor)
+		}
+	}
+	return p.inline
+}
+
+// watchdog starts a worker when a call has been served with none waiting
+// to receive for inlineFor, and re-arms itself while calls are served so.
+func (s *Server) watchdog(p *pool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p.wdArmed = false
+	if p.inline == 0 || s.closed {
+		return
+	}
+	if age := time.Since(p.inlineAt); age < inlineFor {
+		p.wdArmed = true
+		p.wd.Reset(inlineFor - age)
+		return
+	}
+	p.inline = 0
+	if p.idle == 0 {
+		s.spawnLocked(p)
+	}
+}
+
+// helpSlow is called before a call of a method known to be slow runs on
+// pool p's worker: if no other worker waits to receive, one starts.
+func (s *Server) helpSlow(p *pool) {
+	s.mu.Lock()
+	if p.inline != 0 && p.idle == 0 && !s.closed {
+		p.inline = 0
+		s.spawnLocked(p)
+	}
+	s.mu.Unlock()
+}
 
 func (s *Server) worker(p *pool) {
 	defer s.wg.Done()
@@ -437,19 +548,28 @@ func (s *Server) worker(p *pool) {
 		if p.r == s.direct {
 			s.directTaken++
 		}
-		spawn := p.idle == 0 && !s.closed
-		if spawn {
-			p.idle++
-			p.total++
-			s.wg.Add(1)
+		// Calls waiting behind this one: the pool is busy for a while
+		// (busyFor more takes, renewed by every take that finds more).
+		if p.r.Stats().Queued > 0 {
+			p.busy = busyFor
+		} else if p.busy > 0 {
+			p.busy--
+		}
+		var run uint64
+		if p.idle == 0 && !s.closed {
+			if p.busy > 0 {
+				s.spawnLocked(p) // busy: keep one receiving while this one serves
+			} else {
+				run = s.startInlineLocked(p)
+			}
 		}
 		s.mu.Unlock()
-		if spawn {
-			go s.worker(p)
-		}
-		s.dispatch(m)
+		s.dispatch(m, p)
 		s.mu.Lock()
-		if p.idle >= maxIdleWorkers {
+		if run != 0 && p.inline == run {
+			p.inline = 0
+		}
+		if p.idle >= maxIdleWorkers || p.idle >= 1 && p.busy == 0 {
 			p.total--
 			s.mu.Unlock()
 			return
@@ -459,9 +579,9 @@ func (s *Server) worker(p *pool) {
 	}
 }
 
-// dispatch handles one message: a call (run inline), a cancel, or a batch
-// (each call on a goroutine of its own).
-func (s *Server) dispatch(m loft.Message) {
+// dispatch handles one message: a call (run inline, on pool p's worker),
+// a cancel, or a batch (each call on a goroutine of its own).
+func (s *Server) dispatch(m loft.Message, p *pool) {
 	var e envelope
 	err := parseEnvelope(m.Data, &e)
 	if err == nil && e.kind == kindBatch {
@@ -471,7 +591,7 @@ func (s *Server) dispatch(m loft.Message) {
 				s.refuse(&in, m.From, err)
 				return nil
 			}
-			s.handle(&in, m.From, false)
+			s.handle(&in, m.From, nil)
 			return nil
 		})
 		if err != nil {
@@ -483,7 +603,7 @@ func (s *Server) dispatch(m loft.Message) {
 		s.refuse(&e, m.From, err)
 		return
 	}
-	s.handle(&e, m.From, true)
+	s.handle(&e, m.From, p)
 }
 
 // refuse counts a malformed envelope, and answers it if it got as far as
@@ -496,7 +616,9 @@ func (s *Server) refuse(e *envelope, from string, err error) {
 	}
 }
 
-func (s *Server) handle(e *envelope, from string, inline bool) {
+// handle runs envelope e; inline (nil: none) is the pool whose worker runs
+// a call on its own goroutine.
+func (s *Server) handle(e *envelope, from string, inline *pool) {
 	switch e.kind {
 	case kindCall:
 		s.startCall(e, from, inline)
@@ -616,7 +738,7 @@ const maxPeers = 16384
 
 // startCall checks a call against the limits and runs its handler, inline
 // or on a goroutine of its own.
-func (s *Server) startCall(e *envelope, from string, inline bool) {
+func (s *Server) startCall(e *envelope, from string, inline *pool) {
 	s.calls.Add(1)
 	if !replyAllowed(e.replyTo, from) {
 		s.bad.Add(1)
@@ -713,7 +835,11 @@ func (s *Server) startCall(e *envelope, from string, inline bool) {
 	s.running++
 	s.wg.Add(1)
 	s.mu.Unlock()
-	if inline {
+	if inline != nil {
+		if m != nil && m.slow.Load() {
+			s.helpSlow(inline)
+		}
+		c.inline, c.srv = inline, s
 		s.run(c, key, m, codec, e.payload)
 		return
 	}
@@ -771,7 +897,11 @@ func (s *Server) run(c *callCtx, key callKey, m *method, codec Codec, payload []
 		err = s.list(buf, key.id)
 	} else {
 		buf.Write(zeroRoom[:])
+		t0 := time.Now()
 		err = s.invoke(c, m, codec, payload, buf)
+		if slow := c.asked.Load() || time.Since(t0) > slowCall; m.slow.Load() != slow {
+			m.slow.Store(slow)
+		}
 	}
 	c.release()
 	if c.cancelledByClient() {
