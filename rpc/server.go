@@ -434,17 +434,20 @@ func (s *Server) Stats() ServerStats {
 // receives a message and runs its call inline, so a call costs no
 // goroutine switch on the server beyond the one from the connection's
 // reader. When it takes a call and no other worker waits to receive, it
-// starts another first if more messages wait behind the call or if the
-// call's method is known to be slow (its last call took over slowCall, or
-// asked for its context's Done channel); otherwise nobody receives while
-// it serves: the call's handler asking for Done starts another worker then
-// (it is about to wait), and a watchdog does if the call still runs after
-// inlineFor, so that a handler that blocks stops cancels and other calls
-// from being taken for inlineFor at most, once. A worker done with a call
-// exits if another already waits to receive. (Keeping one waiting to
-// receive at all times cost a goroutine wake-up per call, and on a small
-// machine a thread's: over a Unix socket a call one at a time took 1.6x as
-// long, BENCHMARKS.md.) Guarded by Server.mu.
+// starts another first if the pool is busy (a take in the last busyFor
+// found messages waiting behind its own: then calls come faster than one
+// worker serves them, and over a socket the receiving worker's system
+// calls should overlap the serving) or if the call's method is known to be
+// slow (its last call took over slowCall, or asked for its context's Done
+// channel); otherwise nobody receives while it serves: the handler asking
+// for Done starts another worker then (it is about to wait), and a
+// watchdog does if the call still runs after inlineFor, so that a handler
+// that blocks stops cancels and other calls from being taken for
+// inlineFor at most, once. A worker done with a call exits if another
+// already waits to receive and the pool is not busy. (Keeping one waiting
+// to receive at all times cost a goroutine wake-up per call, and on a
+// small machine a thread's: one call at a time over a Unix socket took
+// 1.6-1.9x as long, BENCHMARKS.md.) Guarded by Server.mu.
 type pool struct {
 	r     *loft.Receiver
 	idle  int
@@ -522,8 +525,9 @@ func (s *Server) watchdog(p *pool) {
 	}
 }
 
-// helpSlow is called before a call of a method known to be slow runs on
-// pool p's worker: if no other worker waits to receive, one starts.
+// helpSlow is called when a call served by pool p's worker is about to
+// take long (its method is known to be slow, or it asked for Done): if no
+// other worker waits to receive, one starts.
 func (s *Server) helpSlow(p *pool) {
 	s.mu.Lock()
 	if p.inline != 0 && p.idle == 0 && !s.closed {
@@ -537,6 +541,7 @@ func (s *Server) worker(p *pool) {
 	defer s.wg.Done()
 	for {
 		m, err := p.r.Recv(s.ctx)
+		queued := err == nil && p.r.Stats().Queued > 0 // (before s.mu: the receiver's lock is not taken under it)
 		s.mu.Lock()
 		if err != nil {
 			p.idle--
@@ -550,7 +555,7 @@ func (s *Server) worker(p *pool) {
 		}
 		// Calls waiting behind this one: the pool is busy for a while
 		// (busyFor more takes, renewed by every take that finds more).
-		if p.r.Stats().Queued > 0 {
+		if queued {
 			p.busy = busyFor
 		} else if p.busy > 0 {
 			p.busy--
