@@ -182,6 +182,20 @@ func runChild(role string, args []string) error {
 				printf("flushed %d\n", i)
 			}
 		}
+	case "handle-echo":
+		// Echo on channel name to channel reply with Handle and 4 workers.
+		r, err := n.Receive(ctx, name, ChannelOptions{Capacity: 16})
+		if err != nil {
+			return err
+		}
+		s, err := n.Sender(ctx, arg(args, "reply", "pong"))
+		if err != nil {
+			return err
+		}
+		printf("ready %s\n", n.ID())
+		return r.Handle(ctx, 4, func(ctx context.Context, m Message) {
+			s.Send(ctx, m.Data)
+		})
 	case "echo2":
 		// Echo on channel name to channel reply, and on a raw Unix socket
 		// at sock: the two ping-pongs of BenchmarkPingPongVsRaw.

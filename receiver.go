@@ -886,39 +886,6 @@ func (r *Receiver) Messages(ctx context.Context) iter.Seq2[Message, error] {
 	}
 }
 
-// Handle runs fn on every message, with at most concurrency calls at once
-// (1 when concurrency < 1), until ctx ends or the receiver closes. A slow fn
-// slows the senders: a message is taken from the queue only when a worker
-// is free, and the queue is bounded by the channel's capacity. A message is
-// acknowledged only once fn has returned, so under AtLeastOnce a process
-// that dies in the middle of fn gets the message sent again to another
-// receiver. Handle returns when every worker has returned.
-func (r *Receiver) Handle(ctx context.Context, concurrency int, fn func(context.Context, Message)) error {
-	if concurrency < 1 {
-		concurrency = 1
-	}
-	var wg sync.WaitGroup
-	errs := make(chan error, concurrency)
-	for range concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				var m Message
-				a, idx, err := r.recv(ctx, true, &m)
-				if err != nil {
-					errs <- err
-					return
-				}
-				fn(ctx, m)
-				r.finish(a, idx)
-			}
-		}()
-	}
-	wg.Wait()
-	return <-errs
-}
-
 // Close stops the receiver: its name is released, attached senders are
 // told, and blocked Recv calls return. Messages still queued can be drained
 // with TryRecv; under AtLeastOnce their senders will send them again to

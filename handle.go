@@ -1,0 +1,187 @@
+package loft
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Handle runs fn on every message, with at most concurrency calls at once
+// (1 when concurrency < 1), until ctx ends or the receiver closes. A slow fn
+// slows the senders: a message is taken from the queue only when a worker
+// is free, and the queue is bounded by the channel's capacity. A message is
+// acknowledged only once fn has returned, so under AtLeastOnce a process
+// that dies in the middle of fn gets the message sent again to another
+// receiver. Handle returns when every worker has returned.
+//
+// One worker receives at a time, and runs fn on what it took itself. While
+// it does, another worker receives if messages wait behind the one taken
+// (then Handle counts as busy for a while, and keeps one receiving
+// whenever a worker runs fn), if the last fn took over 100 µs, or once fn
+// has run for 10 ms: with quick messages coming one at a time, a worker
+// waiting to receive beside the one that receives would be woken for
+// every message, a goroutine wake-up each (a round trip through Handle
+// with four workers took twice as long over shared memory).
+func (r *Receiver) Handle(ctx context.Context, concurrency int, fn func(context.Context, Message)) error {
+	if concurrency < 1 {
+		concurrency = 1
+	}
+	h := &handler{r: r}
+	h.cond = sync.NewCond(&h.mu)
+	stop := context.AfterFunc(ctx, func() { h.end(ctx.Err()) })
+	defer stop()
+	var wg sync.WaitGroup
+	errs := make(chan error, concurrency)
+	for range concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- h.work(ctx, fn)
+		}()
+	}
+	wg.Wait()
+	h.mu.Lock()
+	if h.wd != nil {
+		h.wd.Stop()
+	}
+	h.mu.Unlock()
+	return <-errs
+}
+
+// handleInline is how long fn may run with nobody receiving before another
+// of Handle's workers starts to; handleBusy is how many takes Handle stays
+// busy after one that found messages waiting behind it; after an fn that
+// took over handleSlow, the next one runs with another worker receiving.
+const (
+	handleInline = 10 * time.Millisecond
+	handleBusy   = 64
+	handleSlow   = 100 * time.Microsecond
+)
+
+// handler is the state Handle's workers share.
+type handler struct {
+	r    *Receiver
+	mu   sync.Mutex
+	cond *sync.Cond
+
+	recv   bool // a worker is in recv
+	spares int  // workers waiting while another receives
+	busy   int  // takes left in busy mode
+	slow   bool // the last fn that returned took over handleSlow
+	done   bool
+	err    error // why the workers end
+
+	runN, run uint64    // numbers the runs of fn with nobody receiving; the one on now
+	runAt     time.Time // when it started
+	wd        *time.Timer
+	wdArmed   bool
+}
+
+// work is one of Handle's workers. It returns why it ended.
+func (h *handler) work(ctx context.Context, fn func(context.Context, Message)) error {
+	h.mu.Lock()
+	for {
+		// Wait while another worker receives. A waiting worker is woken
+		// (Signal) when it is to receive, or at the end (Broadcast).
+		for !h.done && h.recv {
+			h.spares++
+			h.cond.Wait()
+			h.spares--
+		}
+		if h.done {
+			err := h.err
+			h.mu.Unlock()
+			return err
+		}
+		h.recv = true
+		h.mu.Unlock()
+
+		var m Message
+		a, idx, err := h.r.recv(ctx, true, &m)
+		if err != nil {
+			h.end(err)
+			return err
+		}
+		queued := h.r.queued()
+
+		h.mu.Lock()
+		h.recv = false
+		if queued > 0 {
+			h.busy = handleBusy
+		} else if h.busy > 0 {
+			h.busy--
+		}
+		var run uint64
+		if h.spares > 0 {
+			if h.busy > 0 || h.slow {
+				h.cond.Signal() // another receives while fn runs
+			} else {
+				run = h.startRunLocked()
+			}
+		}
+		h.mu.Unlock()
+
+		t0 := time.Now()
+		fn(ctx, m)
+		slow := time.Since(t0) > handleSlow
+		h.r.finish(a, idx)
+
+		h.mu.Lock()
+		h.slow = slow
+		if run != 0 && h.run == run {
+			h.run = 0
+		}
+		// Receive again, or wait for a turn if another receives.
+	}
+}
+
+// startRunLocked records that fn runs with nobody receiving, and arms the
+// watchdog that asks a waiting worker to receive if it runs too long.
+func (h *handler) startRunLocked() uint64 {
+	h.runN++
+	h.run, h.runAt = h.runN, time.Now()
+	if !h.wdArmed {
+		h.wdArmed = true
+		if h.wd == nil {
+			h.wd = time.AfterFunc(handleInline, h.watchdog)
+		} else {
+			h.wd.Reset(handleInline)
+		}
+	}
+	return h.run
+}
+
+func (h *handler) watchdog() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.wdArmed = false
+	if h.run == 0 || h.done {
+		return
+	}
+	if age := time.Since(h.runAt); age < handleInline {
+		h.wdArmed = true
+		h.wd.Reset(handleInline - age)
+		return
+	}
+	h.run = 0
+	if !h.recv && h.spares > 0 {
+		h.cond.Signal()
+	}
+}
+
+// end makes every worker return err (the first reason given).
+func (h *handler) end(err error) {
+	h.mu.Lock()
+	if !h.done {
+		h.done, h.err = true, err
+		h.cond.Broadcast()
+	}
+	h.mu.Unlock()
+}
+
+// queued returns how many messages wait in r's queue.
+func (r *Receiver) queued() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.qn
+}

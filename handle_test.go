@@ -1,0 +1,226 @@
+package loft
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// handlePair opens two nodes, a receiver of "work" on one and a sender to
+// it on the other.
+func handlePair(t *testing.T) (*Sender, *Receiver) {
+	t.Helper()
+	ns := testNodes(t, 2)
+	ctx := context.Background()
+	r, err := ns[0].Receive(ctx, "work", ChannelOptions{Capacity: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ns[1].Sender(ctx, "work")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReceivers(t, s, 1)
+	return s, r
+}
+
+// TestHandleOneAtATime: messages sent one at a time to Handle with four
+// workers wake no waiting worker (one receives; the others wait aside),
+// and every message is handled once, in order.
+func TestHandleOneAtATime(t *testing.T) {
+	s, r := handlePair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	got := make(chan byte)
+	hctx, stop := context.WithCancel(ctx)
+	ended := make(chan error, 1)
+	go func() {
+		ended <- r.Handle(hctx, 4, func(_ context.Context, m Message) { got <- m.Data[0] })
+	}()
+	const n = 300
+	r.mu.Lock()
+	before := r.wakes
+	r.mu.Unlock()
+	for i := range n {
+		if err := s.Send(ctx, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case b := <-got:
+			if b != byte(i) {
+				t.Fatalf("message %d handled as %d", i, b)
+			}
+		case <-ctx.Done():
+			t.Fatalf("message %d not handled", i)
+		}
+	}
+	r.mu.Lock()
+	woken := r.wakes - before
+	r.mu.Unlock()
+	stop()
+	if err := <-ended; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Handle returned %v, want context.Canceled", err)
+	}
+	// (Four workers all waiting in Recv woke one for each message.)
+	if woken > n/20 {
+		t.Fatalf("%d waiting workers woken for %d messages one at a time", woken, n)
+	}
+}
+
+// TestHandleBlockedWorker: with a worker blocked in fn (on something
+// other than its context), the next message is still handled by another
+// worker (within handleInline, give or take the machine), and concurrency
+// is never exceeded.
+func TestHandleBlockedWorker(t *testing.T) {
+	s, r := handlePair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	release := make(chan struct{})
+	handled := make(chan byte, 4)
+	var running, most atomic.Int32
+	ended := make(chan error, 1)
+	hctx, stop := context.WithCancel(ctx)
+	go func() {
+		ended <- r.Handle(hctx, 2, func(_ context.Context, m Message) {
+			n := running.Add(1)
+			for {
+				old := most.Load()
+				if n <= old || most.CompareAndSwap(old, n) {
+					break
+				}
+			}
+			if m.Data[0] == 0 {
+				<-release
+			}
+			running.Add(-1)
+			handled <- m.Data[0]
+		})
+	}()
+	// A quick message first: the next fn runs with nobody else
+	// receiving (not after a slow one).
+	if err := s.Send(ctx, []byte{9}); err != nil {
+		t.Fatal(err)
+	}
+	if b := <-handled; b != 9 {
+		t.Fatalf("handled %d, want 9", b)
+	}
+	if err := s.Send(ctx, []byte{0}); err != nil {
+		t.Fatal(err)
+	}
+	for running.Load() == 0 {
+		time.Sleep(100 * time.Microsecond)
+	}
+	t0 := time.Now()
+	if err := s.Send(ctx, []byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case b := <-handled:
+		if b != 1 {
+			t.Fatalf("handled %d first, want 1", b)
+		}
+		t.Logf("message 1 handled %v after it was sent, with message 0 blocking", time.Since(t0))
+	case <-time.After(5 * time.Second):
+		t.Fatal("message 1 not handled while message 0 blocks its worker")
+	}
+	close(release)
+	if b := <-handled; b != 0 {
+		t.Fatalf("handled %d, want 0", b)
+	}
+	stop()
+	if err := <-ended; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Handle returned %v", err)
+	}
+	if m := most.Load(); m > 2 {
+		t.Fatalf("%d handlers at once with concurrency 2", m)
+	}
+}
+
+// TestHandleSlowKeepsOneReceiving: after an fn that took long, the next
+// runs with another worker receiving, so a message sent meanwhile is
+// handled at once, not after handleInline.
+func TestHandleSlowKeepsOneReceiving(t *testing.T) {
+	s, r := handlePair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	release := make(chan struct{}, 4)
+	handled := make(chan byte, 4)
+	ended := make(chan error, 1)
+	hctx, stop := context.WithCancel(ctx)
+	go func() {
+		ended <- r.Handle(hctx, 2, func(_ context.Context, m Message) {
+			if m.Data[0] < 2 {
+				<-release
+			}
+			handled <- m.Data[0]
+		})
+	}()
+	// Message 0 is slow (held 20 ms): Handle learns that fn is slow.
+	if err := s.Send(ctx, []byte{0}); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(20*time.Millisecond, func() { release <- struct{}{} })
+	if b := <-handled; b != 0 {
+		t.Fatalf("handled %d, want 0", b)
+	}
+	// Message 1 blocks; message 2, sent while it does, must be handled
+	// well within handleInline: another worker was receiving.
+	if err := s.Send(ctx, []byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if err := s.Send(ctx, []byte{2}); err != nil {
+		t.Fatal(err)
+	}
+	b := <-handled
+	took := time.Since(t0)
+	if b != 2 {
+		t.Fatalf("handled %d, want 2", b)
+	}
+	release <- struct{}{}
+	<-handled
+	stop()
+	<-ended
+	if took >= handleInline {
+		t.Fatalf("message 2 handled %v after it was sent behind a slow fn: nobody was receiving", took)
+	}
+}
+
+// BenchmarkHandleEcho is a round trip through Handle with four workers in
+// another process (the child "handle-echo" sends each message back from
+// fn), one message at a time.
+func BenchmarkHandleEcho(b *testing.B) {
+	for _, tr := range []string{"shm", "unix"} {
+		b.Run(tr, func(b *testing.B) {
+			ctx := context.Background()
+			dir := runtimeDir(b)
+			args := []string{"name=ping", "reply=pong"}
+			if tr == "unix" {
+				args = append(args, "noshm=1")
+			}
+			c := startChild(b, dir, "handle-echo", args...)
+			c.Expect("ready", 10*time.Second)
+			n := openNode(b, dir, Options{NoSharedMemory: tr == "unix"})
+			pong, err := n.Receive(ctx, "pong", ChannelOptions{Capacity: 16})
+			if err != nil {
+				b.Fatal(err)
+			}
+			s, err := n.Sender(ctx, "ping")
+			if err != nil {
+				b.Fatal(err)
+			}
+			waitReceivers(b, s, 1)
+			msg := make([]byte, 64)
+			for b.Loop() {
+				if err := s.Send(ctx, msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := pong.Recv(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
