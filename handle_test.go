@@ -224,3 +224,84 @@ func BenchmarkHandleEcho(b *testing.B) {
 		})
 	}
 }
+
+// TestHandleMixed: two senders, quick and slow handlers mixed, four
+// workers: every message handled exactly once, never more than four at
+// once, and closing the receiver ends Handle.
+func TestHandleMixed(t *testing.T) {
+	ns := testNodes(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := ns[0].Receive(ctx, "mixed", ChannelOptions{Capacity: 32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const perSender = 1500
+	var seen [2][perSender]atomic.Int32
+	var running, most, total atomic.Int32
+	ended := make(chan error, 1)
+	go func() {
+		ended <- r.Handle(ctx, 4, func(_ context.Context, m Message) {
+			n := running.Add(1)
+			for {
+				old := most.Load()
+				if n <= old || most.CompareAndSwap(old, n) {
+					break
+				}
+			}
+			who, i := int(m.Data[0]), int(m.Data[1])<<8|int(m.Data[2])
+			if i%50 == 0 {
+				time.Sleep(time.Duration(200+i%800) * time.Microsecond) // a slow handler
+			}
+			seen[who][i].Add(1)
+			running.Add(-1)
+			total.Add(1)
+		})
+	}()
+	errs := make(chan error, 2)
+	for who := range 2 {
+		s, err := ns[1+who].Sender(ctx, "mixed")
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitReceivers(t, s, 1)
+		go func() {
+			for i := range perSender {
+				if err := s.Send(ctx, []byte{byte(who), byte(i >> 8), byte(i)}); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- s.Flush(ctx)
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Flush returned: every message was acknowledged, so handled.
+	r.Close()
+	select {
+	case err := <-ended:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("Handle returned %v after Close, want ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Handle did not return after the receiver closed")
+	}
+	if n := total.Load(); n != 2*perSender {
+		t.Fatalf("%d messages handled, want %d", n, 2*perSender)
+	}
+	for who := range 2 {
+		for i := range perSender {
+			if c := seen[who][i].Load(); c != 1 {
+				t.Fatalf("message %d of sender %d handled %d times", i, who, c)
+			}
+		}
+	}
+	if m := most.Load(); m > 4 {
+		t.Fatalf("%d handlers at once with concurrency 4", m)
+	}
+	t.Logf("at most %d handlers at once", most.Load())
+}
