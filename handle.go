@@ -3,6 +3,7 @@ package loft
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -58,80 +59,96 @@ const (
 	handleSlow   = 100 * time.Microsecond
 )
 
-// handler is the state Handle's workers share.
+// handler is the state Handle's workers share. What every message touches
+// is atomic; the mutex is for the workers that wait aside and for the
+// watchdog.
 type handler struct {
 	r    *Receiver
 	mu   sync.Mutex
 	cond *sync.Cond
 
-	recv   bool // a worker is in recv
-	spares int  // workers waiting while another receives
-	busy   int  // takes left in busy mode
-	slow   bool // the last fn that returned took over handleSlow
-	done   bool
-	err    error // why the workers end
+	recv   atomic.Int32 // workers in recv (more than one only while busy)
+	spares atomic.Int32 // workers waiting while another receives (changed under mu)
+	busy   atomic.Int32 // takes left in busy mode
+	slow   atomic.Bool  // the last fn timed took over handleSlow (fn is timed when not busy)
+	done   atomic.Bool  // set under mu, with err
+	err    error        // why the workers end (under mu)
 
-	runN, run uint64    // numbers the runs of fn with nobody receiving; the one on now
-	runAt     time.Time // when it started
+	// Under mu.
+	runN, run uint64 // numbers the runs of fn with nobody receiving; the one on now
+	runAt     int64  // when it started (monoNow)
 	wd        *time.Timer
 	wdArmed   bool
 }
 
 // work is one of Handle's workers. It returns why it ended.
 func (h *handler) work(ctx context.Context, fn func(context.Context, Message)) error {
-	h.mu.Lock()
 	for {
-		// Wait while another worker receives. A waiting worker is woken
-		// (Signal) when it is to receive, or at the end (Broadcast).
-		for !h.done && h.recv {
-			h.spares++
-			h.cond.Wait()
-			h.spares--
+		// Wait while another worker receives, unless busy (then all
+		// receive, as they would all wait in Recv). A waiting worker is
+		// woken (Signal) when it is to receive, or at the end (Broadcast).
+		if h.recv.Load() > 0 && h.busy.Load() == 0 && !h.done.Load() {
+			h.mu.Lock()
+			for !h.done.Load() && h.recv.Load() > 0 && h.busy.Load() == 0 {
+				h.spares.Add(1)
+				h.cond.Wait()
+				h.spares.Add(-1)
+			}
+			h.mu.Unlock()
 		}
-		if h.done {
+		if h.done.Load() {
+			h.mu.Lock()
 			err := h.err
 			h.mu.Unlock()
 			return err
 		}
-		h.recv = true
-		h.mu.Unlock()
-
+		h.recv.Add(1)
 		var m Message
-		a, idx, err := h.r.recv(ctx, true, &m)
+		var queued int // messages left in the queue by this take
+		a, idx, err := h.r.recv(ctx, true, &m, &queued)
+		h.recv.Add(-1)
 		if err != nil {
 			h.end(err)
 			return err
 		}
-		queued := h.r.queued()
 
-		h.mu.Lock()
-		h.recv = false
+		busy := h.busy.Load()
 		if queued > 0 {
-			h.busy = handleBusy
-		} else if h.busy > 0 {
-			h.busy--
+			if busy != handleBusy {
+				h.busy.Store(handleBusy)
+			}
+			busy = handleBusy
+		} else if busy > 0 {
+			h.busy.CompareAndSwap(busy, busy-1) // (a race loses a count: harmless)
+			busy--
 		}
 		var run uint64
-		if h.spares > 0 {
-			if h.busy > 0 || h.slow {
+		var t0 int64 // when fn started, if its time decides anything (not busy, others waiting)
+		if h.spares.Load() > 0 {
+			h.mu.Lock()
+			if busy > 0 || h.slow.Load() {
 				h.cond.Signal() // another receives while fn runs
 			} else {
 				run = h.startRunLocked()
 			}
+			h.mu.Unlock()
+			if busy == 0 {
+				t0 = monoNow()
+			}
 		}
-		h.mu.Unlock()
 
-		t0 := time.Now()
 		fn(ctx, m)
-		slow := time.Since(t0) > handleSlow
-		h.r.finish(a, idx)
-
-		h.mu.Lock()
-		h.slow = slow
-		if run != 0 && h.run == run {
-			h.run = 0
+		if t0 != 0 {
+			h.slow.Store(time.Duration(monoNow()-t0) > handleSlow)
 		}
-		// Receive again, or wait for a turn if another receives.
+		h.r.finish(a, idx)
+		if run != 0 {
+			h.mu.Lock()
+			if h.run == run {
+				h.run = 0
+			}
+			h.mu.Unlock()
+		}
 	}
 }
 
@@ -139,7 +156,7 @@ func (h *handler) work(ctx context.Context, fn func(context.Context, Message)) e
 // watchdog that asks a waiting worker to receive if it runs too long.
 func (h *handler) startRunLocked() uint64 {
 	h.runN++
-	h.run, h.runAt = h.runN, time.Now()
+	h.run, h.runAt = h.runN, monoNow()
 	if !h.wdArmed {
 		h.wdArmed = true
 		if h.wd == nil {
@@ -155,16 +172,16 @@ func (h *handler) watchdog() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.wdArmed = false
-	if h.run == 0 || h.done {
+	if h.run == 0 || h.done.Load() {
 		return
 	}
-	if age := time.Since(h.runAt); age < handleInline {
+	if age := time.Duration(monoNow() - h.runAt); age < handleInline {
 		h.wdArmed = true
 		h.wd.Reset(handleInline - age)
 		return
 	}
 	h.run = 0
-	if !h.recv && h.spares > 0 {
+	if h.recv.Load() == 0 && h.spares.Load() > 0 {
 		h.cond.Signal()
 	}
 }
@@ -172,16 +189,10 @@ func (h *handler) watchdog() {
 // end makes every worker return err (the first reason given).
 func (h *handler) end(err error) {
 	h.mu.Lock()
-	if !h.done {
-		h.done, h.err = true, err
+	if !h.done.Load() {
+		h.err = err
+		h.done.Store(true)
 		h.cond.Broadcast()
 	}
 	h.mu.Unlock()
-}
-
-// queued returns how many messages wait in r's queue.
-func (r *Receiver) queued() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.qn
 }

@@ -305,3 +305,35 @@ func TestHandleMixed(t *testing.T) {
 	}
 	t.Logf("at most %d handlers at once", most.Load())
 }
+
+// BenchmarkHandleStream streams messages one way to Handle with four
+// workers (two nodes of this process, shared memory between them): with
+// -cpu 1, the time per message is the CPU both sides spend on it.
+func BenchmarkHandleStream(b *testing.B) {
+	s, r := streamPair(b, "shm")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var got atomic.Int64
+	all := make(chan struct{})
+	ended := make(chan error, 1)
+	n := int64(b.N)
+	go func() {
+		ended <- r.Handle(ctx, 4, func(context.Context, Message) {
+			if got.Add(1) == n {
+				close(all)
+			}
+		})
+	}()
+	msg := make([]byte, 64)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if err := s.Send(ctx, msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	<-all
+	b.StopTimer()
+	cancel()
+	<-ended
+}

@@ -732,7 +732,7 @@ func (r *Receiver) finish(a *inAtt, idx uint64) {
 // returns it; Handle acknowledges only after the handler returns.
 func (r *Receiver) Recv(ctx context.Context) (Message, error) {
 	var m Message
-	_, _, err := r.recv(ctx, false, &m)
+	_, _, err := r.recv(ctx, false, &m, nil)
 	return m, err
 }
 
@@ -745,7 +745,7 @@ func (r *Receiver) RecvBatch(ctx context.Context, ms []Message) (int, error) {
 		return 0, nil
 	}
 	ms[0] = Message{}
-	if _, _, err := r.recv(ctx, false, &ms[0]); err != nil {
+	if _, _, err := r.recv(ctx, false, &ms[0], nil); err != nil {
 		return 0, err
 	}
 	n := 1
@@ -761,11 +761,14 @@ func (r *Receiver) RecvBatch(ctx context.Context, ms []Message) (int, error) {
 }
 
 // recv waits for a message and fills m with it (see takeLaterLocked).
-func (r *Receiver) recv(ctx context.Context, later bool, m *Message) (*inAtt, uint64, error) {
+func (r *Receiver) recv(ctx context.Context, later bool, m *Message, left *int) (*inAtt, uint64, error) {
 	yielded := false // this Recv gave the baton to another that reads on
 	for {
 		r.mu.Lock()
 		if a, idx, ok := r.takeLaterLocked(later, m); ok {
+			if left != nil {
+				*left = r.qn
+			}
 			r.mu.Unlock()
 			return a, idx, nil
 		}
@@ -808,6 +811,9 @@ func (r *Receiver) recv(ctx context.Context, later bool, m *Message) (*inAtt, ui
 			// more lock and unlock was a tenth of a shared-memory
 			// message's way from the ring to the application.
 			a, idx, ok := r.takeLaterLocked(later, m)
+			if ok && left != nil {
+				*left = r.qn
+			}
 			r.mu.Unlock()
 			c.releaseRead(readDirect, handOff)
 			if handOff {
