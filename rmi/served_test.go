@@ -111,3 +111,45 @@ func TestServedCallsRecycled(t *testing.T) {
 		}
 	}
 }
+
+// TestChainsReuseAnswers runs pipelined chains one after another, each
+// from a name of its own: the answers a chain keeps are reused once its
+// caller ends them, and every chain must still read its own file.
+func TestChainsReuseAnswers(t *testing.T) {
+	ctx := testCtx(t)
+	a, b := pair(t)
+	s, err := Lookup[Svc](ctx, a, b.node.ID(), "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Release(s)
+	for i := range 300 {
+		name := fmt.Sprintf("f%d", i)
+		pctx := Pipeline(ctx)
+		f, err := s.Open(pctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fs := []File{f}
+		for range i % 6 {
+			if f, err = f.Next(pctx); err != nil {
+				t.Fatal(err)
+			}
+			fs = append(fs, f)
+		}
+		got, err := f.Read(ctx)
+		if want := "contents of " + name + strings.Repeat("+", i%6); err != nil || got != want {
+			t.Fatalf("chain %d read %q, %v; want %q", i, got, err, want)
+		}
+		for _, f := range fs {
+			Release(f)
+		}
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, p := range b.peers {
+		if len(p.spareAns) == 0 {
+			t.Fatalf("no answer kept for reuse after 300 chains")
+		}
+	}
+}
