@@ -123,7 +123,6 @@ func (h *handler) work(ctx context.Context, fn func(context.Context, Message)) e
 			busy--
 		}
 		var run uint64
-		var t0 int64 // when fn started, if its time decides anything (not busy, others waiting)
 		if h.spares.Load() > 0 {
 			h.mu.Lock()
 			if busy > 0 || h.slow.Load() {
@@ -132,14 +131,18 @@ func (h *handler) work(ctx context.Context, fn func(context.Context, Message)) e
 				run = h.startRunLocked()
 			}
 			h.mu.Unlock()
-			if busy == 0 {
-				t0 = monoNow()
-			}
+		}
+		timed := busy == 0 // (when busy, fn's time decides nothing: spare the clock reads)
+		var t0 int64
+		if timed {
+			t0 = monoNow()
 		}
 
 		fn(ctx, m)
-		if t0 != 0 {
-			h.slow.Store(time.Duration(monoNow()-t0) > handleSlow)
+		if timed {
+			if slow := time.Duration(monoNow()-t0) > handleSlow; h.slow.Load() != slow {
+				h.slow.Store(slow)
+			}
 		}
 		h.r.finish(a, idx)
 		if run != 0 {
