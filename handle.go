@@ -59,6 +59,10 @@ const (
 	handleSlow   = 100 * time.Microsecond
 )
 
+// handleWatchdogWakes counts the workers the watchdog set receiving (for
+// tests).
+var handleWatchdogWakes atomic.Int64
+
 // handler is the state Handle's workers share. What every message touches
 // is atomic; the mutex is for the workers that wait aside and for the
 // watchdog.
@@ -185,6 +189,7 @@ func (h *handler) watchdog() {
 	}
 	h.run = 0
 	if h.recv.Load() == 0 && h.spares.Load() > 0 {
+		handleWatchdogWakes.Add(1)
 		h.cond.Signal()
 	}
 }
