@@ -129,12 +129,18 @@ func BenchmarkRawUnixPingPong(b *testing.B) {
 }
 
 func BenchmarkPingPongInProcess(b *testing.B) {
-	ctx := context.Background()
 	sa, pong := echoPair(b, Options{})
-	msg := make([]byte, 64)
 	b.ReportAllocs()
+	pingPongs(b, sa, pong)
+}
+
+// pingPongs sends a 64-byte message with s and waits for its echo on pong,
+// b.N times.
+func pingPongs(b *testing.B, s *Sender, pong *Receiver) {
+	ctx := context.Background()
+	msg := make([]byte, 64)
 	for b.Loop() {
-		if err := sa.Send(ctx, msg); err != nil {
+		if err := s.Send(ctx, msg); err != nil {
 			b.Fatal(err)
 		}
 		if _, err := pong.Recv(ctx); err != nil {

@@ -214,15 +214,7 @@ func BenchmarkHandleEcho(b *testing.B) {
 				b.Fatal(err)
 			}
 			waitReceivers(b, s, 1)
-			msg := make([]byte, 64)
-			for b.Loop() {
-				if err := s.Send(ctx, msg); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := pong.Recv(ctx); err != nil {
-					b.Fatal(err)
-				}
-			}
+			pingPongs(b, s, pong)
 		})
 	}
 }
