@@ -134,6 +134,32 @@ func BenchmarkPingPongInProcess(b *testing.B) {
 	pingPongs(b, sa, pong)
 }
 
+// childEcho starts a child playing role (an echo from "ping" to "pong"),
+// with args, over a Unix socket only if noShm, and returns this process's
+// sender to "ping" and receiver of "pong".
+func childEcho(b *testing.B, role string, noShm bool, args ...string) (*Sender, *Receiver) {
+	b.Helper()
+	ctx := context.Background()
+	dir := runtimeDir(b)
+	args = append([]string{"name=ping", "reply=pong"}, args...)
+	if noShm {
+		args = append(args, "noshm=1")
+	}
+	c := startChild(b, dir, role, args...)
+	c.Expect("ready", 10*time.Second)
+	n := openNode(b, dir, Options{NoSharedMemory: noShm})
+	pong, err := n.Receive(ctx, "pong", ChannelOptions{Capacity: 16})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := n.Sender(ctx, "ping")
+	if err != nil {
+		b.Fatal(err)
+	}
+	waitReceivers(b, s, 1)
+	return s, pong
+}
+
 // pingPongs sends a 64-byte message with s and waits for its echo on pong,
 // b.N times.
 func pingPongs(b *testing.B, s *Sender, pong *Receiver) {
@@ -157,20 +183,8 @@ func pingPongs(b *testing.B, s *Sender, pong *Receiver) {
 // the kernel puts them moves that ratio by a third between runs.)
 func BenchmarkPingPongVsRaw(b *testing.B) {
 	ctx := context.Background()
-	dir := runtimeDir(b)
 	sock := filepath.Join(b.TempDir(), "raw.sock")
-	c := startChild(b, dir, "echo2", "name=ping", "reply=pong", "sock="+sock, "noshm=1")
-	c.Expect("ready", 10*time.Second)
-	n := openNode(b, dir, Options{NoSharedMemory: true})
-	pong, err := n.Receive(ctx, "pong", ChannelOptions{Capacity: 16})
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := n.Sender(ctx, "ping")
-	if err != nil {
-		b.Fatal(err)
-	}
-	waitReceivers(b, s, 1)
+	s, pong := childEcho(b, "echo2", true, "sock="+sock)
 	raw, err := net.Dial("unix", sock)
 	if err != nil {
 		b.Fatal(err)

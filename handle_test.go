@@ -196,24 +196,7 @@ func TestHandleSlowKeepsOneReceiving(t *testing.T) {
 func BenchmarkHandleEcho(b *testing.B) {
 	for _, tr := range []string{"shm", "unix"} {
 		b.Run(tr, func(b *testing.B) {
-			ctx := context.Background()
-			dir := runtimeDir(b)
-			args := []string{"name=ping", "reply=pong"}
-			if tr == "unix" {
-				args = append(args, "noshm=1")
-			}
-			c := startChild(b, dir, "handle-echo", args...)
-			c.Expect("ready", 10*time.Second)
-			n := openNode(b, dir, Options{NoSharedMemory: tr == "unix"})
-			pong, err := n.Receive(ctx, "pong", ChannelOptions{Capacity: 16})
-			if err != nil {
-				b.Fatal(err)
-			}
-			s, err := n.Sender(ctx, "ping")
-			if err != nil {
-				b.Fatal(err)
-			}
-			waitReceivers(b, s, 1)
+			s, pong := childEcho(b, "handle-echo", tr == "unix")
 			pingPongs(b, s, pong)
 		})
 	}

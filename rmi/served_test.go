@@ -117,11 +117,7 @@ func TestServedCallsRecycled(t *testing.T) {
 // caller ends them, and every chain must still read its own file.
 func TestChainsReuseAnswers(t *testing.T) {
 	ctx := testCtx(t)
-	a, b := pair(t)
-	s, err := Lookup[Svc](ctx, a, b.node.ID(), "svc")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, b, s := pairSvc(t, ctx)
 	defer Release(s)
 	for i := range 300 {
 		name := fmt.Sprintf("f%d", i)

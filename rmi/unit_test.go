@@ -19,15 +19,22 @@ func pair(t *testing.T) (a, b *Endpoint) {
 	return e.ep, ep2
 }
 
-// TestFinalizerLeak: a delegate dropped without Release is released by
-// the garbage collector, counted as a leak, and the home's export goes.
-func TestFinalizerLeak(t *testing.T) {
-	ctx := testCtx(t)
-	a, b := pair(t)
+// pairSvc is pair with the client's delegate of the server's "svc".
+func pairSvc(t *testing.T, ctx context.Context) (a, b *Endpoint, s Svc) {
+	t.Helper()
+	a, b = pair(t)
 	s, err := Lookup[Svc](ctx, a, b.node.ID(), "svc")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return a, b, s
+}
+
+// TestFinalizerLeak: a delegate dropped without Release is released by
+// the garbage collector, counted as a leak, and the home's export goes.
+func TestFinalizerLeak(t *testing.T) {
+	ctx := testCtx(t)
+	a, b, s := pairSvc(t, ctx)
 	func() {
 		c, err := s.Make(ctx)
 		if err != nil {
@@ -44,11 +51,7 @@ func TestFinalizerLeak(t *testing.T) {
 // TestBorrowEnds: an argument delegate not retained is dead after the call.
 func TestBorrowEnds(t *testing.T) {
 	ctx := testCtx(t)
-	a, b := pair(t)
-	s, err := Lookup[Svc](ctx, a, b.node.ID(), "svc")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b, s := pairSvc(t, ctx)
 	var kept Listener
 	l := &progressKeep{keep: &kept}
 	if _, err := s.Job(ctx, 1, l); err != nil {
@@ -78,11 +81,7 @@ func (p *progressKeep) Progress(ctx context.Context, done, total int) error { re
 // calls it is serving (Close waits for them to return).
 func TestCloseEndsServedCalls(t *testing.T) {
 	ctx := testCtx(t)
-	a, b := pair(t)
-	s, err := Lookup[Svc](ctx, a, b.node.ID(), "svc")
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, b, s := pairSvc(t, ctx)
 	startBlocked(t, ctx, s)
 	closed := make(chan struct{})
 	go func() {
@@ -115,11 +114,7 @@ func startBlocked(t *testing.T, ctx context.Context, s Svc) <-chan error {
 // keep it alive).
 func TestFinalizerLeakPromise(t *testing.T) {
 	ctx := testCtx(t)
-	a, b := pair(t)
-	s, err := Lookup[Svc](ctx, a, b.node.ID(), "svc")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b, s := pairSvc(t, ctx)
 	func() {
 		f, err := s.Open(Pipeline(ctx), "x")
 		if err != nil {
@@ -205,11 +200,7 @@ func TestPendTable(t *testing.T) {
 func TestCancelKeptCall(t *testing.T) {
 	for _, finFirst := range []bool{false, true} {
 		ctx := testCtx(t)
-		a, b := pair(t)
-		s, err := Lookup[Svc](ctx, a, b.node.ID(), "svc")
-		if err != nil {
-			t.Fatal(err)
-		}
+		a, b, s := pairSvc(t, ctx)
 		pctx := Pipeline(ctx)
 		f, _ := s.Open(pctx, "x")
 		h, err := f.Stall(pctx) // (kept: Stall returns a File)
@@ -257,11 +248,7 @@ func TestCancelKeptCall(t *testing.T) {
 // caller's Recv.
 func TestLeaderDoneKept(t *testing.T) {
 	ctx := testCtx(t)
-	a, b := pair(t)
-	s, err := Lookup[Svc](ctx, a, b.node.ID(), "svc")
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, _, s := pairSvc(t, ctx)
 	defer Release(s)
 	c1, cancel1 := context.WithCancel(ctx)
 	defer cancel1()
