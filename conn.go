@@ -533,6 +533,9 @@ const maxOpenFrame = 64 << 10
 // stays so while the ids that follow are consecutive; a message whose id
 // is not the next opens a frame with an id per record.
 func (c *conn) appendDataLocked(att uint32, floor func() uint64, id uint64, data []byte) {
+	if need := len(data) + 3*binary.MaxVarintLen64 + wire.HeaderSize + 2*binary.MaxVarintLen32; cap(c.out)-len(c.out) < need {
+		c.out = growOut(c.out, need)
+	}
 	if c.openOff >= 0 && c.openAtt == att && len(c.out)-c.openOff <= maxOpenFrame {
 		if !c.openSeq {
 			c.out = binary.AppendUvarint(c.out, id)
@@ -563,6 +566,15 @@ func (c *conn) appendDataLocked(att uint32, floor func() uint64, id uint64, data
 	c.out = binary.AppendUvarint(c.out, id) // the first id, or this record's
 	c.out = binary.AppendUvarint(c.out, uint64(len(data)))
 	c.out = append(c.out, data...)
+}
+
+// growOut returns out with room for n more bytes: at least twice as large
+// and at least 64 KiB, in memory that is not zeroed first (append's growth
+// clears the new tail, and a sender's output buffer is written once per
+// burst from start to end; see wire.Alloc).
+func growOut(out []byte, n int) []byte {
+	nb := wire.Alloc(max(2*cap(out), len(out)+n, 64<<10))
+	return nb[:copy(nb, out)]
 }
 
 // appendBigLocked queues a frame sealed by the caller: head is its header

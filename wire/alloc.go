@@ -19,5 +19,7 @@ func Alloc(n int) []byte {
 	var b strings.Builder
 	b.Grow(n)
 	b.WriteByte(0) // so that String shares b's buffer, whose start it gives
-	return unsafe.Slice(unsafe.StringData(b.String()), b.Cap())[:n:n]
+	buf := unsafe.Slice(unsafe.StringData(b.String()), b.Cap())[:n:n]
+	adviseHuge(buf) // a large buffer is written from start to end: few faults
+	return buf
 }
