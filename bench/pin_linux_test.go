@@ -117,3 +117,33 @@ func TestPinnedCase(t *testing.T) {
 	}
 	checkNoChildren(t)
 }
+
+// TestRawRings runs the bare shared-memory ring's cases once each: the
+// one-way one checks every sequence number in the child, the ping-pong
+// one every answer in the parent.
+func TestRawRings(t *testing.T) {
+	if pinCPUs() == nil {
+		t.Skip("fewer than two CPUs")
+	}
+	res, err := Run(context.Background(), Options{
+		Quick:  true,
+		Budget: testBudget(),
+		Filter: `^raw/shm-ring/(oneway|pingpong)/(64|4096)$`,
+		Sizes:  []int{64, 4096},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 4 {
+		t.Fatalf("got %d results, want 4: %+v", len(res), res)
+	}
+	for _, r := range res {
+		if r.Err != "" || r.Msgs <= 0 || r.MsgsPerS <= 0 || !r.Pinned {
+			t.Errorf("bad result %+v", r)
+		}
+		if r.Pattern == "pingpong" && (r.P50ns <= 0 || r.P99ns < r.P50ns) {
+			t.Errorf("bad latencies %+v", r)
+		}
+	}
+	checkNoChildren(t)
+}

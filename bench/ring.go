@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -39,8 +40,10 @@ func init() {
 	Register(
 		Case{System: "raw", Transport: "shm-ring", Pattern: "oneway", Mode: "polling", MaxSize: 64 << 10, Pin: true, Run: ringOneway(1)},
 		Case{System: "raw-batched", Transport: "shm-ring", Pattern: "oneway", Mode: "polling", MaxSize: 64 << 10, Pin: true, Run: ringOneway(rawBatch)},
+		Case{System: "raw", Transport: "shm-ring", Pattern: "pingpong", Mode: "polling", MaxSize: 64 << 10, Pin: true, Run: ringPingPong},
 	)
 	RegisterRole("raw-ring-recv", ringRecvRole)
+	RegisterRole("raw-ring-echo", ringEchoRole)
 }
 
 func ringWord(mem []byte, off int) *atomic.Uint64 {
@@ -205,4 +208,115 @@ func ringRecvRole(ctx context.Context, args []string) error {
 		return ToParent("done 0 0")
 	}
 	return ToParent("done %d %d", n, time.Since(first).Nanoseconds())
+}
+
+// The raw shared-memory ping-pong: the floor under a polling ping-pong on
+// this machine. Two slots in a memfd, one per direction, each a sequence
+// word on its own cache line and the payload after it (slot A at
+// ringData, slot B at ringData+pongSlot). The parent writes the payload
+// into A and stores the round trip's number in A's word; the child spins
+// on that word, copies the payload out and checks it, writes it into B and
+// stores the number in B's word; the parent spins on B's word and copies
+// the answer out. A number of pongDone in A's word ends the child.
+const (
+	pongSlot = 128 << 10
+	pongDone = ^uint64(0)
+)
+
+func ringPingPong(ctx context.Context, env Env) (Result, error) {
+	fd, err := unix.MemfdCreate("loft-bench-pong", unix.MFD_CLOEXEC)
+	if err != nil {
+		return Result{}, err
+	}
+	f := os.NewFile(uintptr(fd), "pong")
+	defer f.Close()
+	if err := f.Truncate(ringData + 2*pongSlot); err != nil {
+		return Result{}, err
+	}
+	mem, err := unix.Mmap(fd, 0, ringData+2*pongSlot, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return Result{}, err
+	}
+	defer unix.Munmap(mem)
+	ch, err := env.SpawnFiles(ctx, "raw-ring-echo", []*os.File{f}, strconv.Itoa(env.Size))
+	if err != nil {
+		return Result{}, err
+	}
+	if _, err := ch.Expect(ctx, "ready"); err != nil {
+		return Result{}, err
+	}
+	a, b := ringWord(mem, ringData), ringWord(mem, ringData+pongSlot)
+	aData, bData := mem[ringData+64:ringData+pongSlot], mem[ringData+pongSlot+64:]
+	payload, answer := make([]byte, env.Size), make([]byte, env.Size)
+	for j := range payload {
+		payload[j] = byte(j)
+	}
+	var i uint64
+	res, err := MeasureRoundTrips(ctx, env.Budget, func() error {
+		i++
+		if len(payload) >= 8 {
+			binary.LittleEndian.PutUint64(payload, i) // (every byte is written by the copy below)
+		}
+		copy(aData, payload)
+		a.Store(i)
+		for k := 0; b.Load() != i; k++ {
+			if k&0xfffff == 0xfffff && ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+		}
+		copy(answer, bData)
+		if !bytes.Equal(answer, payload) {
+			return fmt.Errorf("round trip %d: the answer differs from the request", i)
+		}
+		return nil
+	})
+	a.Store(pongDone)
+	if err != nil {
+		return Result{}, err
+	}
+	if _, err := ch.Expect(ctx, "done"); err != nil {
+		return Result{}, err
+	}
+	return res, nil
+}
+
+// ringEchoRole is the child of the raw shared-memory ping-pong. Args:
+// size. The memfd is descriptor 3.
+func ringEchoRole(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("want size; got %q", args)
+	}
+	size, err := strconv.Atoi(args[0])
+	if err != nil || size < 0 || size > pongSlot-64 {
+		return fmt.Errorf("bad size %q", args[0])
+	}
+	f := InheritedFile(0, "pong")
+	defer f.Close()
+	mem, err := unix.Mmap(int(f.Fd()), 0, ringData+2*pongSlot, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(mem)
+	if err := ToParent("ready"); err != nil {
+		return err
+	}
+	a, b := ringWord(mem, ringData), ringWord(mem, ringData+pongSlot)
+	aData, bData := mem[ringData+64:ringData+pongSlot], mem[ringData+pongSlot+64:]
+	msg := make([]byte, size)
+	for last, k := uint64(0), 0; ; k++ {
+		v := a.Load()
+		if v == last {
+			if k&0xfffff == 0xfffff && ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+			continue
+		}
+		if v == pongDone {
+			return ToParent("done")
+		}
+		copy(msg, aData)
+		copy(bData, msg)
+		b.Store(v)
+		last = v
+	}
 }
