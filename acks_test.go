@@ -2,6 +2,7 @@ package loft
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 )
@@ -83,5 +84,95 @@ func TestRepliesCarryAcks(t *testing.T) {
 	// may still go urgent (a 20 ms timer's lazy ACK racing a reply).
 	if n := urgent() - before; n > 8 {
 		t.Fatalf("%d urgent ACKs for %d calls back to back with a window of %d: replies should carry them", n, calls, window)
+	}
+}
+
+// TestStreamAcksInline checks that in a one-way stream the goroutine that
+// takes a message writes the urgent ACK the take made due itself (Recv,
+// RecvBatch, TryRecv and Handle), instead of waking the conn's writer
+// goroutine for it: on a busy 2-core machine that goroutine waited for a
+// thread for 0.4 ms on average, up to 8 ms, while the sender waited for
+// its credit.
+func TestStreamAcksInline(t *testing.T) {
+	const window = 256
+	const msgs = 32 * window
+	takers := map[string]func(ctx context.Context, r *Receiver) error{
+		"Recv": func(ctx context.Context, r *Receiver) error {
+			for range msgs {
+				if _, err := r.Recv(ctx); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		"RecvBatch": func(ctx context.Context, r *Receiver) error {
+			ms := make([]Message, 16)
+			for n := 0; n < msgs; {
+				k, err := r.RecvBatch(ctx, ms)
+				if err != nil {
+					return err
+				}
+				n += k
+			}
+			return nil
+		},
+		"Handle": func(ctx context.Context, r *Receiver) error {
+			hctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			n := 0
+			return r.Handle(hctx, 1, func(ctx context.Context, m Message) {
+				if n++; n == msgs {
+					cancel()
+				}
+			})
+		},
+	}
+	for name, take := range takers {
+		t.Run(name, func(t *testing.T) {
+			ns := testNodes(t, 2)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			r, err := ns[0].Receive(ctx, "stream", ChannelOptions{Capacity: window})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := ns[1].Sender(ctx, "stream")
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitReceivers(t, s, 1)
+			sent := make(chan error, 1)
+			go func() {
+				for i := range msgs {
+					if err := s.Send(ctx, []byte{byte(i)}); err != nil {
+						sent <- err
+						return
+					}
+				}
+				sent <- nil
+			}()
+			if err := take(ctx, r); err != nil && !errors.Is(err, context.Canceled) {
+				t.Fatal(err)
+			}
+			if err := <-sent; err != nil {
+				t.Fatal(err)
+			}
+			var urgent, handed int
+			ns[0].mu.Lock()
+			for c := range ns[0].conns {
+				c.wmu.Lock()
+				urgent += c.urgentAcks
+				handed += c.handedAcks
+				c.wmu.Unlock()
+			}
+			ns[0].mu.Unlock()
+			// A quarter window at a time: about 4 per window's worth.
+			if urgent < msgs/window {
+				t.Fatalf("%d urgent ACKs for %d messages with a window of %d", urgent, msgs, window)
+			}
+			if handed != 0 {
+				t.Fatalf("%d of %d urgent ACKs were handed to the writer goroutine", handed, urgent)
+			}
+		})
 	}
 }

@@ -52,6 +52,7 @@ type conn struct {
 	segBytes      int
 	dirty         []*inAtt
 	urgentAcks    int // urgent ACKs scheduled (guarded by wmu; for tests)
+	handedAcks    int // of which handed to the writer goroutine (guarded by wmu; for tests)
 	ackTimer      *time.Timer
 	ackArmed      bool
 	ackNow        atomic.Int64 // until then (monoNow) ACKs are urgent: a peer's Flush waits
@@ -648,8 +649,41 @@ func (c *conn) markAck(a *inAtt, urgent bool) {
 	}
 	c.urgentAcks++
 	w := c.wakeLocked()
+	if w {
+		c.handedAcks++
+	}
 	c.wmu.Unlock()
 	if w {
+		c.signal()
+	}
+}
+
+// markAckOwned is markAck for an urgent ACK that the caller writes itself
+// (see Receiver.takeAckLocked): it reports whether the caller now owns the
+// flush (then it must call flushOwned); if not, a flush in progress writes
+// the ACK. Caller may hold the receiver's lock, never wmu.
+func (c *conn) markAckOwned(a *inAtt) bool {
+	c.wmu.Lock()
+	if !a.dirty {
+		a.dirty = true
+		c.dirty = append(c.dirty, a)
+	}
+	c.urgentAcks++
+	w := c.wakeLocked()
+	c.wmu.Unlock()
+	return w
+}
+
+// flushOwned writes what is queued, for a caller that owns the flush
+// (wakeLocked returned true), at once and whatever the time since the
+// last write; the writer goroutine goes on if more came meanwhile.
+func (c *conn) flushOwned() {
+	more, err := c.flushOnce()
+	if err != nil {
+		c.close(fmt.Errorf("write: %w", err))
+		return
+	}
+	if more {
 		c.signal()
 	}
 }
@@ -747,14 +781,7 @@ func (c *conn) flushNow() {
 		c.signal()
 		return
 	}
-	more, err := c.flushOnce()
-	if err != nil {
-		c.close(fmt.Errorf("write: %w", err))
-		return
-	}
-	if more {
-		c.signal() // queued while this write went: the writer goes on
-	}
+	c.flushOwned()
 }
 
 // flushOnce writes everything queued, acks included, in one write. The
