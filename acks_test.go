@@ -176,3 +176,57 @@ func TestStreamAcksInline(t *testing.T) {
 		})
 	}
 }
+
+// TestAckLeftForLockHolder: an ACK that arrives while the sending goroutine
+// holds the Sender's lock is left on the link, without waiting for the
+// lock, and the holder applies it at its next Send: the credit it brings
+// lets that Send go.
+func TestAckLeftForLockHolder(t *testing.T) {
+	ns := testNodes(t, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	const window = 8
+	if _, err := ns[0].Receive(ctx, "left", ChannelOptions{Capacity: window}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := ns[1].Sender(ctx, "left")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReceivers(t, s, 1)
+	for i := range window {
+		if err := s.Send(ctx, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.TrySend([]byte("no credit")); !errors.Is(err, ErrFull) {
+		t.Fatalf("send past the window: %v, want ErrFull", err)
+	}
+	s.mu.Lock() // as a sending goroutine would
+	l := s.links[0]
+	limit := l.limit
+	acked := make(chan error, 1)
+	go func() { acked <- s.ack(l, 0, limit+4) }()
+	select {
+	case err := <-acked:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		s.mu.Unlock()
+		t.Fatal("the ACK waited for the Sender's lock")
+	}
+	if l.limit != limit || !s.acksLeft.Load() {
+		t.Fatalf("limit %d (was %d), left %v: the ACK should wait on the link", l.limit, limit, s.acksLeft.Load())
+	}
+	s.mu.Unlock()
+	if err := s.TrySend([]byte("credit")); err != nil {
+		t.Fatalf("send with the left ACK's credit: %v", err)
+	}
+	s.mu.Lock()
+	got, left := l.limit, s.acksLeft.Load()
+	s.mu.Unlock()
+	if got < limit+4 || left {
+		t.Fatalf("limit %d, left %v after a Send: want at least %d, none left", got, left, limit+4)
+	}
+}

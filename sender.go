@@ -35,8 +35,9 @@ type Sender struct {
 	orphans      ring[retained] // unacknowledged messages of dead links, to send again
 	hadLinks     bool
 	closed       bool
-	changed      chan struct{} // closed and replaced when links or credit change
-	waiters      int
+	changed      chan struct{}            // closed and replaced when links or credit change
+	waiters      atomic.Int32             // goroutines in waitLocked (changed under mu; read without it by ack)
+	acksLeft     atomic.Bool              // a link holds an ACK its conn's reader left for the lock's holder (see ack)
 	syncs        map[uint64]chan struct{} // synchronous sends waiting for their ack
 	pending      map[string]bool          // node ids being attached
 	arena        []byte                   // retention chunk, see keep
@@ -129,6 +130,8 @@ type link struct {
 	lent   ring[lentRange] // ranges lent to this link's messages, oldest first
 	dead   bool
 	remote string
+
+	leftTaken, leftLimit atomic.Uint64 // an ACK left for the lock's holder (Sender.ack), 0 when none
 }
 
 // lentRange is a loan pool range a Send lent a large message (see
@@ -339,6 +342,9 @@ func (s *Sender) Name() string { return s.name }
 // Stats returns the sender's counters.
 func (s *Sender) Stats() SenderStats {
 	s.mu.Lock()
+	if s.acksLeft.Load() {
+		s.takeLeftAcksLocked()
+	}
 	sent, lent := s.sentN, s.lentN
 	p := s.orphans.len()
 	live := 0
@@ -365,7 +371,14 @@ func (s *Sender) Stats() SenderStats {
 // node to look for receivers now.
 func (s *Sender) waitLocked(ctx context.Context, discover bool) error {
 	ch := s.changed
-	s.waiters++
+	s.waiters.Add(1)
+	if s.acksLeft.Load() {
+		// An ACK left while this goroutine held the lock: it may be the
+		// credit waited for (see ack). Apply it and look again.
+		err := s.takeLeftAcksLocked()
+		s.waiters.Add(-1)
+		return err
+	}
 	var buf [4]*conn
 	conns := buf[:0]
 	for _, l := range s.links {
@@ -390,13 +403,13 @@ func (s *Sender) waitLocked(ctx context.Context, discover bool) error {
 		c.doneWaiting(false)
 	}
 	s.mu.Lock()
-	s.waiters--
+	s.waiters.Add(-1)
 	return err
 }
 
 // notifyLocked wakes goroutines waiting for a change.
 func (s *Sender) notifyLocked() {
-	if s.waiters > 0 {
+	if s.waiters.Load() > 0 {
 		close(s.changed)
 		s.changed = make(chan struct{})
 	}
@@ -472,9 +485,62 @@ func (s *Sender) linkDown(l *link, cause error) {
 }
 
 // ack applies an ACK from the receiver.
+//
+// A conn's reader calls it, and in a stream the sending goroutine holds
+// s.mu most of the time: waiting for the lock behind it took 78 µs per ACK
+// on average (a 64-byte stream over shared memory, Go's mutex lets the
+// holder take it again before a woken waiter runs), while the sending
+// goroutine ran out of credit and waited for this very ACK. So when the
+// lock is taken, the ACK is left on the link for the holder, which applies
+// it at its next Send or before it waits for credit (takeLeftAcksLocked);
+// the reader takes the lock only if a goroutine waits in waitLocked (it
+// may have looked for left ACKs just before this one was left). The
+// waiter count is written before the left flag is read there, and the
+// flag before the count is read here: one side always sees the other.
 func (s *Sender) ack(l *link, taken, limit uint64) error {
-	s.mu.Lock()
+	if !s.mu.TryLock() {
+		l.leaveAck(taken, limit)
+		s.acksLeft.Store(true)
+		if s.waiters.Load() == 0 {
+			return nil
+		}
+		s.mu.Lock()
+	}
 	defer s.mu.Unlock()
+	if s.acksLeft.Load() {
+		if err := s.takeLeftAcksLocked(); err != nil {
+			return err
+		}
+	}
+	return s.ackLocked(l, taken, limit)
+}
+
+// leaveAck records an ACK for the holder of the Sender's lock (see
+// Sender.ack). ACKs of a link come in order from one reader at a time, so
+// the counters only grow.
+func (l *link) leaveAck(taken, limit uint64) {
+	l.leftTaken.Store(taken)
+	l.leftLimit.Store(limit)
+}
+
+// takeLeftAcksLocked applies the ACKs conn readers left on the links.
+func (s *Sender) takeLeftAcksLocked() error {
+	s.acksLeft.Store(false)
+	for _, l := range s.links {
+		taken, limit := l.leftTaken.Swap(0), l.leftLimit.Swap(0)
+		if taken == 0 && limit == 0 {
+			continue
+		}
+		if err := s.ackLocked(l, taken, limit); err != nil {
+			// A broken peer: the conn's reader would have closed it.
+			go l.c.close(err)
+		}
+	}
+	return nil
+}
+
+// ackLocked is ack under s.mu.
+func (s *Sender) ackLocked(l *link, taken, limit uint64) error {
 	if l.dead {
 		return nil
 	}
@@ -768,6 +834,9 @@ func (s *Sender) send(ctx context.Context, data []byte, fds []int, block bool) e
 			s.mu.Unlock()
 			return &OpError{Op: "send", Name: s.name, Err: ErrClosed}
 		}
+		if s.acksLeft.Load() {
+			s.takeLeftAcksLocked()
+		}
 		if s.orphans.len() > 0 {
 			s.resendLocked()
 		}
@@ -847,6 +916,13 @@ func (s *Sender) send(ctx context.Context, data []byte, fds []int, block bool) e
 func (s *Sender) waitTakenLocked(ctx context.Context, l *link, id uint64) error {
 	ch := make(chan struct{})
 	s.syncs[id] = ch
+	// Counted as a waiter, so that a reader does not leave the ACK this
+	// waits for (see ack); one left already is applied here.
+	s.waiters.Add(1)
+	defer s.waiters.Add(-1)
+	if s.acksLeft.Load() {
+		s.takeLeftAcksLocked()
+	}
 	s.mu.Unlock()
 	l.c.waitingOn(false)
 	defer l.c.doneWaiting(false)
