@@ -3,8 +3,13 @@ package loft
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
+	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestRepliesCarryAcks checks that calls back to back (a request on one
@@ -228,5 +233,45 @@ func TestAckLeftForLockHolder(t *testing.T) {
 	s.mu.Unlock()
 	if got < limit+4 || left {
 		t.Fatalf("limit %d, left %v after a Send: want at least %d, none left", got, left, limit+4)
+	}
+}
+
+// TestRawWriterTryNeverWaits: the socket write an inline ACK uses writes
+// what the socket takes and returns, however full it is.
+func TestRawWriterTryNeverWaits(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f0, f1 := os.NewFile(uintptr(fds[0]), "a"), os.NewFile(uintptr(fds[1]), "b")
+	defer f1.Close()
+	nc, err := net.FileConn(f0) // (non-blocking, in the netpoller)
+	f0.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	w := newRawWriter(nc.(*net.UnixConn))
+	p := make([]byte, 64<<10)
+	total := 0
+	for i := 0; ; i++ {
+		n, err := w.try(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += n
+		if n < len(p) {
+			break // full: the peer reads nothing
+		}
+		if i > 10000 {
+			t.Fatalf("wrote %d bytes into a socket nobody reads", total)
+		}
+	}
+	if n, err := w.try(p); n != 0 || err != nil {
+		t.Fatalf("try on a full socket: %d, %v", n, err)
+	}
+	got := make([]byte, total)
+	if _, err := io.ReadFull(f1, got); err != nil {
+		t.Fatal(err)
 	}
 }

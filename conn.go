@@ -30,10 +30,11 @@ import (
 type conn struct {
 	node     *Node
 	nc       net.Conn
-	uc       *net.UnixConn // non-nil on Unix sockets: files can be passed
-	wr       *rawWriter    // non-nil on Unix and TCP sockets
-	rr       *rawReader    // non-nil on TCP sockets (Unix sockets have fdReader)
-	fc       fileConn      // non-nil on shared memory: files go on the side socket
+	uc       *net.UnixConn             // non-nil on Unix sockets: files can be passed
+	wr       *rawWriter                // non-nil on Unix and TCP sockets
+	rr       *rawReader                // non-nil on TCP sockets (Unix sockets have fdReader)
+	fc       fileConn                  // non-nil on shared memory: files go on the side socket
+	tw       func([]byte) (int, error) // writes what the transport takes without waiting; nil if it cannot (see flushAck)
 	remoteID string
 	dialed   bool
 	hb       bool // heartbeats on (TCP)
@@ -181,6 +182,11 @@ func newConn(n *Node, nc net.Conn, dialed bool) *conn {
 		if t, ok := nc.(*net.TCPConn); ok {
 			c.wr, c.rr = newRawWriter(t), newRawReader(t)
 		}
+	}
+	if t, ok := nc.(interface{ TryWrite([]byte) (int, error) }); ok {
+		c.tw = t.TryWrite // shared memory
+	} else if c.wr != nil {
+		c.tw = c.wr.try
 	}
 	if p, ok := nc.(readPoller); ok && n.opts.BusyPoll {
 		c.poller, c.polling = p, true
@@ -660,7 +666,7 @@ func (c *conn) markAck(a *inAtt, urgent bool) {
 
 // markAckOwned is markAck for an urgent ACK that the caller writes itself
 // (see Receiver.takeAckLocked): it reports whether the caller now owns the
-// flush (then it must call flushOwned); if not, a flush in progress writes
+// flush (then it must call flushAck); if not, a flush in progress writes
 // the ACK. Caller may hold the receiver's lock, never wmu.
 func (c *conn) markAckOwned(a *inAtt) bool {
 	c.wmu.Lock()
@@ -672,6 +678,65 @@ func (c *conn) markAckOwned(a *inAtt) bool {
 	w := c.wakeLocked()
 	c.wmu.Unlock()
 	return w
+}
+
+// maxInlineAck bounds what flushAck writes on a receiving goroutine: ACKs,
+// and whatever small frames were queued with them.
+const maxInlineAck = 16 << 10
+
+// flushAck is the flush of an urgent ACK by the goroutine whose take made
+// it due, which owns the flush (markAckOwned). It never waits: it writes
+// what the transport takes at once (a shared-memory ring with room, a
+// socket's buffer), under wmu so that nothing is queued behind a part left
+// over, and hands the rest, or output it should not write (large, with
+// files, a transport without such a write), to the writer goroutine. A
+// Recv therefore never blocks on a peer that stopped reading.
+func (c *conn) flushAck() {
+	c.wmu.Lock()
+	c.appendAcksLocked()
+	c.closeOpenLocked()
+	if len(c.out) == 0 {
+		c.flushing = false
+		c.wmu.Unlock()
+		return
+	}
+	if c.tw == nil || len(c.segs) > 0 || len(c.marks) > 0 || len(c.out) > maxInlineAck {
+		c.handedAcks++
+		c.wmu.Unlock()
+		c.signal()
+		return
+	}
+	for _, u := range c.unsealed {
+		c.seal(c.out[:u[1]], u[0])
+	}
+	c.unsealed = c.unsealed[:0]
+	n, err := c.tw(c.out)
+	if err != nil {
+		c.wmu.Unlock()
+		c.close(fmt.Errorf("write: %w", err))
+		return
+	}
+	c.out = c.out[:copy(c.out, c.out[n:])]
+	if n > 0 {
+		if c.answering.Load() {
+			c.answering.Store(false)
+		}
+		if c.drainWaiters > 0 {
+			close(c.drained)
+			c.drained = make(chan struct{})
+		}
+		if c.hb {
+			c.lastWrite.Store(monoNow()) // (see flushOnce)
+		}
+	}
+	more := len(c.out) > 0 || len(c.dirty) > 0
+	if !more {
+		c.flushing = false
+	}
+	c.wmu.Unlock()
+	if more {
+		c.signal()
+	}
 }
 
 // flushOwned writes what is queued, for a caller that owns the flush
@@ -934,10 +999,12 @@ func (c *conn) write(buf []byte, marks []fileMark) error {
 // its monitor thread when the process was idle, is not needed. On a 2-core
 // machine that wake-up is a thread switch on the core the peer wants.
 type rawWriter struct {
-	raw  syscall.RawConn
-	p    []byte
-	err  error
-	call func(fd uintptr) bool // built once: no allocation per write
+	raw     syscall.RawConn
+	p       []byte
+	n       int // written by tryCall
+	err     error
+	call    func(fd uintptr) bool // built once: no allocation per write
+	tryCall func(fd uintptr) bool // call that never waits (see try)
 }
 
 func newRawWriter(sc syscall.Conn) *rawWriter {
@@ -955,6 +1022,22 @@ func newRawWriter(sc syscall.Conn) *rawWriter {
 			case unix.EINTR:
 			case unix.EAGAIN:
 				return false
+			default:
+				w.err = os.NewSyscallError("write", e)
+				return true
+			}
+		}
+		return true
+	}
+	w.tryCall = func(fd uintptr) bool {
+		for w.n < len(w.p) {
+			n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&w.p[w.n])), uintptr(len(w.p)-w.n))
+			switch e {
+			case 0:
+				w.n += int(n)
+			case unix.EINTR:
+			case unix.EAGAIN:
+				return true // full: the rest goes to the writer goroutine
 			default:
 				w.err = os.NewSyscallError("write", e)
 				return true
@@ -1015,6 +1098,19 @@ func (r *rawReader) read(p []byte) (int, error) {
 		err = r.err
 	}
 	return r.n, err
+}
+
+// try writes what of p the socket takes now, without waiting; one flusher
+// at a time calls it (see flushAck).
+func (w *rawWriter) try(p []byte) (int, error) {
+	w.p, w.n, w.err = p, 0, nil
+	err := w.raw.Write(w.tryCall)
+	n := w.n
+	w.p = nil
+	if err == nil {
+		err = w.err
+	}
+	return n, err
 }
 
 // write writes all of p; one flusher at a time calls it (see flushOnce).

@@ -667,11 +667,12 @@ func (r *Receiver) takeAckLocked(later bool, m *Message) (*inAtt, uint64, bool, 
 }
 
 // ackInline writes what c has queued (the urgent ACK the caller made due,
-// and anything queued with it), having been given c's flush by
-// takeAckLocked. Call it without r.mu.
+// and anything small queued with it), having been given c's flush by
+// takeAckLocked, without waiting: what the transport does not take at
+// once goes to the writer goroutine (conn.flushAck). Call it without r.mu.
 func ackInline(c *conn) {
 	if c != nil {
-		c.flushOwned()
+		c.flushAck()
 	}
 }
 

@@ -633,23 +633,57 @@ func (c *Conn) Write(p []byte) (int, error) {
 			continue
 		}
 		n := min(free, uint64(len(p)))
-		off := tail % r.size
-		k := copy(r.data[off:], p[:n])
-		if uint64(k) < n {
-			copy(r.data, p[k:n])
-		}
-		tail += n
-		publish(r.tail, tail) // then load the parked word: see publish
+		tail = c.putLocked(r, tail, p[:n])
 		p = p[n:]
 		total += int(n)
-		if r.consPark.Load() != 0 && r.consPark.CompareAndSwap(1, 0) {
-			c.wake(wakeData)
-			if !c.wokePeer.Load() {
-				c.wokePeer.Store(true)
-			}
-		}
 	}
 	return total, nil
+}
+
+// putLocked copies p into ring r at tail (the caller checked the room),
+// publishes the new tail and wakes the reader if it parked. Caller holds
+// wmu.
+func (c *Conn) putLocked(r *ring, tail uint64, p []byte) uint64 {
+	off := tail % r.size
+	if k := copy(r.data[off:], p); k < len(p) {
+		copy(r.data, p[k:])
+	}
+	tail += uint64(len(p))
+	publish(r.tail, tail) // then load the parked word: see publish
+	if r.consPark.Load() != 0 && r.consPark.CompareAndSwap(1, 0) {
+		c.wake(wakeData)
+		if !c.wokePeer.Load() {
+			c.wokePeer.Store(true)
+		}
+	}
+	return tail
+}
+
+// TryWrite writes as much of p as the ring has room for now, without
+// waiting, and returns how much that was (0 when the ring is full). It
+// takes the same lock as Write, and wakes a parked reader the same way.
+func (c *Conn) TryWrite(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.isClosed() {
+		return 0, net.ErrClosed
+	}
+	if c.isGone() {
+		return 0, &net.OpError{Op: "write", Net: "shm", Err: syscall.EPIPE}
+	}
+	r := &c.tx
+	tail := r.tail.Load()
+	head := r.head.Load()
+	c.txHead = head
+	used := tail - head
+	if used > r.size {
+		return 0, fmt.Errorf("%w: peer's head is %d bytes behind a ring of %d", ErrCorrupt, used, r.size)
+	}
+	n := min(r.size-used, uint64(len(p)))
+	if n > 0 {
+		c.putLocked(r, tail, p[:n])
+	}
+	return int(n), nil
 }
 
 // WriteFiles passes open files to the peer ahead of the bytes written next;

@@ -502,3 +502,35 @@ func TestSpinYieldsAfterWakingPeer(t *testing.T) {
 		})
 	}
 }
+
+// TestTryWriteNeverWaits: TryWrite writes what fits, nothing when the ring
+// is full, and the reader gets every byte in order.
+func TestTryWriteNeverWaits(t *testing.T) {
+	const ring = 4096
+	a, b := pair(t, &Config{RingSize: ring})
+	defer a.Close()
+	defer b.Close()
+	w := a.(*Conn)
+	p := make([]byte, 3000)
+	for i := range p {
+		p[i] = byte(i)
+	}
+	if n, err := w.TryWrite(p); n != len(p) || err != nil {
+		t.Fatalf("first TryWrite: %d, %v", n, err)
+	}
+	if n, err := w.TryWrite(p); n != ring-len(p) || err != nil {
+		t.Fatalf("second TryWrite into %d free bytes: %d, %v", ring-len(p), n, err)
+	}
+	if n, err := w.TryWrite(p); n != 0 || err != nil {
+		t.Fatalf("TryWrite into a full ring: %d, %v", n, err)
+	}
+	got := make([]byte, ring)
+	if _, err := io.ReadFull(b, got); err != nil {
+		t.Fatal(err)
+	}
+	for i := range got {
+		if want := byte(i % len(p)); got[i] != want {
+			t.Fatalf("byte %d: %d, want %d", i, got[i], want)
+		}
+	}
+}
