@@ -162,6 +162,13 @@ type Conn struct {
 	// instead of moving its cache line over from the peer, which stores it
 	// on every read, once per message.
 	txHead       uint64
+	// txTail and rxHead are this side's own indexes of its rings (tx's
+	// tail, guarded by wmu; rx's head, guarded by rmu): only this side
+	// stores them, so it keeps a private copy instead of loading the
+	// shared word, whose cache line the peer, spinning on it, has pulled
+	// to its CPU (a load of it cost 0.37 µs per write on a 2-CPU virtual
+	// machine, a sixth of a remote call).
+	txTail, rxHead uint64
 	rdl, wdl     deadline
 	fmu          sync.Mutex
 	files        []int
@@ -197,6 +204,7 @@ func newConn(sock *net.UnixConn, mem []byte, dialer bool, cfg *Config, ev eventf
 	} else {
 		c.tx, c.rx = b, a
 	}
+	c.txTail, c.rxHead = c.tx.tail.Load(), c.rx.head.Load()
 	go c.sockLoop()
 	return c
 }
@@ -324,7 +332,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	r := &c.rx
-	head := r.head.Load()
+	head := c.rxHead
 	for {
 		tail := r.tail.Load()
 		if tail != head {
@@ -341,6 +349,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 			// Publish, then look at the peer's parked word: a store then a
 			// load, which needs a full fence (see publish).
 			publish(r.head, head+n)
+			c.rxHead = head + n
 			// A parked producer waits for a quarter of the ring, not for
 			// the first byte (see Write): wake it only once that is free.
 			if r.prodPark.Load() != 0 && head+n >= r.prodWant.Load() && r.prodPark.CompareAndSwap(1, 0) {
@@ -604,7 +613,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 		return 0, os.ErrDeadlineExceeded
 	}
 	r := &c.tx
-	tail := r.tail.Load()
+	tail := c.txTail
 	total := 0
 	for len(p) > 0 {
 		if c.isGone() {
@@ -650,6 +659,7 @@ func (c *Conn) putLocked(r *ring, tail uint64, p []byte) uint64 {
 	}
 	tail += uint64(len(p))
 	publish(r.tail, tail) // then load the parked word: see publish
+	c.txTail = tail
 	if r.consPark.Load() != 0 && r.consPark.CompareAndSwap(1, 0) {
 		c.wake(wakeData)
 		if !c.wokePeer.Load() {
@@ -672,9 +682,12 @@ func (c *Conn) TryWrite(p []byte) (int, error) {
 		return 0, &net.OpError{Op: "write", Net: "shm", Err: syscall.EPIPE}
 	}
 	r := &c.tx
-	tail := r.tail.Load()
-	head := r.head.Load()
-	c.txHead = head
+	tail := c.txTail
+	head := c.txHead
+	if r.size-(tail-head) < uint64(len(p)) {
+		head = r.head.Load()
+		c.txHead = head
+	}
 	used := tail - head
 	if used > r.size {
 		return 0, fmt.Errorf("%w: peer's head is %d bytes behind a ring of %d", ErrCorrupt, used, r.size)
