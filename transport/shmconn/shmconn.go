@@ -161,7 +161,7 @@ type Conn struct {
 	// write loads head again only when this one leaves too little room,
 	// instead of moving its cache line over from the peer, which stores it
 	// on every read, once per message.
-	txHead       uint64
+	txHead uint64
 	// txTail and rxHead are this side's own indexes of its rings (tx's
 	// tail, guarded by wmu; rx's head, guarded by rmu): only this side
 	// stores them, so it keeps a private copy instead of loading the
@@ -169,11 +169,11 @@ type Conn struct {
 	// to its CPU (a load of it cost 0.37 µs per write on a 2-CPU virtual
 	// machine, a sixth of a remote call).
 	txTail, rxHead uint64
-	rdl, wdl     deadline
-	fmu          sync.Mutex
-	files        []int
-	filesCh      chan struct{}
-	local, remot net.Addr
+	rdl, wdl       deadline
+	fmu            sync.Mutex
+	files          []int
+	filesCh        chan struct{}
+	local, remot   net.Addr
 }
 
 func newConn(sock *net.UnixConn, mem []byte, dialer bool, cfg *Config, ev eventfds) *Conn {
