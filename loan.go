@@ -331,12 +331,22 @@ func (s *Sender) Loan(ctx context.Context, size int) (*Loan, error) {
 			s.mu.Unlock()
 			return nil, &OpError{Op: "loan", Name: s.name, Err: fmt.Errorf("%w: %d bytes, the channel's limit is %d", ErrTooLarge, size, l.props.MaxMessageSize)}
 		}
+		// The pool's room may wait for ACKs (of large messages Send lent
+		// it): count as a waiter, so that a conn's reader applies them
+		// itself instead of leaving them for this Sender's next Send (see
+		// Sender.ack), and apply any left already.
+		s.waiters.Add(1)
+		if s.acksLeft.Load() {
+			s.takeLeftAcksLocked()
+		}
 		s.mu.Unlock()
 		p, err := l.c.loanPool()
 		if err != nil {
+			s.waiters.Add(-1)
 			return nil, &OpError{Op: "loan", Name: s.name, Err: err}
 		}
 		off, err := p.alloc(ctx, size, l.c)
+		s.waiters.Add(-1)
 		if err != nil {
 			return nil, &OpError{Op: "loan", Name: s.name, Err: err}
 		}

@@ -440,6 +440,9 @@ func (s *Sender) linkDown(l *link, cause error) {
 	if l.dead {
 		return
 	}
+	if s.acksLeft.Load() {
+		s.takeLeftAcksLocked() // (what they acknowledge is not sent again)
+	}
 	l.dead = true
 	for i, x := range s.links {
 		if x == l {
@@ -493,8 +496,9 @@ func (s *Sender) linkDown(l *link, cause error) {
 // goroutine ran out of credit and waited for this very ACK. So when the
 // lock is taken, the ACK is left on the link for the holder, which applies
 // it at its next Send or before it waits for credit (takeLeftAcksLocked);
-// the reader takes the lock only if a goroutine waits in waitLocked (it
-// may have looked for left ACKs just before this one was left). The
+// the reader takes the lock only if a goroutine waits in waitLocked, for
+// a synchronous send's ACK, or in Loan for pool room (it may have looked
+// for left ACKs just before this one was left). The
 // waiter count is written before the left flag is read there, and the
 // flag before the count is read here: one side always sees the other.
 func (s *Sender) ack(l *link, taken, limit uint64) error {
