@@ -134,18 +134,9 @@ func TestStreamAcksInline(t *testing.T) {
 	}
 	for name, take := range takers {
 		t.Run(name, func(t *testing.T) {
-			ns := testNodes(t, 2)
+			s, r, ns := channelPair(t, "stream", window)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			r, err := ns[0].Receive(ctx, "stream", ChannelOptions{Capacity: window})
-			if err != nil {
-				t.Fatal(err)
-			}
-			s, err := ns[1].Sender(ctx, "stream")
-			if err != nil {
-				t.Fatal(err)
-			}
-			waitReceivers(t, s, 1)
 			sent := make(chan error, 1)
 			go func() {
 				for i := range msgs {
@@ -187,18 +178,10 @@ func TestStreamAcksInline(t *testing.T) {
 // lock, and the holder applies it at its next Send: the credit it brings
 // lets that Send go.
 func TestAckLeftForLockHolder(t *testing.T) {
-	ns := testNodes(t, 2)
+	const window = 8
+	s, _, _ := channelPair(t, "left", window)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	const window = 8
-	if _, err := ns[0].Receive(ctx, "left", ChannelOptions{Capacity: window}); err != nil {
-		t.Fatal(err)
-	}
-	s, err := ns[1].Sender(ctx, "left")
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitReceivers(t, s, 1)
 	for i := range window {
 		if err := s.Send(ctx, []byte{byte(i)}); err != nil {
 			t.Fatal(err)

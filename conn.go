@@ -693,10 +693,7 @@ const maxInlineAck = 16 << 10
 // Recv therefore never blocks on a peer that stopped reading.
 func (c *conn) flushAck() {
 	c.wmu.Lock()
-	c.appendAcksLocked()
-	c.closeOpenLocked()
-	if len(c.out) == 0 {
-		c.flushing = false
+	if !c.queuedLocked() {
 		c.wmu.Unlock()
 		return
 	}
@@ -849,16 +846,26 @@ func (c *conn) flushNow() {
 	c.flushOwned()
 }
 
+// queuedLocked turns the scheduled ACKs into frames and ends the open DATA
+// frame, for a flush; if nothing is queued it gives up flushing and
+// reports false. Caller holds wmu and owns flushing.
+func (c *conn) queuedLocked() bool {
+	c.appendAcksLocked()
+	c.closeOpenLocked()
+	if len(c.out) == 0 {
+		c.flushing = false
+		return false
+	}
+	return true
+}
+
 // flushOnce writes everything queued, acks included, in one write. The
 // caller owns flushing. It reports whether more was queued while it wrote,
 // and if not gives up flushing in the same hold of wmu that saw nothing
 // (a lone message's write takes wmu twice, not three times).
 func (c *conn) flushOnce() (bool, error) {
 	c.wmu.Lock()
-	c.appendAcksLocked()
-	c.closeOpenLocked()
-	if len(c.out) == 0 {
-		c.flushing = false
+	if !c.queuedLocked() {
 		c.wmu.Unlock()
 		return false, nil
 	}

@@ -12,18 +12,27 @@ import (
 // it on the other.
 func handlePair(t *testing.T) (*Sender, *Receiver) {
 	t.Helper()
+	s, r, _ := channelPair(t, "work", 64)
+	return s, r
+}
+
+// channelPair opens two nodes, a receiver of name with capacity on the
+// first and a sender to it on the second, attached; it returns the nodes
+// too.
+func channelPair(t *testing.T, name string, capacity int) (*Sender, *Receiver, []*Node) {
+	t.Helper()
 	ns := testNodes(t, 2)
 	ctx := context.Background()
-	r, err := ns[0].Receive(ctx, "work", ChannelOptions{Capacity: 64})
+	r, err := ns[0].Receive(ctx, name, ChannelOptions{Capacity: capacity})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := ns[1].Sender(ctx, "work")
+	s, err := ns[1].Sender(ctx, name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitReceivers(t, s, 1)
-	return s, r
+	return s, r, ns
 }
 
 // TestHandleOneAtATime: messages sent one at a time to Handle with four

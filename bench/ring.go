@@ -55,27 +55,11 @@ func ringRecord(size int) int { return (4 + size + 7) &^ 7 }
 
 func ringOneway(batch int) func(context.Context, Env) (Result, error) {
 	return func(ctx context.Context, env Env) (Result, error) {
-		fd, err := unix.MemfdCreate("loft-bench-ring", unix.MFD_CLOEXEC)
+		mem, ch, done, err := memfdChild(ctx, env, "raw-ring-recv", ringData+ringSize)
 		if err != nil {
 			return Result{}, err
 		}
-		f := os.NewFile(uintptr(fd), "ring")
-		defer f.Close()
-		if err := f.Truncate(ringData + ringSize); err != nil {
-			return Result{}, err
-		}
-		mem, err := unix.Mmap(fd, 0, ringData+ringSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-		if err != nil {
-			return Result{}, err
-		}
-		defer unix.Munmap(mem)
-		ch, err := env.SpawnFiles(ctx, "raw-ring-recv", []*os.File{f}, strconv.Itoa(env.Size))
-		if err != nil {
-			return Result{}, err
-		}
-		if _, err := ch.Expect(ctx, "ready"); err != nil {
-			return Result{}, err
-		}
+		defer done()
 		sent, err := ringSend(ctx, mem, env.Size, batch, env.Budget)
 		if err != nil {
 			return Result{}, err
@@ -86,6 +70,34 @@ func ringOneway(batch int) func(context.Context, Env) (Result, error) {
 		}
 		return receiverResult(fields, sent)
 	}
+}
+
+// memfdChild maps a new memfd of size bytes and starts a child playing
+// role with it as its first inherited file and env.Size as its argument,
+// once it said "ready". done unmaps the memory.
+func memfdChild(ctx context.Context, env Env, role string, size int) (mem []byte, ch *Child, done func(), err error) {
+	fd, err := unix.MemfdCreate("loft-bench-"+role, unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	f := os.NewFile(uintptr(fd), role)
+	defer f.Close() // (the child has its own descriptor once spawned)
+	if err := f.Truncate(int64(size)); err != nil {
+		return nil, nil, nil, err
+	}
+	mem, err = unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	done = func() { unix.Munmap(mem) }
+	if ch, err = env.SpawnFiles(ctx, role, []*os.File{f}, strconv.Itoa(env.Size)); err == nil {
+		_, err = ch.Expect(ctx, "ready")
+	}
+	if err != nil {
+		done()
+		return nil, nil, nil, err
+	}
+	return mem, ch, done, nil
 }
 
 // ringSend writes messages of size into the ring for about budget,
@@ -224,27 +236,11 @@ const (
 )
 
 func ringPingPong(ctx context.Context, env Env) (Result, error) {
-	fd, err := unix.MemfdCreate("loft-bench-pong", unix.MFD_CLOEXEC)
+	mem, ch, done, err := memfdChild(ctx, env, "raw-ring-echo", ringData+2*pongSlot)
 	if err != nil {
 		return Result{}, err
 	}
-	f := os.NewFile(uintptr(fd), "pong")
-	defer f.Close()
-	if err := f.Truncate(ringData + 2*pongSlot); err != nil {
-		return Result{}, err
-	}
-	mem, err := unix.Mmap(fd, 0, ringData+2*pongSlot, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return Result{}, err
-	}
-	defer unix.Munmap(mem)
-	ch, err := env.SpawnFiles(ctx, "raw-ring-echo", []*os.File{f}, strconv.Itoa(env.Size))
-	if err != nil {
-		return Result{}, err
-	}
-	if _, err := ch.Expect(ctx, "ready"); err != nil {
-		return Result{}, err
-	}
+	defer done()
 	a, b := ringWord(mem, ringData), ringWord(mem, ringData+pongSlot)
 	aData, bData := mem[ringData+64:ringData+pongSlot], mem[ringData+pongSlot+64:]
 	payload, answer := make([]byte, env.Size), make([]byte, env.Size)

@@ -619,16 +619,10 @@ func (c *Conn) Write(p []byte) (int, error) {
 		if c.isGone() {
 			return total, &net.OpError{Op: "write", Net: "shm", Err: syscall.EPIPE}
 		}
-		head := c.txHead
-		if r.size-(tail-head) < uint64(len(p)) {
-			head = r.head.Load()
-			c.txHead = head
+		free, err := c.roomLocked(r, tail, len(p))
+		if err != nil {
+			return total, err
 		}
-		used := tail - head
-		if used > r.size {
-			return total, fmt.Errorf("%w: peer's head is %d bytes behind a ring of %d", ErrCorrupt, used, r.size)
-		}
-		free := r.size - used
 		if free == 0 {
 			// Full: wait for a quarter of the ring, not for the first
 			// bytes read. The reader is behind, so what is written now
@@ -647,6 +641,22 @@ func (c *Conn) Write(p []byte) (int, error) {
 		total += int(n)
 	}
 	return total, nil
+}
+
+// roomLocked returns the free bytes of ring r after tail, from the head
+// last loaded if that leaves room for want bytes, else from the head
+// loaded now (see txHead). Caller holds wmu.
+func (c *Conn) roomLocked(r *ring, tail uint64, want int) (uint64, error) {
+	head := c.txHead
+	if r.size-(tail-head) < uint64(want) {
+		head = r.head.Load()
+		c.txHead = head
+	}
+	used := tail - head
+	if used > r.size {
+		return 0, fmt.Errorf("%w: peer's head is %d bytes behind a ring of %d", ErrCorrupt, used, r.size)
+	}
+	return r.size - used, nil
 }
 
 // putLocked copies p into ring r at tail (the caller checked the room),
@@ -683,16 +693,11 @@ func (c *Conn) TryWrite(p []byte) (int, error) {
 	}
 	r := &c.tx
 	tail := c.txTail
-	head := c.txHead
-	if r.size-(tail-head) < uint64(len(p)) {
-		head = r.head.Load()
-		c.txHead = head
+	free, err := c.roomLocked(r, tail, len(p))
+	if err != nil {
+		return 0, err
 	}
-	used := tail - head
-	if used > r.size {
-		return 0, fmt.Errorf("%w: peer's head is %d bytes behind a ring of %d", ErrCorrupt, used, r.size)
-	}
-	n := min(r.size-used, uint64(len(p)))
+	n := min(free, uint64(len(p)))
 	if n > 0 {
 		c.putLocked(r, tail, p[:n])
 	}
