@@ -132,44 +132,52 @@ func TestStreamAcksInline(t *testing.T) {
 			})
 		},
 	}
-	for name, take := range takers {
-		t.Run(name, func(t *testing.T) {
-			s, r, ns := channelPair(t, "stream", window)
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			sent := make(chan error, 1)
-			go func() {
-				for i := range msgs {
-					if err := s.Send(ctx, []byte{byte(i)}); err != nil {
-						sent <- err
-						return
-					}
-				}
-				sent <- nil
-			}()
-			if err := take(ctx, r); err != nil && !errors.Is(err, context.Canceled) {
-				t.Fatal(err)
+	for _, tr := range transports {
+		for name, take := range takers {
+			t.Run(tr.name+"/"+name, func(t *testing.T) {
+				testStreamAcksInline(t, tr.opts, take)
+			})
+		}
+	}
+}
+
+func testStreamAcksInline(t *testing.T, opts Options, take func(ctx context.Context, r *Receiver) error) {
+	const window = 256
+	const msgs = 32 * window
+	s, r, ns := channelPairWith(t, opts, "stream", window)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	sent := make(chan error, 1)
+	go func() {
+		for i := range msgs {
+			if err := s.Send(ctx, []byte{byte(i)}); err != nil {
+				sent <- err
+				return
 			}
-			if err := <-sent; err != nil {
-				t.Fatal(err)
-			}
-			var urgent, handed int
-			ns[0].mu.Lock()
-			for c := range ns[0].conns {
-				c.wmu.Lock()
-				urgent += c.urgentAcks
-				handed += c.handedAcks
-				c.wmu.Unlock()
-			}
-			ns[0].mu.Unlock()
-			// A quarter window at a time: about 4 per window's worth.
-			if urgent < msgs/window {
-				t.Fatalf("%d urgent ACKs for %d messages with a window of %d", urgent, msgs, window)
-			}
-			if handed != 0 {
-				t.Fatalf("%d of %d urgent ACKs were handed to the writer goroutine", handed, urgent)
-			}
-		})
+		}
+		sent <- nil
+	}()
+	if err := take(ctx, r); err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	var urgent, handed int
+	ns[0].mu.Lock()
+	for c := range ns[0].conns {
+		c.wmu.Lock()
+		urgent += c.urgentAcks
+		handed += c.handedAcks
+		c.wmu.Unlock()
+	}
+	ns[0].mu.Unlock()
+	// A quarter window at a time: about 4 per window's worth.
+	if urgent < msgs/window {
+		t.Fatalf("%d urgent ACKs for %d messages with a window of %d", urgent, msgs, window)
+	}
+	if handed != 0 {
+		t.Fatalf("%d of %d urgent ACKs were handed to the writer goroutine", handed, urgent)
 	}
 }
 
@@ -257,4 +265,61 @@ func TestRawWriterTryNeverWaits(t *testing.T) {
 	if _, err := io.ReadFull(f1, got); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestBothWaysStreams: two nodes stream to each other at once with small
+// windows, so that each side's receiving goroutines write urgent ACKs
+// while its senders fill the same conn; every message arrives, in order,
+// on every transport.
+func TestBothWaysStreams(t *testing.T) {
+	onEachTransport(t, func(t *testing.T, ns []*Node) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		const window = 64
+		const msgs = 200 * window
+		errs := make(chan error, 4)
+		for i := range 2 {
+			me, peer := ns[i], ns[1-i]
+			name := "both-" + itoa(i)
+			r, err := me.Receive(ctx, name, ChannelOptions{Capacity: window})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := peer.Sender(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitReceivers(t, s, 1)
+			payload := make([]byte, 100)
+			go func() {
+				for j := range msgs {
+					payload[0], payload[1], payload[2] = byte(j), byte(j>>8), byte(j>>16)
+					if err := s.Send(ctx, payload); err != nil {
+						errs <- err
+						return
+					}
+				}
+				errs <- nil
+			}()
+			go func() {
+				for j := range msgs {
+					m, err := r.Recv(ctx)
+					if err != nil {
+						errs <- err
+						return
+					}
+					if got := int(m.Data[0]) | int(m.Data[1])<<8 | int(m.Data[2])<<16; got != j&0xffffff {
+						errs <- errors.New("message " + itoa(j) + " out of order: " + itoa(got))
+						return
+					}
+				}
+				errs <- nil
+			}()
+		}
+		for range 4 {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
 }

@@ -21,7 +21,13 @@ func handlePair(t *testing.T) (*Sender, *Receiver) {
 // too.
 func channelPair(t *testing.T, name string, capacity int) (*Sender, *Receiver, []*Node) {
 	t.Helper()
-	ns := testNodes(t, 2)
+	return channelPairWith(t, Options{}, name, capacity)
+}
+
+// channelPairWith is channelPair with nodes opened with opts.
+func channelPairWith(t *testing.T, opts Options, name string, capacity int) (*Sender, *Receiver, []*Node) {
+	t.Helper()
+	ns := testNodesWith(t, 2, opts)
 	ctx := context.Background()
 	r, err := ns[0].Receive(ctx, name, ChannelOptions{Capacity: capacity})
 	if err != nil {
