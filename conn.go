@@ -518,15 +518,31 @@ func (c *conn) appendAcksLocked() {
 // sendFrame queues a control frame, after any scheduled ACK so that a
 // DETACH never overtakes the ACK of messages taken before it.
 func (c *conn) sendFrame(t wire.Type, payload []byte) {
+	if c.queueFrame(t, payload) {
+		c.signal()
+	}
+}
+
+// sendFrameNow is sendFrame for a frame the peer waits for (a RELEASE of a
+// loan): the calling goroutine writes it, without waiting (flushNoWait),
+// instead of waking the writer goroutine, which on a busy machine waited
+// for a thread while the peer's loan pool ran dry.
+func (c *conn) sendFrameNow(t wire.Type, payload []byte) {
+	if c.queueFrame(t, payload) {
+		c.flushNoWait()
+	}
+}
+
+// queueFrame queues a control frame (see sendFrame) and reports whether
+// the caller now owns the flush.
+func (c *conn) queueFrame(t wire.Type, payload []byte) bool {
 	c.wmu.Lock()
 	c.appendAcksLocked()
 	c.closeOpenLocked()
 	c.out = wire.AppendFrame(c.out, t, 0, payload)
 	w := c.wakeLocked()
 	c.wmu.Unlock()
-	if w {
-		c.signal()
-	}
+	return w
 }
 
 // maxOpenFrame bounds how many bytes one DATA frame collects before a new
@@ -666,7 +682,7 @@ func (c *conn) markAck(a *inAtt, urgent bool) {
 
 // markAckOwned is markAck for an urgent ACK that the caller writes itself
 // (see Receiver.takeAckLocked): it reports whether the caller now owns the
-// flush (then it must call flushAck); if not, a flush in progress writes
+// flush (then it must call flushNoWait); if not, a flush in progress writes
 // the ACK. Caller may hold the receiver's lock, never wmu.
 func (c *conn) markAckOwned(a *inAtt) bool {
 	c.wmu.Lock()
@@ -680,18 +696,19 @@ func (c *conn) markAckOwned(a *inAtt) bool {
 	return w
 }
 
-// maxInlineAck bounds what flushAck writes on a receiving goroutine: ACKs,
+// maxInlineAck bounds what flushNoWait writes on a receiving goroutine: ACKs,
 // and whatever small frames were queued with them.
 const maxInlineAck = 16 << 10
 
-// flushAck is the flush of an urgent ACK by the goroutine whose take made
-// it due, which owns the flush (markAckOwned). It never waits: it writes
+// flushNoWait is the flush of an urgent ACK by the goroutine whose take
+// made it due (markAckOwned), or of a frame the peer waits for
+// (sendFrameNow), by a caller that owns the flush. It never waits: it writes
 // what the transport takes at once (a shared-memory ring with room, a
 // socket's buffer), under wmu so that nothing is queued behind a part left
 // over, and hands the rest, or output it should not write (large, with
 // files, a transport without such a write), to the writer goroutine. A
 // Recv therefore never blocks on a peer that stopped reading.
-func (c *conn) flushAck() {
+func (c *conn) flushNoWait() {
 	c.wmu.Lock()
 	if !c.queuedLocked() {
 		c.wmu.Unlock()
@@ -1108,7 +1125,7 @@ func (r *rawReader) read(p []byte) (int, error) {
 }
 
 // try writes what of p the socket takes now, without waiting; one flusher
-// at a time calls it (see flushAck).
+// at a time calls it (see flushNoWait).
 func (w *rawWriter) try(p []byte) (int, error) {
 	w.p, w.n, w.err = p, 0, nil
 	err := w.raw.Write(w.tryCall)

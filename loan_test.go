@@ -6,10 +6,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/loft-ipc/loft/wire"
+	"golang.org/x/sys/unix"
 )
 
 func TestLoanRoundTrip(t *testing.T) {
@@ -138,4 +141,42 @@ func TestLoanForgedRange(t *testing.T) {
 	}
 	c.Write(append(attachFrame(1, kindChannel, "jobs"), wire.AppendFrame(nil, wire.TLoan, 0, p)...))
 	expectClosed(t, c, rd)
+}
+
+// TestPoolPopulatedAhead: a loan pool's pages are faulted in ahead of its
+// loans, a step at a time (mincore reports them resident), and not past
+// the step the loans reached.
+func TestPoolPopulatedAhead(t *testing.T) {
+	const size = 4 * populateStep
+	p, fd, err := newOutPool(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	defer p.m.unref()
+	resident := func(from, to int) int {
+		vec := make([]byte, (to-from)/os.Getpagesize())
+		b := p.m.mem[from:to]
+		if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+			t.Fatal(e)
+		}
+		n := 0
+		for _, v := range vec {
+			n += int(v & 1)
+		}
+		return n
+	}
+	p.mu.Lock()
+	off, ok := p.takeLocked(1)
+	p.mu.Unlock()
+	if !ok || off != 0 {
+		t.Fatalf("first loan at %d, %v", off, ok)
+	}
+	pages := populateStep / os.Getpagesize()
+	if n := resident(0, populateStep); n != pages {
+		t.Fatalf("%d of the first step's %d pages resident after a loan in it", n, pages)
+	}
+	if n := resident(populateStep, size); n != 0 {
+		t.Fatalf("%d pages resident past the first step", n)
+	}
 }

@@ -669,10 +669,10 @@ func (r *Receiver) takeAckLocked(later bool, m *Message) (*inAtt, uint64, bool, 
 // ackInline writes what c has queued (the urgent ACK the caller made due,
 // and anything small queued with it), having been given c's flush by
 // takeAckLocked, without waiting: what the transport does not take at
-// once goes to the writer goroutine (conn.flushAck). Call it without r.mu.
+// once goes to the writer goroutine (conn.flushNoWait). Call it without r.mu.
 func ackInline(c *conn) {
 	if c != nil {
-		c.flushAck()
+		c.flushNoWait()
 	}
 }
 
