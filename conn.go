@@ -34,7 +34,7 @@ type conn struct {
 	wr       *rawWriter                // non-nil on Unix and TCP sockets
 	rr       *rawReader                // non-nil on TCP sockets (Unix sockets have fdReader)
 	fc       fileConn                  // non-nil on shared memory: files go on the side socket
-	tw       func([]byte) (int, error) // writes what the transport takes without waiting; nil if it cannot (see flushAck)
+	tw       func([]byte) (int, error) // writes what the transport takes without waiting; nil if it cannot (see flushNoWait)
 	remoteID string
 	dialed   bool
 	hb       bool // heartbeats on (TCP)
