@@ -35,17 +35,7 @@ func waitDirect(t *testing.T, r *Receiver) *conn {
 // sender on ns[1], so that the next Recv reads the connection itself.
 func directPair(t *testing.T, ctx context.Context, ns []*Node, name string, capacity int) (*Receiver, *Sender) {
 	t.Helper()
-	r, err := ns[0].Receive(ctx, name, ChannelOptions{Capacity: capacity})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ns[1].Sender(ctx, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.WaitReceivers(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	r, s := attachPair(t, ctx, ns, name, capacity)
 	// The first message goes to a Recv already waiting: the background
 	// reader then leaves the reading to Recv.
 	got := recvAsync(ctx, r)

@@ -28,7 +28,14 @@ func channelPair(t *testing.T, name string, capacity int) (*Sender, *Receiver, [
 func channelPairWith(t *testing.T, opts Options, name string, capacity int) (*Sender, *Receiver, []*Node) {
 	t.Helper()
 	ns := testNodesWith(t, 2, opts)
-	ctx := context.Background()
+	r, s := attachPair(t, context.Background(), ns, name, capacity)
+	return s, r, ns
+}
+
+// attachPair opens a receiver of name with capacity on ns[0] and a sender
+// to it on ns[1], and waits until the sender is attached.
+func attachPair(t *testing.T, ctx context.Context, ns []*Node, name string, capacity int) (*Receiver, *Sender) {
+	t.Helper()
 	r, err := ns[0].Receive(ctx, name, ChannelOptions{Capacity: capacity})
 	if err != nil {
 		t.Fatal(err)
@@ -37,8 +44,10 @@ func channelPairWith(t *testing.T, opts Options, name string, capacity int) (*Se
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitReceivers(t, s, 1)
-	return s, r, ns
+	if err := s.WaitReceivers(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	return r, s
 }
 
 // TestHandleOneAtATime: messages sent one at a time to Handle with four
