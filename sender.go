@@ -375,9 +375,9 @@ func (s *Sender) waitLocked(ctx context.Context, discover bool) error {
 	if s.acksLeft.Load() {
 		// An ACK left while this goroutine held the lock: it may be the
 		// credit waited for (see ack). Apply it and look again.
-		err := s.takeLeftAcksLocked()
+		s.takeLeftAcksLocked()
 		s.waiters.Add(-1)
-		return err
+		return nil
 	}
 	var buf [4]*conn
 	conns := buf[:0]
@@ -512,9 +512,7 @@ func (s *Sender) ack(l *link, taken, limit uint64) error {
 	}
 	defer s.mu.Unlock()
 	if s.acksLeft.Load() {
-		if err := s.takeLeftAcksLocked(); err != nil {
-			return err
-		}
+		s.takeLeftAcksLocked()
 	}
 	return s.ackLocked(l, taken, limit)
 }
@@ -527,8 +525,9 @@ func (l *link) leaveAck(taken, limit uint64) {
 	l.leftLimit.Store(limit)
 }
 
-// takeLeftAcksLocked applies the ACKs conn readers left on the links.
-func (s *Sender) takeLeftAcksLocked() error {
+// takeLeftAcksLocked applies the ACKs conn readers left on the links. An
+// ACK that breaks the protocol closes its conn, as the reader would have.
+func (s *Sender) takeLeftAcksLocked() {
 	s.acksLeft.Store(false)
 	for _, l := range s.links {
 		taken, limit := l.leftTaken.Swap(0), l.leftLimit.Swap(0)
@@ -536,11 +535,9 @@ func (s *Sender) takeLeftAcksLocked() error {
 			continue
 		}
 		if err := s.ackLocked(l, taken, limit); err != nil {
-			// A broken peer: the conn's reader would have closed it.
-			go l.c.close(err)
+			go l.c.close(err) // (not under s.mu: closing takes it)
 		}
 	}
-	return nil
 }
 
 // ackLocked is ack under s.mu.
