@@ -731,6 +731,9 @@ func (c *conn) flushNoWait() {
 		return
 	}
 	c.out = c.out[:copy(c.out, c.out[n:])]
+	if c.backlog.Load() != 0 {
+		c.backlog.Store(int64(len(c.out))) // (see putLocked and waitDrain)
+	}
 	if n > 0 {
 		if c.answering.Load() {
 			c.answering.Store(false)
