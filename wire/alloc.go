@@ -16,10 +16,16 @@ func Alloc(n int) []byte {
 	if n <= 0 {
 		return []byte{}
 	}
+	if n >= hugeMin {
+		return allocHuge(n)
+	}
+	return alloc(n)
+}
+
+// alloc is Alloc's allocation: n bytes or a little more, not zeroed.
+func alloc(n int) []byte {
 	var b strings.Builder
 	b.Grow(n)
 	b.WriteByte(0) // so that String shares b's buffer, whose start it gives
-	buf := unsafe.Slice(unsafe.StringData(b.String()), b.Cap())[:n:n]
-	adviseHuge(buf) // a large buffer is written from start to end: few faults
-	return buf
+	return unsafe.Slice(unsafe.StringData(b.String()), b.Cap())[:n:n]
 }

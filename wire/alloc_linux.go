@@ -10,6 +10,25 @@ import (
 // runs on (x86-64 and arm64 with 4 KiB base pages).
 const hugePage = 2 << 20
 
+// hugeMin is the size from which Alloc's buffers start on a huge page.
+const hugeMin = 2 * hugePage
+
+// allocHuge returns n bytes, not zeroed, starting on a 2 MiB boundary and
+// advised for huge pages, so that every 2 MiB of it but the last can be
+// one huge page (a buffer placed anywhere in the heap had whole huge pages
+// only in its interior: half of a 4 MiB one). It allocates up to 2 MiB
+// more than n and returns the part after the boundary; the part before is
+// never touched, so it costs address space and the collector's count, not
+// memory. The whole allocation lives as long as the returned slice.
+func allocHuge(n int) []byte {
+	b := alloc(n + hugePage)
+	p := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	off := int((hugePage - p%hugePage) % hugePage)
+	buf := b[off : off+n : off+n]
+	adviseHuge(buf)
+	return buf
+}
+
 // adviseHuge asks the kernel to back the whole 2 MiB pages inside b with
 // transparent huge pages (madvise MADV_HUGEPAGE; it matters where the
 // system's policy is "madvise", the common default). A read chunk is

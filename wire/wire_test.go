@@ -361,7 +361,7 @@ func TestBigFramesInPieces(t *testing.T) {
 }
 
 func TestAlloc(t *testing.T) {
-	for _, n := range []int{0, 1, 7, 4096, 1 << 20} {
+	for _, n := range []int{0, 1, 7, 4096, 1 << 20, 4<<20 + 3} {
 		b := Alloc(n)
 		if len(b) != n || cap(b) != n {
 			t.Fatalf("Alloc(%d): len %d cap %d", n, len(b), cap(b))
