@@ -323,3 +323,53 @@ func TestBothWaysStreams(t *testing.T) {
 		}
 	})
 }
+
+// TestRecvBatchAcksTwoConns: RecvBatch takes messages of two senders on
+// two conns in one batch, each take making an ACK due; every conn's ACKs
+// still go (a batch owns at most one conn's flush, the others' ACKs go to
+// their writer goroutines), so both streams run to the end.
+func TestRecvBatchAcksTwoConns(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			ns := testNodesWith(t, 3, tr.opts)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			const window = 128
+			const msgs = 100 * window
+			r, err := ns[0].Receive(ctx, "two", ChannelOptions{Capacity: window})
+			if err != nil {
+				t.Fatal(err)
+			}
+			errs := make(chan error, 2)
+			for _, nd := range ns[1:] {
+				s, err := nd.Sender(ctx, "two")
+				if err != nil {
+					t.Fatal(err)
+				}
+				waitReceivers(t, s, 1)
+				go func() {
+					for range msgs {
+						if err := s.Send(ctx, []byte("x")); err != nil {
+							errs <- err
+							return
+						}
+					}
+					errs <- nil
+				}()
+			}
+			ms := make([]Message, 64)
+			for got := 0; got < 2*msgs; {
+				n, err := r.RecvBatch(ctx, ms)
+				if err != nil {
+					t.Fatalf("after %d of %d messages: %v", got, 2*msgs, err)
+				}
+				got += n
+			}
+			for range 2 {
+				if err := <-errs; err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}

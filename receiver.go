@@ -660,10 +660,18 @@ func (r *Receiver) scheduleAckLocked(a *inAtt, urgent bool) {
 func (r *Receiver) takeAckLocked(later bool, m *Message) (*inAtt, uint64, bool, *conn) {
 	r.inlineAck = true
 	a, idx, ok := r.takeLaterLocked(later, m)
+	return a, idx, ok, r.endInlineLocked()
+}
+
+// endInlineLocked ends a stretch in which urgent ACKs are the caller's to
+// write (r.inlineAck set), and returns the one conn whose flush the caller
+// then owns, if any (urgent ACKs on other conns went to their writer
+// goroutines: see scheduleAckLocked).
+func (r *Receiver) endInlineLocked() *conn {
 	r.inlineAck = false
 	c := r.ackConn
 	r.ackConn = nil
-	return a, idx, ok, c
+	return c
 }
 
 // ackInline writes what c has queued (the urgent ACK the caller made due,
@@ -759,9 +767,7 @@ func (r *Receiver) finish(a *inAtt, idx uint64) {
 	r.mu.Lock()
 	r.inlineAck = true
 	r.finishLocked(a, idx, false)
-	r.inlineAck = false
-	ac := r.ackConn
-	r.ackConn = nil
+	ac := r.endInlineLocked()
 	r.mu.Unlock()
 	ackInline(ac)
 }
@@ -789,18 +795,15 @@ func (r *Receiver) RecvBatch(ctx context.Context, ms []Message) (int, error) {
 		return 0, err
 	}
 	n := 1
-	var ac *conn
 	r.mu.Lock()
+	r.inlineAck = true // (for the whole batch: it owns one conn's flush at most)
 	for ; n < len(ms); n++ {
 		ms[n] = Message{}
-		_, _, ok, c := r.takeAckLocked(false, &ms[n])
-		if c != nil {
-			ac = c
-		}
-		if !ok {
+		if _, _, ok := r.takeLaterLocked(false, &ms[n]); !ok {
 			break
 		}
 	}
+	ac := r.endInlineLocked()
 	r.mu.Unlock()
 	ackInline(ac)
 	return n, nil
