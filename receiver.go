@@ -41,6 +41,7 @@ type Receiver struct {
 	dint     bool            // that Recv must stop reading and look again
 	actx     context.Context // the context with an interrupt registered
 	astop    func() bool     // unregisters it
+	lastCtx  context.Context // the context of the last Recv that read a conn itself
 
 	// Urgent ACKs written by the goroutine that took the message (see
 	// ackInline). Guarded by mu.
@@ -846,13 +847,16 @@ func (r *Receiver) recv(ctx context.Context, later bool, m *Message, left *int) 
 			yielded = c.yield // (the baton is still ours: so is c.yield)
 			r.mu.Lock()
 			r.dreading, r.dctx = nil, nil
-			if _, ok := ctx.Deadline(); ok && r.actx == ctx {
+			if _, ok := ctx.Deadline(); ok && r.actx == ctx && r.lastCtx != ctx {
 				// A context with a deadline is most likely one per call:
 				// unregister now, or its cancellation, right after this
-				// Recv returns, would start a goroutine for nothing.
+				// Recv returns, would start a goroutine for nothing. One
+				// that came back (a loop's) stays registered: registering
+				// it on every read allocated twice per read.
 				r.astop()
 				r.actx, r.astop = nil, nil
 			}
+			r.lastCtx = ctx
 			r.waiting--
 			// Another Recv of this receiver waiting takes the baton over
 			// (one wake-up, as from a background reader).
@@ -970,6 +974,7 @@ func (r *Receiver) Close() error {
 	if r.astop != nil {
 		r.astop()
 	}
+	r.actx, r.astop, r.lastCtx = nil, nil, nil
 	r.mu.Unlock()
 	r.node.removeReceiver(r)
 	for _, a := range atts {

@@ -35,7 +35,8 @@ type Sender struct {
 	orphans      ring[retained] // unacknowledged messages of dead links, to send again
 	hadLinks     bool
 	closed       bool
-	changed      chan struct{}            // closed and replaced when links or credit change
+	wakeCh       []chan struct{}          // one per goroutine in waitLocked: signalled when links or credit change
+	freeCh       []chan struct{}          // wakeCh's channels for reuse (no allocation per wait)
 	waiters      atomic.Int32             // goroutines in waitLocked (changed under mu; read without it by ack)
 	acksLeft     atomic.Bool              // a link holds an ACK its conn's reader left for the lock's holder (see ack)
 	syncs        map[uint64]chan struct{} // synchronous sends waiting for their ack
@@ -276,7 +277,6 @@ func newSender(n *Node, kind, name, target string) *Sender {
 		target:  target,
 		stream:  rand.Uint64(),
 		bcast:   kind == kindTopic,
-		changed: make(chan struct{}),
 		syncs:   map[uint64]chan struct{}{},
 		pending: map[string]bool{},
 	}
@@ -370,7 +370,6 @@ func (s *Sender) Stats() SenderStats {
 // called with s.mu held and returns with it held; discover also asks the
 // node to look for receivers now.
 func (s *Sender) waitLocked(ctx context.Context, discover bool) error {
-	ch := s.changed
 	s.waiters.Add(1)
 	if s.acksLeft.Load() {
 		// An ACK left while this goroutine held the lock: it may be the
@@ -379,6 +378,13 @@ func (s *Sender) waitLocked(ctx context.Context, discover bool) error {
 		s.waiters.Add(-1)
 		return nil
 	}
+	var ch chan struct{}
+	if n := len(s.freeCh); n > 0 {
+		ch, s.freeCh = s.freeCh[n-1], s.freeCh[:n-1]
+	} else {
+		ch = make(chan struct{}, 1)
+	}
+	s.wakeCh = append(s.wakeCh, ch)
 	var buf [4]*conn
 	conns := buf[:0]
 	for _, l := range s.links {
@@ -404,15 +410,27 @@ func (s *Sender) waitLocked(ctx context.Context, discover bool) error {
 	}
 	s.mu.Lock()
 	s.waiters.Add(-1)
+	if i := slices.Index(s.wakeCh, ch); i >= 0 { // (not signalled: ctx ended)
+		s.wakeCh = slices.Delete(s.wakeCh, i, i+1)
+	}
+	select { // (signalled as well as ended)
+	case <-ch:
+	default:
+	}
+	s.freeCh = append(s.freeCh, ch)
 	return err
 }
 
 // notifyLocked wakes goroutines waiting for a change.
 func (s *Sender) notifyLocked() {
-	if s.waiters.Load() > 0 {
-		close(s.changed)
-		s.changed = make(chan struct{})
+	for _, ch := range s.wakeCh {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
 	}
+	clear(s.wakeCh)
+	s.wakeCh = s.wakeCh[:0]
 }
 
 // addLink is called once an attach succeeded.

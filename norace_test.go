@@ -1,0 +1,5 @@
+//go:build !race
+
+package loft
+
+const raceEnabled = false
