@@ -16,9 +16,6 @@ import (
 // cancellation (once, not per read), nor a sender that waits for credit
 // (woken without a new channel per wake-up).
 func TestSteadyStateAllocs(t *testing.T) {
-	if raceEnabled {
-		t.Skip("the race detector allocates on its own")
-	}
 	onEachTransport(t, func(t *testing.T, ns []*Node) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()

@@ -1,5 +1,0 @@
-//go:build race
-
-package loft
-
-const raceEnabled = true
