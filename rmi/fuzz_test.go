@@ -2,6 +2,7 @@ package rmi
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"testing"
 
@@ -268,5 +269,30 @@ func TestWireFastValues(t *testing.T) {
 		if (e1 == nil) != (e2 == nil) || r1.K != r2.K || !bytes.Equal(r1.ID, r2.ID) {
 			t.Fatalf("ref % x: %+v %v, decMode %+v %v", raw, r1, e1, r2, e2)
 		}
+	}
+}
+
+// TestWireTaggedArguments: arguments with tags go through the slow path;
+// a tag its content fits is taken (a bignum, which a big.Int argument
+// becomes), one it does not fit (an epoch time that is a byte string, in
+// a map: FuzzDecode's find) is refused with ErrBadMessage.
+func TestWireTaggedArguments(t *testing.T) {
+	reply := func(arg []byte) []byte {
+		b, err := encMode.Marshal(&wmsg{K: kReply, ID: 5, A: []cbor.RawMessage{{0x01}, arg}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	m, err := decodeMsg(reply([]byte{0xc2, 0x42, 0x01, 0x00})) // tag 2: bignum 256
+	if err != nil || m.nargs() != 2 {
+		t.Fatalf("a bignum argument: %+v, %v", m, err)
+	}
+	// {1: 1, 2: bignum h'3030'}, the last item, made {1: 1, 2: tag 1
+	// around h'3030'}: nested, which the cbor package's decoding takes.
+	bad := reply([]byte{0xa2, 0x01, 0x01, 0x02, 0xc2, 0x42, 0x30, 0x30})
+	bad[len(bad)-4] = 0xc1
+	if _, err := decodeMsg(bad); !errors.Is(err, ErrBadMessage) {
+		t.Fatalf("tag 1 around a byte string in a map: %v, want ErrBadMessage", err)
 	}
 }

@@ -168,10 +168,10 @@ func decodeMsg(b []byte) (*wmsg, error) {
 		return nil, fmt.Errorf("%w: %v", ErrBadMessage, err)
 	}
 	// Arguments the fast path declined (tags, say) are checked as the
-	// encoder checks them: decoding takes a well-formed item with a tag
-	// that its content does not fit (an epoch time that is a byte
-	// string), which no decoding into a Go value would accept, nor
-	// encoding send on.
+	// encoder checks them: nested in a map or an array, a tag that its
+	// content does not fit (an epoch time that is a byte string) passes
+	// the cbor package's decoding, and no decoding into a Go value
+	// accepts it, nor its encoder sends it on.
 	for i, a := range m.A {
 		if _, err := encMode.Marshal(a); err != nil {
 			return nil, fmt.Errorf("%w: argument %d: %v", ErrBadMessage, i+1, err)
