@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -382,5 +383,39 @@ func TestMarkdown(t *testing.T) {
 	}
 	if _, err := ReadJSON(strings.NewReader("{not json")); err == nil {
 		t.Error("ReadJSON accepted garbage")
+	}
+}
+
+// TestWarmupRunsFirstCaseUnreported: the first case runs once before the
+// first round and nothing of that run is reported; NoWarmup skips it.
+func TestWarmupRunsFirstCaseUnreported(t *testing.T) {
+	for _, skip := range []bool{false, true} {
+		var runs [2]int
+		mk := func(i int) Case {
+			return Case{System: fmt.Sprint("s", i), Transport: "t", Pattern: "oneway", Mode: "blocking",
+				Run: func(ctx context.Context, env Env) (Result, error) {
+					runs[i]++
+					return Result{Msgs: 1, MsgsPerS: float64(runs[i])}, nil
+				}}
+		}
+		var js bytes.Buffer
+		res, err := run(context.Background(), []Case{mk(0), mk(1)}, Options{Budget: testBudget(), Rounds: 2, Sizes: []int{64}, JSON: &js, NoWarmup: skip})
+		if err != nil || len(res) != 4 {
+			t.Fatalf("NoWarmup %v: %v, %d results, want 4", skip, err, len(res))
+		}
+		want0 := 3
+		if skip {
+			want0 = 2
+		}
+		if runs[0] != want0 || runs[1] != 2 {
+			t.Fatalf("NoWarmup %v: the cases ran %v times, want [%d 2]", skip, runs, want0)
+		}
+		if n := strings.Count(js.String(), "\n"); n != 4 {
+			t.Fatalf("NoWarmup %v: %d JSON lines, want 4", skip, n)
+		}
+		// Round 1 of the first case is its second run when warmed up.
+		if got := res[0].MsgsPerS; got != float64(want0-1) {
+			t.Fatalf("NoWarmup %v: round 1 of the first case reports run %v, want %d", skip, got, want0-1)
+		}
 	}
 }

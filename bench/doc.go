@@ -6,7 +6,9 @@
 // A benchmark is a [Case]. Cases are registered with [Register], normally from
 // an init function, and run by [Run], which interleaves rounds (round 1 of
 // every case, then round 2, ...) because shared machines are noisy, and prints
-// the median of every column over the rounds.
+// the median of every column over the rounds. The first case runs once more
+// before round 1, unreported: the first case a process runs is slow
+// throughout (Options.NoWarmup skips this).
 //
 // Each side of an inter-process case runs in its own OS process. The child
 // processes are the running binary itself, re-executed with the environment

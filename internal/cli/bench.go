@@ -27,7 +27,9 @@ func newBenchCmd() *cobra.Command {
 		Long: `bench runs loft and the raw alternatives side by side on this host, each side
 of a case in its own process, and prints a table of the medians over the
 rounds (messages per second, MB/s, round-trip latency, and how loft compares
-with the raw transport). Rounds are interleaved because machines are noisy.
+with the raw transport). Rounds are interleaved because machines are noisy,
+and the first case runs once unreported before them (a fresh process is slow
+at first).
 
 A progress bar goes to standard error when it is a terminal; the table goes
 to standard output, or with --json one JSON object per case and round, or
